@@ -1,0 +1,188 @@
+// Package config holds Weft's typed configuration: defaults, YAML loading,
+// environment overrides and validation. Nothing here reads globals; the
+// binary loads a Config once and passes it down.
+package config
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole server configuration. Its YAML form is documented,
+// option by option, in example.yaml (printed by `weft config example`).
+type Config struct {
+	ServerName     string          `yaml:"server_name"`
+	DataDir        string          `yaml:"data_dir"`
+	SigningKeyPath string          `yaml:"signing_key_path"`
+	OldSigningKeys []OldSigningKey `yaml:"old_signing_keys"`
+	KeyValidity    time.Duration   `yaml:"key_validity"`
+	Client         Client          `yaml:"client"`
+	Federation     Federation      `yaml:"federation"`
+	Database       Database        `yaml:"database"`
+	NATS           NATS            `yaml:"nats"`
+	Metrics        Metrics         `yaml:"metrics"`
+	Logging        Logging         `yaml:"logging"`
+	Registration   Registration    `yaml:"registration"`
+	Auth           Auth            `yaml:"auth"`
+	RateLimits     RateLimits      `yaml:"rate_limits"`
+	ShutdownGrace  time.Duration   `yaml:"shutdown_grace"`
+}
+
+// OldSigningKey is a retired signing key still published in old_verify_keys,
+// so that remote servers can check events it signed.
+type OldSigningKey struct {
+	KeyID     string `yaml:"key_id"`
+	PublicKey string `yaml:"public_key"`
+	ExpiredTS int64  `yaml:"expired_ts"`
+}
+
+// Client configures the client-server API listener.
+type Client struct {
+	Listen        string `yaml:"listen"`
+	PublicBaseURL string `yaml:"public_base_url"`
+	MaxBodyBytes  int64  `yaml:"max_body_bytes"`
+}
+
+// Federation configures the server-server API listener.
+type Federation struct {
+	Listen          string `yaml:"listen"`
+	TLSCert         string `yaml:"tls_cert"`
+	TLSKey          string `yaml:"tls_key"`
+	WellKnownServer string `yaml:"well_known_server"`
+}
+
+// Database chooses the storage engine by URL.
+type Database struct {
+	URL          string `yaml:"url"`
+	MaxOpenConns int    `yaml:"max_open_conns"`
+}
+
+// NATS chooses between the embedded NATS server and an external cluster.
+type NATS struct {
+	URLs   []string `yaml:"urls"`
+	Listen string   `yaml:"listen"`
+}
+
+// Metrics configures the Prometheus listener.
+type Metrics struct {
+	Listen string `yaml:"listen"`
+}
+
+// Logging configures the process log.
+type Logging struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// Registration says who may create accounts and how.
+type Registration struct {
+	Enabled       bool   `yaml:"enabled"`
+	RequiresToken bool   `yaml:"requires_token"`
+	AllowGuests   bool   `yaml:"allow_guests"`
+	SharedSecret  string `yaml:"shared_secret"`
+}
+
+// Auth configures passwords and tokens.
+type Auth struct {
+	BcryptCost             int           `yaml:"bcrypt_cost"`
+	RefreshableTokenExpiry time.Duration `yaml:"refreshable_token_expiry"`
+	UIASessionExpiry       time.Duration `yaml:"uia_session_expiry"`
+}
+
+// RateLimits configures per-user and per-address token buckets.
+type RateLimits struct {
+	Enabled      bool   `yaml:"enabled"`
+	Login        Bucket `yaml:"login"`
+	Registration Bucket `yaml:"registration"`
+	Message      Bucket `yaml:"message"`
+}
+
+// Bucket is a token bucket: Rate tokens per second, up to Burst at once.
+type Bucket struct {
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
+}
+
+//go:embed example.yaml
+var exampleYAML []byte
+
+// Example returns the commented example configuration. Its values are the
+// defaults; a test keeps the two in step.
+func Example() []byte { return bytes.Clone(exampleYAML) }
+
+// Defaults returns the configuration used for every option a file or the
+// environment does not set. It is the example file, parsed.
+func Defaults() Config {
+	var c Config
+	if err := decodeYAML(exampleYAML, &c); err != nil {
+		// The example is embedded and tested; failing here is a build defect.
+		panic("config: embedded example.yaml: " + err.Error())
+	}
+	return c
+}
+
+// Local returns the zero-config setup of `weft` run with no config file:
+// the defaults plus open registration, so a fresh server is usable at once.
+func Local() Config {
+	c := Defaults()
+	c.Registration.Enabled = true
+	return c
+}
+
+// Load builds the configuration: base, then the YAML file at path (if path
+// is not empty), then environment overrides from environ (os.Environ form).
+// It resolves derived paths and validates the result.
+func Load(base Config, path string, environ []string) (Config, error) {
+	c := base
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return Config{}, fmt.Errorf("config file: %w", err)
+		}
+		if err := decodeYAML(data, &c); err != nil {
+			return Config{}, fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+	if err := applyEnv(&c, environ); err != nil {
+		return Config{}, err
+	}
+	c.resolve()
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+func decodeYAML(data []byte, c *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // an empty file keeps the defaults
+		}
+		var te *yaml.TypeError
+		if errors.As(err, &te) && len(te.Errors) > 0 {
+			return errors.New(te.Errors[0])
+		}
+		return err
+	}
+	return nil
+}
+
+// resolve fills the options whose defaults derive from others.
+func (c *Config) resolve() {
+	if c.SigningKeyPath == "" {
+		c.SigningKeyPath = filepath.Join(c.DataDir, "signing.key")
+	}
+	if c.Database.URL == "" {
+		c.Database.URL = "sqlite:" + filepath.Join(c.DataDir, "weft.db")
+	}
+}

@@ -1,0 +1,153 @@
+// Package sql is Weft's database access for every component: the connection
+// pool, the embedded migrations and one file per table group. PostgreSQL and
+// SQLite run the same SQL text; the dialect shim below covers the few places
+// where the engines differ.
+package sql
+
+import (
+	"context"
+	stdsql "database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
+
+	"github.com/weft-chat/weft/config"
+)
+
+// DB is an open, migrated database.
+type DB struct {
+	db      *stdsql.DB
+	engine  config.Engine
+	pool    *pgxpool.Pool // PostgreSQL only
+	dialect dialect
+}
+
+// ErrNotFound is returned by lookups that match no row.
+var ErrNotFound = errors.New("not found")
+
+// Open connects to the database named by rawURL (see config.ParseDatabaseURL)
+// and applies pending migrations. It refuses a schema newer than this binary.
+func Open(ctx context.Context, rawURL string, maxConns int) (*DB, error) {
+	engine, dsn, err := config.ParseDatabaseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	d := &DB{engine: engine, dialect: dialects[engine]}
+	switch engine {
+	case config.Postgres:
+		pcfg, err := pgxpool.ParseConfig(dsn)
+		if err != nil {
+			return nil, fmt.Errorf("database url: %w", err)
+		}
+		pcfg.MaxConns = int32(maxConns)
+		d.pool, err = pgxpool.NewWithConfig(ctx, pcfg)
+		if err != nil {
+			return nil, fmt.Errorf("connect to postgres: %w", err)
+		}
+		d.db = stdlib.OpenDBFromPool(d.pool)
+	case config.SQLite:
+		if dir := filepath.Dir(dsn); dir != "" {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return nil, fmt.Errorf("sqlite directory: %w", err)
+			}
+		}
+		d.db, err = stdsql.Open("sqlite", sqliteDSN(dsn))
+		if err != nil {
+			return nil, fmt.Errorf("open sqlite: %w", err)
+		}
+		// WAL lets readers run beside the one writer; more connections than
+		// this only queue on SQLite's single write lock.
+		d.db.SetMaxOpenConns(min(maxConns, 8))
+	}
+	if err := d.db.PingContext(ctx); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("connect to %s database: %w", engine, err)
+	}
+	if err := d.migrate(ctx); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// sqliteDSN sets the pragmas Weft relies on: WAL for concurrent readers,
+// FULL sync so a commit survives power loss, a busy timeout instead of
+// immediate SQLITE_BUSY, and immediate transactions so a reader never has to
+// upgrade to a writer mid-transaction (which deadlocks under load).
+func sqliteDSN(path string) string {
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(FULL)")
+	q.Add("_pragma", "foreign_keys(ON)")
+	q.Set("_txlock", "immediate")
+	return "file:" + path + "?" + q.Encode()
+}
+
+// Engine tells which engine this database runs on.
+func (d *DB) Engine() config.Engine { return d.engine }
+
+// Close closes every connection.
+func (d *DB) Close() error {
+	err := d.db.Close()
+	if d.pool != nil {
+		d.pool.Close()
+	}
+	return err
+}
+
+// querier is what both *stdsql.DB and *stdsql.Tx offer, so table code runs
+// inside or outside a transaction.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (stdsql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*stdsql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *stdsql.Row
+}
+
+// Tx is a database transaction handed to WithTx callbacks.
+type Tx struct {
+	q querier
+	d *DB
+}
+
+// WithTx runs fn in one transaction, committing when fn returns nil and
+// rolling back otherwise.
+func (d *DB) WithTx(ctx context.Context, fn func(*Tx) error) error {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	if err := fn(&Tx{q: tx, d: d}); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// noRows maps database/sql's no-rows error to ErrNotFound.
+func noRows(err error) error {
+	if errors.Is(err, stdsql.ErrNoRows) {
+		return ErrNotFound
+	}
+	return err
+}
+
+// isUniqueViolation reports whether err is a unique-constraint failure on
+// either engine.
+func isUniqueViolation(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "SQLSTATE 23505") || strings.Contains(msg, "UNIQUE constraint failed")
+}
