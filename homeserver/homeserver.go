@@ -1,0 +1,209 @@
+// Package homeserver wires every component into one running server. The
+// binary (cmd/weft) is its command-line front end; end-to-end tests start
+// it in-process on free ports.
+package homeserver
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/weft-chat/weft/clientapi"
+	"github.com/weft-chat/weft/config"
+	"github.com/weft-chat/weft/federation"
+	"github.com/weft-chat/weft/internal/bus"
+	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/internal/serverkey"
+	"github.com/weft-chat/weft/sql"
+)
+
+// Server is a running homeserver.
+type Server struct {
+	cfg config.Config
+	log *slog.Logger
+
+	db  *sql.DB
+	bus *bus.Bus
+	key serverkey.Key
+
+	servers []*listener
+	closers []func() error
+	once    sync.Once
+}
+
+// listener is one HTTP server and where it listens.
+type listener struct {
+	name string
+	srv  *http.Server
+	ln   net.Listener
+}
+
+// New opens storage, the bus and the keys, and builds the HTTP handlers.
+// Nothing listens until Start.
+func New(ctx context.Context, cfg config.Config, log *slog.Logger) (s *Server, err error) {
+	s = &Server{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			s.closeAll()
+		}
+	}()
+	if s.key, err = serverkey.LoadOrGenerate(cfg.SigningKeyPath); err != nil {
+		return nil, fmt.Errorf("signing_key_path: %w", err)
+	}
+	if s.db, err = sql.Open(ctx, cfg.Database.URL, cfg.Database.MaxOpenConns); err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	s.closers = append(s.closers, s.db.Close)
+	if s.bus, err = bus.Open(ctx, bus.Config{URLs: cfg.NATS.URLs, StoreDir: filepath.Join(cfg.DataDir, "nats"), Listen: cfg.NATS.Listen}, log); err != nil {
+		return nil, fmt.Errorf("nats: %w", err)
+	}
+	s.closers = append(s.closers, s.bus.Close)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	serverName := spec.ServerName(cfg.ServerName)
+	keys := &federation.KeyServer{ServerName: serverName, Key: s.key, Old: cfg.OldSigningKeys, Validity: cfg.KeyValidity}
+
+	clientRouter := mxhttp.NewRouter()
+	clientapi.DiscoveryRoutes(clientRouter, cfg.Client.PublicBaseURL)
+	federation.WellKnownRoutes(clientRouter, cfg.Federation.WellKnownServer)
+	healthRoute(clientRouter)
+
+	fedRouter := mxhttp.NewRouter()
+	keys.Routes(fedRouter)
+	federation.WellKnownRoutes(fedRouter, cfg.Federation.WellKnownServer)
+	healthRoute(fedRouter)
+
+	cert, err := serverkey.LoadOrMakeCertificate(cfg.Federation.TLSCert, cfg.Federation.TLSKey, cfg.DataDir, hostOf(cfg.ServerName))
+	if err != nil {
+		return nil, err
+	}
+
+	stack := func(name string) mxhttp.Stack {
+		return mxhttp.Stack{Log: log.With("listener", name), Metrics: mxhttp.NewMetrics(reg, name), MaxBodyBytes: cfg.Client.MaxBodyBytes}
+	}
+	s.servers = append(s.servers,
+		&listener{name: "client", srv: &http.Server{Addr: cfg.Client.Listen, Handler: stack("client").Wrap(clientRouter)}},
+		&listener{name: "federation", srv: &http.Server{Addr: cfg.Federation.Listen, Handler: stack("federation").Wrap(fedRouter),
+			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}},
+	)
+	if cfg.Metrics.Listen != "" {
+		s.servers = append(s.servers, &listener{name: "metrics", srv: &http.Server{Addr: cfg.Metrics.Listen,
+			Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})}})
+	}
+	for _, l := range s.servers {
+		l.srv.ReadHeaderTimeout = 30 * time.Second
+		l.srv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+	}
+	return s, nil
+}
+
+func healthRoute(r *mux.Router) {
+	r.Handle("/health", mxhttp.Handler(func(w http.ResponseWriter, _ *http.Request) error {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("OK"))
+		return nil
+	})).Methods(http.MethodGet)
+}
+
+// hostOf strips the port from a server name.
+func hostOf(serverName string) string {
+	if host, _, err := net.SplitHostPort(serverName); err == nil {
+		return host
+	}
+	return serverName
+}
+
+// Start binds every listener and serves in the background, logging one
+// line per listener.
+func (s *Server) Start() error {
+	for _, l := range s.servers {
+		ln, err := net.Listen("tcp", l.srv.Addr)
+		if err != nil {
+			for _, bound := range s.servers {
+				if bound.ln != nil {
+					bound.ln.Close()
+					bound.ln = nil
+				}
+			}
+			return fmt.Errorf("%s listener: %w", l.name, err)
+		}
+		l.ln = ln
+	}
+	for _, l := range s.servers {
+		scheme, ln := "http", l.ln
+		if l.srv.TLSConfig != nil {
+			scheme, ln = "https", tls.NewListener(ln, l.srv.TLSConfig)
+		}
+		s.log.Info("listening", "listener", l.name, "url", fmt.Sprintf("%s://%s", scheme, l.ln.Addr()))
+		go func() {
+			if err := l.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("listener stopped", "listener", l.name, "err", err)
+			}
+		}()
+	}
+	s.log.Info("weft is ready", "server_name", s.cfg.ServerName)
+	return nil
+}
+
+// Addr returns the bound address of the named listener ("client",
+// "federation", "metrics"), or "" when it is not listening.
+func (s *Server) Addr(name string) string {
+	for _, l := range s.servers {
+		if l.name == name && l.ln != nil {
+			return l.ln.Addr().String()
+		}
+	}
+	return ""
+}
+
+// Shutdown stops accepting connections, lets requests in flight finish for
+// up to the configured grace (or until ctx ends), then closes the bus and
+// the database. It is safe to call more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var err error
+	s.once.Do(func() {
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.ShutdownGrace)
+		defer cancel()
+		var wg sync.WaitGroup
+		for _, l := range s.servers {
+			if l.ln == nil {
+				continue
+			}
+			wg.Go(func() {
+				if e := l.srv.Shutdown(ctx); e != nil {
+					s.log.Warn("requests still running at shutdown", "listener", l.name, "err", e)
+					l.srv.Close()
+				}
+			})
+		}
+		wg.Wait()
+		err = s.closeAll()
+		s.log.Info("weft stopped")
+	})
+	return err
+}
+
+// closeAll closes what New opened, newest first.
+func (s *Server) closeAll() error {
+	var errs []error
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		errs = append(errs, s.closers[i]())
+	}
+	s.closers = nil
+	return errors.Join(errs...)
+}
