@@ -23,6 +23,8 @@ import (
 
 // DB is an open, migrated database.
 type DB struct {
+	// Queries runs the table methods outside a transaction.
+	Queries
 	db      *stdsql.DB
 	engine  config.Engine
 	pool    *pgxpool.Pool // PostgreSQL only
@@ -52,6 +54,7 @@ func Open(ctx context.Context, rawURL string, maxConns int) (*DB, error) {
 			return nil, fmt.Errorf("connect to postgres: %w", err)
 		}
 		d.db = stdlib.OpenDBFromPool(d.pool)
+		d.Queries.q = d.db
 	case config.SQLite:
 		if dir := filepath.Dir(dsn); dir != "" {
 			if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -62,6 +65,7 @@ func Open(ctx context.Context, rawURL string, maxConns int) (*DB, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open sqlite: %w", err)
 		}
+		d.Queries.q = d.db
 		// WAL lets readers run beside the one writer; more connections than
 		// this only queue on SQLite's single write lock.
 		d.db.SetMaxOpenConns(min(maxConns, 8))
@@ -111,20 +115,20 @@ type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *stdsql.Row
 }
 
-// Tx is a database transaction handed to WithTx callbacks.
-type Tx struct {
+// Queries carries every table method. DB embeds one over the pool and
+// WithTx hands one over a transaction, so each query is written once.
+type Queries struct {
 	q querier
-	d *DB
 }
 
 // WithTx runs fn in one transaction, committing when fn returns nil and
 // rolling back otherwise.
-func (d *DB) WithTx(ctx context.Context, fn func(*Tx) error) error {
+func (d *DB) WithTx(ctx context.Context, fn func(*Queries) error) error {
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	if err := fn(&Tx{q: tx, d: d}); err != nil {
+	if err := fn(&Queries{q: tx}); err != nil {
 		_ = tx.Rollback()
 		return err
 	}

@@ -60,7 +60,7 @@ func (d *DB) migrate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return d.WithTx(ctx, func(tx *Tx) error {
+	return d.WithTx(ctx, func(tx *Queries) error {
 		if d.dialect.lockMigrations != "" {
 			if _, err := tx.q.ExecContext(ctx, d.dialect.lockMigrations); err != nil {
 				return fmt.Errorf("lock migrations: %w", err)
