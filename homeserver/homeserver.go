@@ -28,6 +28,7 @@ import (
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/internal/serverkey"
 	"github.com/weft-chat/weft/sql"
+	"github.com/weft-chat/weft/userapi"
 )
 
 // Server is a running homeserver.
@@ -78,8 +79,14 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (s *Server, e
 	serverName := spec.ServerName(cfg.ServerName)
 	keys := &federation.KeyServer{ServerName: serverName, Key: s.key, Old: cfg.OldSigningKeys, Validity: cfg.KeyValidity}
 
+	users, err := userapi.New(s.db, cfg.ServerName, cfg.Auth, s.bus.Conn(), log.With("component", "userapi"))
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, users.Close)
+
 	clientRouter := mxhttp.NewRouter()
-	clientapi.DiscoveryRoutes(clientRouter, cfg.Client.PublicBaseURL)
+	clientapi.New(cfg, users, s.db, log.With("component", "clientapi")).Routes(clientRouter)
 	federation.WellKnownRoutes(clientRouter, cfg.Federation.WellKnownServer)
 	healthRoute(clientRouter)
 

@@ -58,8 +58,12 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	for k, v := range me.Extra {
 		body[k] = v
 	}
-	body["errcode"] = me.Code
-	body["error"] = me.Message
+	// A user-interactive auth challenge is the one error body without an
+	// errcode (spec: the 401 of UIA before any stage failed).
+	if me.Code != "" {
+		body["errcode"] = me.Code
+		body["error"] = me.Message
+	}
 	if ms, ok := me.Extra["retry_after_ms"].(int64); ok {
 		w.Header().Set("Retry-After", retryAfterHeader(ms))
 	}

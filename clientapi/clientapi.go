@@ -1,0 +1,122 @@
+package clientapi
+
+import (
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+
+	"github.com/gorilla/mux"
+
+	"github.com/weft-chat/weft/config"
+	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/internal/ratelimit"
+	"github.com/weft-chat/weft/sql"
+	"github.com/weft-chat/weft/userapi"
+)
+
+// API serves the client-server endpoints.
+type API struct {
+	cfg   config.Config
+	users *userapi.Service
+	db    *sql.DB
+	log   *slog.Logger
+
+	// Rate limiters; nil when rate limiting is off.
+	loginLimit, registerLimit, messageLimit *ratelimit.Limiter
+}
+
+// New makes the client API.
+func New(cfg config.Config, users *userapi.Service, db *sql.DB, log *slog.Logger) *API {
+	a := &API{cfg: cfg, users: users, db: db, log: log}
+	if rl := cfg.RateLimits; rl.Enabled {
+		a.loginLimit = ratelimit.New(rl.Login.Rate, rl.Login.Burst)
+		a.registerLimit = ratelimit.New(rl.Registration.Rate, rl.Registration.Burst)
+		a.messageLimit = ratelimit.New(rl.Message.Rate, rl.Message.Burst)
+	}
+	return a
+}
+
+// Routes registers every client-server endpoint built so far. Endpoints
+// not registered answer 404 M_UNRECOGNIZED.
+func (a *API) Routes(r *mux.Router) {
+	DiscoveryRoutes(r, a.cfg.Client.PublicBaseURL)
+	a.registerRoutes(r)
+	a.loginRoutes(r)
+	a.deviceRoutes(r)
+	a.accountRoutes(r)
+	a.profileRoutes(r)
+	a.accountDataRoutes(r)
+	a.filterRoutes(r)
+	a.capabilityRoutes(r)
+	a.threepidRoutes(r)
+	a.adminRoutes(r)
+}
+
+// handle registers h for path under the stable client prefixes (v3, and r0
+// for older clients); path starts with "/".
+func handle(r *mux.Router, path string, h http.Handler, methods ...string) {
+	for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
+		r.Handle(prefix+path, h).Methods(methods...)
+	}
+}
+
+// AuthedHandler is a handler that needs a logged-in caller.
+type AuthedHandler func(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error
+
+// authed checks the access token (401 M_MISSING_TOKEN or M_UNKNOWN_TOKEN)
+// and records the device's last use before running h.
+func (a *API) authed(h AuthedHandler) mxhttp.Handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		token, ok := userapi.AccessTokenFrom(r)
+		if !ok {
+			return mxhttp.MissingToken()
+		}
+		dev, err := a.users.Authenticate(r.Context(), token)
+		if err != nil {
+			return err
+		}
+		a.users.Touch(r.Context(), dev, clientIP(r), r.UserAgent())
+		return h(w, r, dev)
+	}
+}
+
+// authedJSON is authed for handlers that answer 200 with a JSON body.
+func (a *API) authedJSON(f func(r *http.Request, dev *userapi.Device) (any, error)) mxhttp.Handler {
+	return a.authed(func(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+		v, err := f(r, dev)
+		if err != nil {
+			return err
+		}
+		return mxhttp.WriteJSON(w, http.StatusOK, v)
+	})
+}
+
+// clientIP is the address the request came from. Behind a reverse proxy it
+// is the proxy's; trusting X-Forwarded-For needs a configured proxy list,
+// which does not exist yet.
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// limit takes a token from l for key: 429 M_LIMIT_EXCEEDED when empty.
+func limit(l *ratelimit.Limiter, key string) error {
+	if ok, wait := l.Allow(key); !ok {
+		return mxhttp.LimitExceeded(wait)
+	}
+	return nil
+}
+
+// pathVar returns a path variable, unescaped (routes match encoded paths
+// because Matrix ids contain reserved characters).
+func pathVar(r *http.Request, name string) (string, error) {
+	v, err := url.PathUnescape(mux.Vars(r)[name])
+	if err != nil {
+		return "", mxhttp.InvalidParam("Bad %s in path", name)
+	}
+	return v, nil
+}
