@@ -1,0 +1,79 @@
+package roomserver
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/sql"
+)
+
+// createRoom builds a new room's initial events, each on the previous one,
+// and commits them all in one transaction: a room exists completely or not
+// at all.
+func (rs *Roomserver) createRoom(ctx context.Context, inputID string, cr *CreateRoom) (InputResponse, error) {
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(cr.RoomVersion))
+	if err != nil {
+		return InputResponse{}, mxhttp.Errorf(400, "M_UNSUPPORTED_ROOM_VERSION", "Unsupported room version %q", cr.RoomVersion)
+	}
+	if len(cr.Events) == 0 || cr.Events[0].Type != spec.MRoomCreate {
+		return InputResponse{}, mxhttp.BadJSON("a new room starts with its m.room.create event")
+	}
+	roomID := ""
+	if !verImpl.DomainlessRoomIDs() {
+		roomID = "!" + randomLetters(18) + ":" + string(rs.serverName)
+	}
+	// Until commit the room's state lives here, as parsed events.
+	state := make(map[sql.StateKey]gomatrixserverlib.PDU)
+	lookup := func(_ context.Context, k sql.StateKey) (gomatrixserverlib.PDU, error) { return state[k], nil }
+	var built []pending
+	var prev []string
+	for i := range cr.Events {
+		ne := &cr.Events[i]
+		ev, err := rs.buildEvent(ctx, verImpl, roomID, prev, int64(i+1), lookup, ne)
+		if err != nil {
+			return InputResponse{}, err
+		}
+		if i == 0 {
+			// Room version 12 derives the room id from the create event.
+			roomID = ev.RoomID().String()
+		}
+		if sk := ev.StateKey(); sk != nil {
+			state[sql.StateKey{Type: ev.Type(), StateKey: *sk}] = ev
+		}
+		built = append(built, pending{pdu: ev, ne: ne})
+		prev = []string{ev.EventID()}
+	}
+	unlock := rs.rooms.lock(roomID)
+	defer unlock()
+	v := &roomView{info: sql.RoomInfo{RoomID: roomID, Version: cr.RoomVersion, Extremities: []string{}}, state: sql.StateMap{}}
+	if err := rs.commit(ctx, v, inputID, built); err != nil {
+		if errors.Is(err, sql.ErrExists) {
+			return InputResponse{}, mxhttp.Errorf(400, "M_ROOM_IN_USE", "Room %s already exists", roomID)
+		}
+		return InputResponse{}, err
+	}
+	ids := make([]string, len(built))
+	for i, p := range built {
+		ids[i] = p.pdu.EventID()
+	}
+	return InputResponse{RoomID: roomID, EventIDs: ids}, nil
+}
+
+// randomLetters returns n random ASCII letters, for room ids.
+func randomLetters(n int) string {
+	const letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err))
+	}
+	for i := range b {
+		b[i] = letters[int(b[i])%len(letters)]
+	}
+	return string(b)
+}

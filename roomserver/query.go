@@ -1,0 +1,127 @@
+package roomserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/sql"
+)
+
+// The read side: any process may answer these from the database; only
+// writes go through the room's writer.
+
+// Event returns a stored event and its parsed form; 404 M_NOT_FOUND if
+// unknown.
+func (rs *Roomserver) Event(ctx context.Context, eventID string) (sql.Event, gomatrixserverlib.PDU, error) {
+	s, err := rs.db.EventByID(ctx, eventID)
+	if errors.Is(err, sql.ErrNotFound) {
+		return sql.Event{}, nil, mxhttp.NotFound("Event not found")
+	}
+	if err != nil {
+		return sql.Event{}, nil, fmt.Errorf("load event %s: %w", eventID, err)
+	}
+	pdu, err := rs.parseCached(s)
+	return s, pdu, err
+}
+
+func (rs *Roomserver) parseCached(s sql.Event) (gomatrixserverlib.PDU, error) {
+	if pdu, ok := rs.events.get(s.NID); ok {
+		return pdu, nil
+	}
+	pdu, err := ParseStored(s)
+	if err != nil {
+		return nil, err
+	}
+	rs.events.put(s.NID, pdu)
+	return pdu, nil
+}
+
+// RoomVersion returns a room's version; 404 M_NOT_FOUND for unknown rooms.
+func (rs *Roomserver) RoomVersion(ctx context.Context, roomID string) (string, error) {
+	info, err := rs.db.Room(ctx, roomID)
+	if errors.Is(err, sql.ErrNotFound) {
+		return "", mxhttp.NotFound("Unknown room %s", roomID)
+	}
+	if err != nil {
+		return "", fmt.Errorf("load room %s: %w", roomID, err)
+	}
+	return info.Version, nil
+}
+
+// CurrentStateEvent returns the event holding one piece of a room's
+// current state, or nil when that state is not set.
+func (rs *Roomserver) CurrentStateEvent(ctx context.Context, roomID, eventType, stateKey string) (gomatrixserverlib.PDU, error) {
+	s, err := rs.db.CurrentStateEvent(ctx, roomID, sql.StateKey{Type: eventType, StateKey: stateKey})
+	if errors.Is(err, sql.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load state %s/%s: %w", eventType, stateKey, err)
+	}
+	return rs.parseCached(s)
+}
+
+// CurrentState returns every event of a room's current state.
+func (rs *Roomserver) CurrentState(ctx context.Context, roomID string) ([]gomatrixserverlib.PDU, error) {
+	stored, err := rs.db.CurrentStateEvents(ctx, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("load state of %s: %w", roomID, err)
+	}
+	out := make([]gomatrixserverlib.PDU, 0, len(stored))
+	for _, s := range stored {
+		pdu, err := rs.parseCached(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, pdu)
+	}
+	return out, nil
+}
+
+// StateBefore returns the room state just before an event.
+func (rs *Roomserver) StateBefore(ctx context.Context, ev sql.Event) ([]gomatrixserverlib.PDU, error) {
+	state, err := rs.db.Snapshot(ctx, ev.StateBeforeNID)
+	if err != nil {
+		return nil, fmt.Errorf("state before %s: %w", ev.EventID, err)
+	}
+	nids := make([]int64, 0, len(state))
+	for _, n := range state {
+		nids = append(nids, n)
+	}
+	evs, err := rs.pdus(ctx, &rs.db.Queries, nids)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]gomatrixserverlib.PDU, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// Membership returns a user's current membership of a room ("" if none).
+func (rs *Roomserver) Membership(ctx context.Context, roomID, userID string) (string, error) {
+	return rs.db.Membership(ctx, roomID, userID)
+}
+
+// RoomsWithMembership lists the rooms where a user has the membership.
+func (rs *Roomserver) RoomsWithMembership(ctx context.Context, userID, membership string) ([]string, error) {
+	return rs.db.RoomsWithMembership(ctx, userID, membership)
+}
+
+// Power returns a room's current power levels.
+func (rs *Roomserver) Power(ctx context.Context, roomID string) (Power, error) {
+	create, err := rs.CurrentStateEvent(ctx, roomID, "m.room.create", "")
+	if err != nil {
+		return Power{}, err
+	}
+	pl, err := rs.CurrentStateEvent(ctx, roomID, "m.room.power_levels", "")
+	if err != nil {
+		return Power{}, err
+	}
+	return PowerFrom(create, pl), nil
+}

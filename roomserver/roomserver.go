@@ -1,0 +1,241 @@
+package roomserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/weft-chat/weft/internal/bus"
+	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/internal/serverkey"
+	"github.com/weft-chat/weft/sql"
+)
+
+// Roomserver builds, checks and stores room events.
+//
+// Lock order: a room's lock (rooms.lock(roomID)) may be taken before the
+// caches' own mutexes, never the other way round.
+type Roomserver struct {
+	db         *sql.DB
+	bus        *bus.Bus // nil: outputs are not published (tests of the pipeline alone)
+	serverName spec.ServerName
+	key        serverkey.Key
+	log        *slog.Logger
+	now        func() time.Time
+
+	rooms  roomLocks
+	views  viewCache
+	events eventCache
+}
+
+// New makes a roomserver. Start its consumers with Serve.
+func New(db *sql.DB, b *bus.Bus, serverName string, key serverkey.Key, log *slog.Logger) *Roomserver {
+	return &Roomserver{db: db, bus: b, serverName: spec.ServerName(serverName), key: key, log: log, now: time.Now,
+		views: viewCache{m: make(map[string]*roomView)}, events: eventCache{m: make(map[int64]gomatrixserverlib.PDU)}}
+}
+
+// Input handles one input: in-process callers and the bus consumer both
+// come through here. Inputs for one room are serialised by the room lock;
+// across processes the bus shards make this process the room's only writer.
+func (rs *Roomserver) Input(ctx context.Context, req InputRequest) (InputResponse, error) {
+	if req.InputID != "" {
+		roomID, ids, err := rs.db.InputResult(ctx, req.InputID)
+		if err == nil {
+			return InputResponse{RoomID: roomID, EventIDs: ids}, nil
+		}
+		if !errors.Is(err, sql.ErrNotFound) {
+			return InputResponse{}, fmt.Errorf("look up input %s: %w", req.InputID, err)
+		}
+	}
+	switch {
+	case req.CreateRoom != nil:
+		return rs.createRoom(ctx, req.InputID, req.CreateRoom)
+	case req.NewEvent != nil:
+		unlock := rs.rooms.lock(req.RoomID)
+		defer unlock()
+		id, err := rs.sendEvent(ctx, req.InputID, req.RoomID, req.NewEvent)
+		if err != nil {
+			return InputResponse{}, err
+		}
+		return InputResponse{RoomID: req.RoomID, EventIDs: []string{id}}, nil
+	}
+	return InputResponse{}, mxhttp.BadJSON("empty room input")
+}
+
+// roomLocks serialises the inputs of each room within this process.
+type roomLocks struct {
+	mu    sync.Mutex
+	locks map[string]*roomLock
+}
+
+type roomLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (l *roomLocks) lock(roomID string) (unlock func()) {
+	l.mu.Lock()
+	if l.locks == nil {
+		l.locks = make(map[string]*roomLock)
+	}
+	rl := l.locks[roomID]
+	if rl == nil {
+		rl = &roomLock{}
+		l.locks[roomID] = rl
+	}
+	rl.refs++
+	l.mu.Unlock()
+	rl.mu.Lock()
+	return func() {
+		rl.mu.Unlock()
+		l.mu.Lock()
+		if rl.refs--; rl.refs == 0 {
+			delete(l.locks, roomID)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// roomView is the writer's cached view of a room: its row and current
+// state. It is valid while the row's last_stream_pos is unchanged, which
+// is checked at every input, so a room that moved to another process and
+// back is reloaded.
+type roomView struct {
+	info  sql.RoomInfo
+	state sql.StateMap
+}
+
+type viewCache struct {
+	mu sync.Mutex
+	m  map[string]*roomView
+}
+
+const viewCacheMax = 10_000
+
+func (c *viewCache) get(roomID string) *roomView {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[roomID]
+}
+
+func (c *viewCache) put(roomID string, v *roomView) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= viewCacheMax {
+		clear(c.m)
+	}
+	c.m[roomID] = v
+}
+
+func (c *viewCache) drop(roomID string) {
+	c.mu.Lock()
+	delete(c.m, roomID)
+	c.mu.Unlock()
+}
+
+// view returns the current view of a room (404 M_NOT_FOUND for an unknown
+// room). Called with the room lock held.
+func (rs *Roomserver) view(ctx context.Context, roomID string) (*roomView, error) {
+	info, err := rs.db.Room(ctx, roomID)
+	if errors.Is(err, sql.ErrNotFound) {
+		return nil, mxhttp.NotFound("Unknown room %s", roomID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load room %s: %w", roomID, err)
+	}
+	if v := rs.views.get(roomID); v != nil && v.info.LastStreamPos == info.LastStreamPos {
+		return v, nil
+	}
+	state, err := rs.db.CurrentState(ctx, info.NID)
+	if err != nil {
+		return nil, fmt.Errorf("load state of %s: %w", roomID, err)
+	}
+	v := &roomView{info: info, state: state}
+	rs.views.put(roomID, v)
+	return v, nil
+}
+
+// eventCache keeps parsed events by NID; events never change except by
+// redaction, which evicts them.
+type eventCache struct {
+	mu sync.Mutex
+	m  map[int64]gomatrixserverlib.PDU
+}
+
+const eventCacheMax = 50_000
+
+func (c *eventCache) get(nid int64) (gomatrixserverlib.PDU, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[nid]
+	return e, ok
+}
+
+func (c *eventCache) put(nid int64, e gomatrixserverlib.PDU) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= eventCacheMax {
+		clear(c.m)
+	}
+	c.m[nid] = e
+}
+
+func (c *eventCache) drop(nid int64) {
+	c.mu.Lock()
+	delete(c.m, nid)
+	c.mu.Unlock()
+}
+
+// pdus loads the events with the given NIDs, from the cache where it can.
+func (rs *Roomserver) pdus(ctx context.Context, q *sql.Queries, nids []int64) (map[int64]gomatrixserverlib.PDU, error) {
+	out := make(map[int64]gomatrixserverlib.PDU, len(nids))
+	var missing []int64
+	for _, n := range nids {
+		if e, ok := rs.events.get(n); ok {
+			out[n] = e
+		} else {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	stored, err := q.EventsByNID(ctx, missing)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range stored {
+		pdu, err := ParseStored(s)
+		if err != nil {
+			return nil, err
+		}
+		rs.events.put(s.NID, pdu)
+		out[s.NID] = pdu
+	}
+	return out, nil
+}
+
+// ParseStored parses a stored event in its room's version.
+func ParseStored(s sql.Event) (gomatrixserverlib.PDU, error) {
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(s.RoomVersion))
+	if err != nil {
+		return nil, err
+	}
+	pdu, err := verImpl.NewEventFromTrustedJSONWithEventID(s.EventID, s.JSON, s.RedactedBy != "")
+	if err != nil {
+		return nil, fmt.Errorf("parse stored event %s: %w", s.EventID, err)
+	}
+	return pdu, nil
+}
+
+// userIDForSender maps sender ids to user ids; they are the same in every
+// room version Weft supports (no pseudonymous ids).
+func userIDForSender(_ spec.RoomID, senderID spec.SenderID) (*spec.UserID, error) {
+	return spec.NewUserID(string(senderID), true)
+}

@@ -1,0 +1,127 @@
+package sql
+
+import (
+	"context"
+	stdsql "database/sql"
+	"strconv"
+	"strings"
+)
+
+// Event is a stored room event.
+type Event struct {
+	NID            int64
+	RoomNID        int64
+	RoomID         string
+	RoomVersion    string
+	EventID        string
+	Type           string
+	StateKey       *string
+	Sender         string
+	Depth          int64
+	OriginServerTS int64
+	StreamPos      int64 // 0 for outliers
+	StateBeforeNID int64
+	JSON           []byte
+	Outlier        bool
+	Rejected       bool
+	RedactedBy     string
+}
+
+// InsertEvent stores an event and returns its NID.
+func (t *Queries) InsertEvent(ctx context.Context, e Event) (int64, error) {
+	var nid int64
+	err := t.q.QueryRowContext(ctx, `INSERT INTO events (room_nid, event_id, type, state_key, sender, depth, origin_server_ts,
+			stream_pos, state_before_nid, json, outlier, rejected)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING event_nid`,
+		e.RoomNID, e.EventID, e.Type, e.StateKey, e.Sender, e.Depth, e.OriginServerTS,
+		nullInt(e.StreamPos), e.StateBeforeNID, string(e.JSON), e.Outlier, e.Rejected).Scan(&nid)
+	if isUniqueViolation(err) {
+		return 0, ErrExists
+	}
+	return nid, err
+}
+
+const eventColumns = `e.event_nid, e.room_nid, r.room_id, r.room_version, e.event_id, e.type, e.state_key, e.sender, e.depth,
+	e.origin_server_ts, e.stream_pos, e.state_before_nid, e.json, e.outlier, e.rejected, e.redacted_by`
+
+const eventFrom = ` FROM events e JOIN rooms r ON r.room_nid = e.room_nid `
+
+func scanEvent(s interface{ Scan(...any) error }) (Event, error) {
+	var e Event
+	var stateKey, redactedBy stdsql.NullString
+	var streamPos stdsql.NullInt64
+	var js string
+	err := s.Scan(&e.NID, &e.RoomNID, &e.RoomID, &e.RoomVersion, &e.EventID, &e.Type, &stateKey, &e.Sender, &e.Depth,
+		&e.OriginServerTS, &streamPos, &e.StateBeforeNID, &js, &e.Outlier, &e.Rejected, &redactedBy)
+	if stateKey.Valid {
+		e.StateKey = &stateKey.String
+	}
+	e.StreamPos, e.RedactedBy, e.JSON = streamPos.Int64, redactedBy.String, []byte(js)
+	return e, err
+}
+
+// EventByID returns an event, or ErrNotFound.
+func (t *Queries) EventByID(ctx context.Context, eventID string) (Event, error) {
+	e, err := scanEvent(t.q.QueryRowContext(ctx, `SELECT `+eventColumns+eventFrom+`WHERE e.event_id = $1`, eventID))
+	return e, noRows(err)
+}
+
+// EventsByNID returns the events with the given NIDs, in no set order.
+func (t *Queries) EventsByNID(ctx context.Context, nids []int64) ([]Event, error) {
+	if len(nids) == 0 {
+		return nil, nil
+	}
+	args := make([]any, len(nids))
+	for i, n := range nids {
+		args[i] = n
+	}
+	return t.queryEvents(ctx, `SELECT `+eventColumns+eventFrom+`WHERE e.event_nid IN (`+placeholders(1, len(nids))+`)`, args...)
+}
+
+// EventsByID returns the stored events among ids, in no set order.
+func (t *Queries) EventsByID(ctx context.Context, ids []string) ([]Event, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	return t.queryEvents(ctx, `SELECT `+eventColumns+eventFrom+`WHERE e.event_id IN (`+placeholders(1, len(ids))+`)`, args...)
+}
+
+func (t *Queries) queryEvents(ctx context.Context, query string, args ...any) ([]Event, error) {
+	rows, err := t.q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Event
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// RedactEvent replaces an event's JSON with its redacted form.
+func (t *Queries) RedactEvent(ctx context.Context, eventNID int64, redactedJSON []byte, redactedBy string) error {
+	return expectRow(t.q.ExecContext(ctx, `UPDATE events SET json = $1, redacted_by = $2 WHERE event_nid = $3`,
+		string(redactedJSON), redactedBy, eventNID))
+}
+
+// placeholders returns "$from, $from+1, …" for n arguments.
+func placeholders(from, n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('$')
+		b.WriteString(strconv.Itoa(from + i))
+	}
+	return b.String()
+}

@@ -1,0 +1,110 @@
+package sql
+
+import "context"
+
+// StateKey names a piece of room state.
+type StateKey struct {
+	Type     string
+	StateKey string
+}
+
+// StateMap maps each piece of state to the NID of the event that set it.
+type StateMap map[StateKey]int64
+
+// AddSnapshot stores a snapshot made of base plus entries and returns its
+// NID; base 0 with all entries makes a full snapshot.
+func (t *Queries) AddSnapshot(ctx context.Context, roomNID, base int64, chainLength int, entries StateMap) (int64, error) {
+	var nid int64
+	if err := t.q.QueryRowContext(ctx, `INSERT INTO state_snapshots (room_nid, base_nid, chain_length) VALUES ($1, $2, $3) RETURNING snapshot_nid`,
+		roomNID, base, chainLength).Scan(&nid); err != nil {
+		return 0, err
+	}
+	for k, ev := range entries {
+		if _, err := t.q.ExecContext(ctx, `INSERT INTO state_snapshot_entries (snapshot_nid, type, state_key, event_nid) VALUES ($1, $2, $3, $4)`,
+			nid, k.Type, k.StateKey, ev); err != nil {
+			return 0, err
+		}
+	}
+	return nid, nil
+}
+
+// SnapshotChainLength returns how many snapshots a snapshot stands on.
+func (t *Queries) SnapshotChainLength(ctx context.Context, nid int64) (int, error) {
+	if nid == 0 {
+		return 0, nil
+	}
+	var n int
+	err := t.q.QueryRowContext(ctx, `SELECT chain_length FROM state_snapshots WHERE snapshot_nid = $1`, nid).Scan(&n)
+	return n, noRows(err)
+}
+
+// Snapshot returns the full state of a snapshot: its chain applied from
+// the oldest base up, in one query.
+func (t *Queries) Snapshot(ctx context.Context, nid int64) (StateMap, error) {
+	state := make(StateMap)
+	if nid == 0 {
+		return state, nil
+	}
+	rows, err := t.q.QueryContext(ctx, `WITH RECURSIVE chain (nid, n) AS (
+			SELECT snapshot_nid, 0 FROM state_snapshots WHERE snapshot_nid = $1
+			UNION ALL
+			SELECT s.base_nid, c.n + 1 FROM state_snapshots s JOIN chain c ON s.snapshot_nid = c.nid WHERE s.base_nid <> 0
+		)
+		SELECT e.type, e.state_key, e.event_nid FROM chain c JOIN state_snapshot_entries e ON e.snapshot_nid = c.nid
+		ORDER BY c.n DESC`, nid)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k StateKey
+		var ev int64
+		if err := rows.Scan(&k.Type, &k.StateKey, &ev); err != nil {
+			return nil, err
+		}
+		state[k] = ev
+	}
+	return state, rows.Err()
+}
+
+// SetCurrentState records the event that now holds a piece of a room's
+// current state.
+func (t *Queries) SetCurrentState(ctx context.Context, roomNID int64, k StateKey, eventNID int64) error {
+	_, err := t.q.ExecContext(ctx, `INSERT INTO current_state (room_nid, type, state_key, event_nid) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (room_nid, type, state_key) DO UPDATE SET event_nid = excluded.event_nid`, roomNID, k.Type, k.StateKey, eventNID)
+	return err
+}
+
+// CurrentState returns a room's current state.
+func (t *Queries) CurrentState(ctx context.Context, roomNID int64) (StateMap, error) {
+	rows, err := t.q.QueryContext(ctx, `SELECT type, state_key, event_nid FROM current_state WHERE room_nid = $1`, roomNID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	state := make(StateMap)
+	for rows.Next() {
+		var k StateKey
+		var ev int64
+		if err := rows.Scan(&k.Type, &k.StateKey, &ev); err != nil {
+			return nil, err
+		}
+		state[k] = ev
+	}
+	return state, rows.Err()
+}
+
+// CurrentStateEvent returns the event holding one piece of a room's
+// current state, or ErrNotFound.
+func (t *Queries) CurrentStateEvent(ctx context.Context, roomID string, k StateKey) (Event, error) {
+	e, err := scanEvent(t.q.QueryRowContext(ctx, `SELECT `+eventColumns+eventFrom+`
+		JOIN current_state c ON c.event_nid = e.event_nid
+		WHERE r.room_id = $1 AND c.type = $2 AND c.state_key = $3`, roomID, k.Type, k.StateKey))
+	return e, noRows(err)
+}
+
+// CurrentStateEvents returns every event of a room's current state.
+func (t *Queries) CurrentStateEvents(ctx context.Context, roomID string) ([]Event, error) {
+	return t.queryEvents(ctx, `SELECT `+eventColumns+eventFrom+`
+		JOIN current_state c ON c.event_nid = e.event_nid WHERE r.room_id = $1`, roomID)
+}
