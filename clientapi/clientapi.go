@@ -20,6 +20,7 @@ type API struct {
 	cfg   config.Config
 	users *userapi.Service
 	db    *sql.DB
+	rooms Rooms
 	log   *slog.Logger
 
 	// Rate limiters; nil when rate limiting is off.
@@ -27,8 +28,8 @@ type API struct {
 }
 
 // New makes the client API.
-func New(cfg config.Config, users *userapi.Service, db *sql.DB, log *slog.Logger) *API {
-	a := &API{cfg: cfg, users: users, db: db, log: log}
+func New(cfg config.Config, users *userapi.Service, db *sql.DB, rooms Rooms, log *slog.Logger) *API {
+	a := &API{cfg: cfg, users: users, db: db, rooms: rooms, log: log}
 	if rl := cfg.RateLimits; rl.Enabled {
 		a.loginLimit = ratelimit.New(rl.Login.Rate, rl.Login.Burst)
 		a.registerLimit = ratelimit.New(rl.Registration.Rate, rl.Registration.Burst)
@@ -51,6 +52,9 @@ func (a *API) Routes(r *mux.Router) {
 	a.capabilityRoutes(r)
 	a.threepidRoutes(r)
 	a.adminRoutes(r)
+	a.roomRoutes(r)
+	a.membershipRoutes(r)
+	a.directoryRoutes(r)
 }
 
 // handle registers h for path under the stable client prefixes (v3, and r0

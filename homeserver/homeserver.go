@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/weft-chat/weft/internal/bus"
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/internal/serverkey"
+	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/userapi"
 )
@@ -54,8 +56,10 @@ type listener struct {
 
 // New opens storage, the bus and the keys, and builds the HTTP handlers.
 // Nothing listens until Start.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger) (s *Server, err error) {
-	s = &Server{cfg: cfg, log: log}
+func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, err error) {
+	// s is not the named result: "return nil, err" would set it to nil
+	// before the deferred cleanup reads it.
+	s := &Server{cfg: cfg, log: log}
 	defer func() {
 		if err != nil {
 			s.closeAll()
@@ -86,7 +90,18 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (s *Server, e
 	s.closers = append(s.closers, users.Close)
 
 	clientRouter := mxhttp.NewRouter()
-	clientapi.New(cfg, users, s.db, log.With("component", "clientapi")).Routes(clientRouter)
+	rs := roomserver.New(s.db, s.bus, cfg.ServerName, s.key, log.With("component", "roomserver"))
+	// The consumers live as long as the server, not as long as New's ctx.
+	runCtx, cancel := context.WithCancel(context.Background())
+	stopRooms, err := rs.Serve(runCtx)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("roomserver: %w", err)
+	}
+	s.closers = append(s.closers, func() error { cancel(); stopRooms(); return nil })
+	rooms := roomserver.API{Client: roomserver.NewClient(s.bus), Roomserver: rs}
+
+	clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi")).Routes(clientRouter)
 	federation.WellKnownRoutes(clientRouter, cfg.Federation.WellKnownServer)
 	healthRoute(clientRouter)
 
@@ -132,7 +147,8 @@ func hostOf(serverName string) string {
 	if host, _, err := net.SplitHostPort(serverName); err == nil {
 		return host
 	}
-	return serverName
+	// An IPv6 literal without a port: the certificate names the address.
+	return strings.TrimSuffix(strings.TrimPrefix(serverName, "["), "]")
 }
 
 // Start binds every listener and serves in the background, logging one

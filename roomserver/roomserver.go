@@ -40,10 +40,10 @@ func New(db *sql.DB, b *bus.Bus, serverName string, key serverkey.Key, log *slog
 		views: viewCache{m: make(map[string]*roomView)}, events: eventCache{m: make(map[int64]gomatrixserverlib.PDU)}}
 }
 
-// Input handles one input: in-process callers and the bus consumer both
+// HandleInput handles one input: in-process callers and the bus consumer both
 // come through here. Inputs for one room are serialised by the room lock;
 // across processes the bus shards make this process the room's only writer.
-func (rs *Roomserver) Input(ctx context.Context, req InputRequest) (InputResponse, error) {
+func (rs *Roomserver) HandleInput(ctx context.Context, req InputRequest) (InputResponse, error) {
 	if req.InputID != "" {
 		roomID, ids, err := rs.db.InputResult(ctx, req.InputID)
 		if err == nil {

@@ -58,7 +58,7 @@ func (rs *Roomserver) Serve(ctx context.Context) (stop func(), err error) {
 // refused input cannot change the answer, and the client retries failures
 // with its transaction id, which the input id makes safe.
 func (rs *Roomserver) handleEnvelope(ctx context.Context, env envelope) error {
-	resp, err := rs.Input(ctx, env.Req)
+	resp, err := rs.HandleInput(ctx, env.Req)
 	var r reply
 	if err != nil {
 		var me *mxhttp.Error
@@ -123,4 +123,11 @@ func (c *Client) Input(ctx context.Context, req InputRequest) (InputResponse, er
 		return InputResponse{}, errors.New("room input reply has no result")
 	}
 	return *r.Resp, nil
+}
+
+// API is the roomserver as the other components use it: inputs go over the
+// bus to the room's writer; reads come straight from the database.
+type API struct {
+	*Client
+	*Roomserver
 }

@@ -38,20 +38,34 @@ func (t *Queries) SnapshotChainLength(ctx context.Context, nid int64) (int, erro
 	return n, noRows(err)
 }
 
+// snapshotChain is the recursive query over a snapshot's chain, newest
+// snapshot at n = 0; $1 is the snapshot.
+const snapshotChain = `WITH RECURSIVE chain (nid, n) AS (
+		SELECT snapshot_nid, 0 FROM state_snapshots WHERE snapshot_nid = $1
+		UNION ALL
+		SELECT s.base_nid, c.n + 1 FROM state_snapshots s JOIN chain c ON s.snapshot_nid = c.nid WHERE s.base_nid <> 0
+	)
+	SELECT e.type, e.state_key, e.event_nid FROM chain c JOIN state_snapshot_entries e ON e.snapshot_nid = c.nid `
+
 // Snapshot returns the full state of a snapshot: its chain applied from
 // the oldest base up, in one query.
 func (t *Queries) Snapshot(ctx context.Context, nid int64) (StateMap, error) {
+	return t.snapshot(ctx, nid, snapshotChain+`ORDER BY c.n DESC`, nid)
+}
+
+// SnapshotKey returns the NID of the event holding one piece of state in a
+// snapshot, or 0 when the snapshot does not have it.
+func (t *Queries) SnapshotKey(ctx context.Context, nid int64, k StateKey) (int64, error) {
+	state, err := t.snapshot(ctx, nid, snapshotChain+`WHERE e.type = $2 AND e.state_key = $3 ORDER BY c.n DESC`, nid, k.Type, k.StateKey)
+	return state[k], err
+}
+
+func (t *Queries) snapshot(ctx context.Context, nid int64, query string, args ...any) (StateMap, error) {
 	state := make(StateMap)
 	if nid == 0 {
 		return state, nil
 	}
-	rows, err := t.q.QueryContext(ctx, `WITH RECURSIVE chain (nid, n) AS (
-			SELECT snapshot_nid, 0 FROM state_snapshots WHERE snapshot_nid = $1
-			UNION ALL
-			SELECT s.base_nid, c.n + 1 FROM state_snapshots s JOIN chain c ON s.snapshot_nid = c.nid WHERE s.base_nid <> 0
-		)
-		SELECT e.type, e.state_key, e.event_nid FROM chain c JOIN state_snapshot_entries e ON e.snapshot_nid = c.nid
-		ORDER BY c.n DESC`, nid)
+	rows, err := t.q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
