@@ -26,9 +26,11 @@ func (c *Config) Validate() error {
 	if c.KeyValidity <= 0 {
 		return optionError("key_validity", c.KeyValidity.String(), fmt.Errorf("must be positive"))
 	}
-	for name, addr := range map[string]string{"client.listen": c.Client.Listen, "federation.listen": c.Federation.Listen} {
-		if err := validateListen(addr, false); err != nil {
-			return optionError(name, addr, err)
+	// Slices, not maps: the first bad option in file order is reported,
+	// the same one on every run.
+	for _, o := range []struct{ name, addr string }{{"client.listen", c.Client.Listen}, {"federation.listen", c.Federation.Listen}} {
+		if err := validateListen(o.addr, false); err != nil {
+			return optionError(o.name, o.addr, err)
 		}
 	}
 	if err := validateListen(c.Metrics.Listen, true); err != nil {
@@ -78,9 +80,12 @@ func (c *Config) Validate() error {
 	if c.Auth.UIASessionExpiry <= 0 {
 		return optionError("auth.uia_session_expiry", c.Auth.UIASessionExpiry.String(), fmt.Errorf("must be positive"))
 	}
-	for name, b := range map[string]Bucket{"rate_limits.login": c.RateLimits.Login, "rate_limits.registration": c.RateLimits.Registration, "rate_limits.message": c.RateLimits.Message} {
-		if b.Rate <= 0 || b.Burst < 1 {
-			return optionError(name, fmt.Sprintf("rate %g burst %d", b.Rate, b.Burst), fmt.Errorf("rate must be positive and burst at least 1"))
+	for _, o := range []struct {
+		name string
+		b    Bucket
+	}{{"rate_limits.login", c.RateLimits.Login}, {"rate_limits.registration", c.RateLimits.Registration}, {"rate_limits.message", c.RateLimits.Message}} {
+		if b := o.b; b.Rate <= 0 || b.Burst < 1 {
+			return optionError(o.name, fmt.Sprintf("rate %g burst %d", b.Rate, b.Burst), fmt.Errorf("rate must be positive and burst at least 1"))
 		}
 	}
 	if c.ShutdownGrace <= 0 {
@@ -175,8 +180,9 @@ func ValidateServerName(name string) error {
 		host, port = name[:i], name[i+1:]
 	}
 	if port != "" || strings.HasSuffix(name, ":") {
+		// The grammar's port is 1*5DIGIT: Atoi alone would take "+80".
 		n, err := strconv.Atoi(port)
-		if err != nil || n < 1 || n > 65535 || len(port) > 5 {
+		if err != nil || n < 1 || n > 65535 || len(port) > 5 || strings.TrimLeft(port, "0123456789") != "" {
 			return fmt.Errorf("port must be from 1 to 65535")
 		}
 	}

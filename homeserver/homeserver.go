@@ -30,6 +30,7 @@ import (
 	"github.com/weft-chat/weft/internal/serverkey"
 	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
+	"github.com/weft-chat/weft/syncapi"
 	"github.com/weft-chat/weft/userapi"
 )
 
@@ -101,7 +102,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	s.closers = append(s.closers, func() error { cancel(); stopRooms(); return nil })
 	rooms := roomserver.API{Client: roomserver.NewClient(s.bus), Roomserver: rs}
 
-	clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi")).Routes(clientRouter)
+	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"))
+	capi.Routes(clientRouter)
+	syncapi.New(s.db, rooms, capi.Authed, log.With("component", "syncapi")).Routes(clientRouter)
 	federation.WellKnownRoutes(clientRouter, cfg.Federation.WellKnownServer)
 	healthRoute(clientRouter)
 

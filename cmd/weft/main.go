@@ -106,6 +106,9 @@ func serve(ctx context.Context, args, environ []string, _, stderr io.Writer) err
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("serve: unexpected argument %q", fs.Arg(0))
+	}
 	cfg, err := loadConfig(*cfgPath, environ)
 	if err != nil {
 		return err

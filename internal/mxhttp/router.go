@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -51,7 +52,7 @@ func (s Stack) Wrap(next http.Handler) http.Handler {
 				}
 			}
 			elapsed := time.Since(start)
-			s.Log.Info("request", "method", r.Method, "path", r.URL.Path, "status", sw.status, "route", info.name,
+			s.Log.Info("request", "method", r.Method, "path", r.URL.Path, "status", statusText(sw.status), "route", info.name,
 				"ms", float64(elapsed.Microseconds())/1000, "remote", r.RemoteAddr)
 			if s.Metrics != nil {
 				s.Metrics.observe(r.Method, info.name, sw.status, elapsed)
@@ -154,7 +155,7 @@ func (m *Metrics) observe(method, route string, status int, d time.Duration) {
 
 func statusText(code int) string {
 	if code == 0 {
-		code = http.StatusOK
+		code = http.StatusOK // nothing written: net/http sends 200
 	}
-	return http.StatusText(code)
+	return strconv.Itoa(code)
 }
