@@ -94,6 +94,17 @@ func (s *Service) StartSession(ctx context.Context, localpart, deviceID, display
 	var sess Session
 	var revoked [][]byte
 	err := s.db.WithTx(ctx, func(q *sql.Queries) error {
+		if displayName != "" {
+			// The spec: initial_device_display_name is ignored when the
+			// device id names a known device (a soft-logged-out client
+			// logging in again keeps the name the user gave it).
+			_, err := q.Device(ctx, localpart, deviceID)
+			if err == nil {
+				displayName = ""
+			} else if !errors.Is(err, sql.ErrNotFound) {
+				return err
+			}
+		}
 		if err := q.UpsertDevice(ctx, localpart, deviceID, displayName); err != nil {
 			return err
 		}
