@@ -1,5 +1,676 @@
 package clientapi
 
-import "github.com/gorilla/mux"
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
 
-func (a *API) membershipRoutes(r *mux.Router) {}
+	"github.com/gorilla/mux"
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/roomserver"
+	"github.com/weft-chat/weft/sql"
+	"github.com/weft-chat/weft/userapi"
+)
+
+// Room membership (spec: "Room membership"). Every change is an
+// m.room.member event submitted to the roomserver, whose auth rules have
+// the last word; the checks here come first only to give the spec's (and
+// Synapse's) errors and to fill in what the auth rules expect the server to
+// have decided: the profile, and who authorises a restricted join.
+//
+// Only local rooms can be joined, left or knocked on: a room or alias on
+// another server needs federation, which does not exist yet, so those
+// answer 404 and inviting a remote user answers 502.
+
+func (a *API) membershipRoutes(r *mux.Router) {
+	handle(r, "/join/{roomIdOrAlias}", a.authedJSON(a.joinByIDOrAlias), http.MethodPost)
+	handle(r, "/rooms/{roomId}/join", a.authedJSON(a.joinByID), http.MethodPost)
+	handle(r, "/knock/{roomIdOrAlias}", a.authedJSON(a.knock), http.MethodPost)
+	handle(r, "/rooms/{roomId}/invite", a.authedJSON(a.invite), http.MethodPost)
+	handle(r, "/rooms/{roomId}/leave", a.authedJSON(a.leave), http.MethodPost)
+	handle(r, "/rooms/{roomId}/forget", a.authedJSON(a.forget), http.MethodPost)
+	handle(r, "/rooms/{roomId}/kick", a.authedJSON(a.kick), http.MethodPost)
+	handle(r, "/rooms/{roomId}/ban", a.authedJSON(a.ban), http.MethodPost)
+	handle(r, "/rooms/{roomId}/unban", a.authedJSON(a.unban), http.MethodPost)
+	handle(r, "/joined_rooms", a.authedJSON(a.joinedRooms), http.MethodGet)
+	handle(r, "/rooms/{roomId}/members", a.authedJSON(a.members), http.MethodGet)
+	handle(r, "/rooms/{roomId}/joined_members", a.authedJSON(a.joinedMembers), http.MethodGet)
+}
+
+// The member event field naming a restricted join's authoriser, and the
+// account data type of invite blocking.
+const (
+	fieldAuthorisedVia   = "join_authorised_via_users_server"
+	invitePermissionType = "m.invite_permission_config"
+)
+
+// joinedRoomResponse answers join and knock.
+type joinedRoomResponse struct {
+	RoomID string `json:"room_id"`
+}
+
+// selfBody is the body of join, knock and leave.
+type selfBody struct {
+	Reason           string          `json:"reason"`
+	ThirdPartySigned json.RawMessage `json:"third_party_signed"`
+}
+
+// targetBody is the body of invite, kick, ban and unban.
+type targetBody struct {
+	UserID *string `json:"user_id"`
+	Reason string  `json:"reason"`
+	// The third-party invite form of /invite (spec: "Third-party invites").
+	Medium  string `json:"medium"`
+	Address string `json:"address"`
+}
+
+// readSelfBody reads a join, knock or leave body. Synapse accepts these
+// without a body, and clients rely on it.
+func readSelfBody(r *http.Request) (selfBody, error) {
+	var b selfBody
+	if err := readOptionalJSON(r, &b); err != nil {
+		return b, err
+	}
+	if len(b.ThirdPartySigned) > 0 && string(b.ThirdPartySigned) != "null" {
+		return b, mxhttp.InvalidParam("Third-party invites are not supported by this server yet")
+	}
+	return b, nil
+}
+
+// readTargetBody reads an invite, kick, ban or unban body and checks its
+// user_id.
+func readTargetBody(r *http.Request) (targetBody, string, error) {
+	var b targetBody
+	if err := mxhttp.ReadJSON(r, &b); err != nil {
+		return b, "", err
+	}
+	if b.UserID == nil {
+		if b.Medium != "" || b.Address != "" {
+			return b, "", mxhttp.InvalidParam("Third-party invites are not supported by this server yet")
+		}
+		return b, "", mxhttp.MissingParam("Missing user_id")
+	}
+	if _, err := spec.NewUserID(*b.UserID, true); err != nil {
+		return b, "", mxhttp.InvalidParam("Invalid user_id %q", *b.UserID)
+	}
+	return b, *b.UserID, nil
+}
+
+// memberRoomIDVar reads the {roomId} path variable.
+func memberRoomIDVar(r *http.Request) (string, error) {
+	roomID, err := pathVar(r, "roomId")
+	if err != nil {
+		return "", err
+	}
+	if !isRoomID(roomID) {
+		return "", mxhttp.InvalidParam("Invalid room id %q", roomID)
+	}
+	return roomID, nil
+}
+
+// isRoomID accepts both forms: "!opaque:server" and, from room version
+// 12, the domainless "!hash".
+func isRoomID(id string) bool {
+	return len(id) > 1 && id[0] == '!'
+}
+
+// resolveRoomIDOrAlias turns a room id or a local alias into a room id.
+func (a *API) resolveRoomIDOrAlias(ctx context.Context, idOrAlias string) (string, error) {
+	switch {
+	case isRoomID(idOrAlias):
+		return idOrAlias, nil
+	case strings.HasPrefix(idOrAlias, "#"):
+		_, domain, ok := strings.Cut(idOrAlias, ":")
+		if !ok || len(idOrAlias) < 4 || domain == "" {
+			return "", mxhttp.InvalidParam("Invalid room alias %q", idOrAlias)
+		}
+		if domain != a.users.ServerName() {
+			return "", mxhttp.NotFound("Room alias %s is on another server, and federation is not available yet", idOrAlias)
+		}
+		roomID, err := a.db.AliasRoom(ctx, idOrAlias)
+		if errors.Is(err, sql.ErrNotFound) {
+			return "", mxhttp.NotFound("Room alias %s not found", idOrAlias)
+		}
+		if err != nil {
+			return "", err
+		}
+		return roomID, nil
+	}
+	return "", mxhttp.InvalidParam("%q is neither a room id nor a room alias", idOrAlias)
+}
+
+// localRoomVersion is the room's version: 404 for rooms this server does not
+// have, saying so when the room is another server's.
+func (a *API) localRoomVersion(ctx context.Context, roomID string) (gomatrixserverlib.IRoomVersion, error) {
+	v, err := a.rooms.RoomVersion(ctx, roomID)
+	var me *mxhttp.Error
+	if errors.As(err, &me) && me.Status == http.StatusNotFound {
+		if _, domain, ok := strings.Cut(roomID, ":"); ok && domain != a.users.ServerName() {
+			return nil, mxhttp.NotFound("Room %s is unknown to this server, and joining rooms over federation is not available yet", roomID)
+		}
+		return nil, mxhttp.NotFound("Unknown room %s", roomID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(v))
+	if err != nil {
+		return nil, mxhttp.Errorf(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Unsupported room version %s", v)
+	}
+	return verImpl, nil
+}
+
+// memberChange is one m.room.member event a local user asks for.
+type memberChange struct {
+	roomID, sender, target string
+	membership             string
+	reason                 string
+	// withProfile carries the target's displayname and avatar_url, as
+	// Synapse does for joins, knocks and invites.
+	withProfile bool
+	extra       map[string]any
+}
+
+// sendMembership submits the change. Like Synapse, a change that would
+// repeat the target's current member event (same sender, membership and
+// content) makes no new event.
+func (a *API) sendMembership(ctx context.Context, c memberChange) error {
+	content := map[string]any{"membership": c.membership}
+	if c.reason != "" {
+		content["reason"] = c.reason
+	}
+	if c.withProfile {
+		if err := a.addProfile(ctx, c.target, content); err != nil {
+			return err
+		}
+	}
+	for k, v := range c.extra {
+		content[k] = v
+	}
+	raw, err := json.Marshal(content)
+	if err != nil {
+		return err
+	}
+	current, err := a.rooms.CurrentStateEvent(ctx, c.roomID, spec.MRoomMember, c.target)
+	if err != nil {
+		return err
+	}
+	if current != nil && string(current.SenderID()) == c.sender && sameJSON(current.Content(), raw) {
+		return nil
+	}
+	stateKey := c.target
+	_, err = a.rooms.Input(ctx, roomserver.InputRequest{RoomID: c.roomID, NewEvent: &roomserver.NewEvent{
+		Sender: c.sender, Type: spec.MRoomMember, StateKey: &stateKey, Content: raw,
+	}})
+	return err
+}
+
+// addProfile copies a local user's displayname and avatar_url into a
+// member event's content. Remote users' profiles need federation.
+func (a *API) addProfile(ctx context.Context, userID string, content map[string]any) error {
+	localpart, err := a.users.LocalpartOf(userID)
+	if err != nil {
+		return nil
+	}
+	fields, err := a.db.ProfileFields(ctx, localpart)
+	if err != nil {
+		return err
+	}
+	for _, f := range []string{"displayname", "avatar_url"} {
+		var s string
+		if json.Unmarshal(fields[f], &s) == nil && s != "" {
+			content[f] = s
+		}
+	}
+	return nil
+}
+
+// sameJSON reports whether two JSON values are equal as values.
+func sameJSON(x, y []byte) bool {
+	var a, b any
+	if json.Unmarshal(x, &a) != nil || json.Unmarshal(y, &b) != nil {
+		return false
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+func (a *API) joinByIDOrAlias(r *http.Request, dev *userapi.Device) (any, error) {
+	idOrAlias, err := pathVar(r, "roomIdOrAlias")
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := a.resolveRoomIDOrAlias(r.Context(), idOrAlias)
+	if err != nil {
+		return nil, err
+	}
+	return a.join(r, dev, roomID)
+}
+
+func (a *API) joinByID(r *http.Request, dev *userapi.Device) (any, error) {
+	roomID, err := memberRoomIDVar(r)
+	if err != nil {
+		return nil, err
+	}
+	return a.join(r, dev, roomID)
+}
+
+// join joins the caller to a local room. Joining a room one is already in
+// changes nothing.
+func (a *API) join(r *http.Request, dev *userapi.Device, roomID string) (any, error) {
+	ctx := r.Context()
+	body, err := readSelfBody(r)
+	if err != nil {
+		return nil, err
+	}
+	verImpl, err := a.localRoomVersion(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	current, err := a.rooms.Membership(ctx, roomID, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	switch current {
+	case spec.Join:
+		return joinedRoomResponse{roomID}, nil
+	case spec.Ban:
+		return nil, mxhttp.Forbidden("You are banned from this room")
+	}
+	if dev.IsGuest {
+		// Guests are a local notion the auth rules do not know.
+		ok, err := a.guestCanJoin(ctx, roomID)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, mxhttp.Forbidden("Guest access is not allowed in this room")
+		}
+	}
+	c := memberChange{roomID: roomID, sender: dev.UserID, target: dev.UserID, membership: spec.Join, reason: body.Reason, withProfile: true}
+	if current != spec.Invite {
+		jr, err := a.currentJoinRules(ctx, roomID)
+		if err != nil {
+			return nil, err
+		}
+		restricted := jr.JoinRule == spec.Restricted || jr.JoinRule == spec.KnockRestricted && knockRestrictedKnown(verImpl)
+		if restricted && verImpl.CheckRestrictedJoinsAllowed() == nil {
+			via, err := a.authoriseRestrictedJoin(ctx, roomID, dev.UserID, jr)
+			if err != nil {
+				return nil, err
+			}
+			c.extra = map[string]any{fieldAuthorisedVia: via}
+		}
+	}
+	if err := a.sendMembership(ctx, c); err != nil {
+		return nil, err
+	}
+	return joinedRoomResponse{roomID}, nil
+}
+
+// joinRulesContent is the content of m.room.join_rules.
+type joinRulesContent struct {
+	JoinRule string `json:"join_rule"`
+	Allow    []struct {
+		Type   string `json:"type"`
+		RoomID string `json:"room_id"`
+	} `json:"allow"`
+}
+
+// currentJoinRules reads a room's join rules; without the event the auth rules
+// treat the room as invite-only.
+func (a *API) currentJoinRules(ctx context.Context, roomID string) (joinRulesContent, error) {
+	jr := joinRulesContent{JoinRule: spec.Invite}
+	ev, err := a.rooms.CurrentStateEvent(ctx, roomID, spec.MRoomJoinRules, "")
+	if err != nil || ev == nil {
+		return jr, err
+	}
+	_ = json.Unmarshal(ev.Content(), &jr)
+	return jr, nil
+}
+
+// knockRestrictedKnown reports whether the room version knows the
+// knock_restricted join rule (room version 10 and later). The auth rules
+// of gomatrixserverlib accept it in every version with knocking, but in
+// versions 7 to 9 it is an unknown join rule, which only lets invited
+// users in.
+func knockRestrictedKnown(verImpl gomatrixserverlib.IRoomVersion) bool {
+	n, err := strconv.Atoi(string(verImpl.Version()))
+	return err != nil || n >= 10
+}
+
+// guestCanJoin reports whether m.room.guest_access lets guests join.
+func (a *API) guestCanJoin(ctx context.Context, roomID string) (bool, error) {
+	ev, err := a.rooms.CurrentStateEvent(ctx, roomID, spec.MRoomGuestAccess, "")
+	if err != nil || ev == nil {
+		return false, err
+	}
+	var c struct {
+		GuestAccess string `json:"guest_access"`
+	}
+	_ = json.Unmarshal(ev.Content(), &c)
+	return c.GuestAccess == "can_join", nil
+}
+
+// authoriseRestrictedJoin checks the restricted join rule's conditions for
+// a user joining without an invite (spec: "Restricted rooms") and picks
+// the local member who authorises the join: the join event names them in
+// join_authorised_via_users_server, and the auth rules (room version 8 and
+// later) accept it only if they are joined and may invite. Like Synapse,
+// the member with the highest power level is chosen.
+func (a *API) authoriseRestrictedJoin(ctx context.Context, roomID, userID string, jr joinRulesContent) (string, error) {
+	allowed := false
+	for _, cond := range jr.Allow {
+		if cond.Type != "m.room_membership" || cond.RoomID == "" {
+			continue
+		}
+		m, err := a.rooms.Membership(ctx, cond.RoomID, userID)
+		if err != nil {
+			return "", err
+		}
+		if m == spec.Join {
+			allowed = true
+			break
+		}
+	}
+	if !allowed {
+		return "", mxhttp.Forbidden("You do not belong to any of the rooms or spaces this room requires to join it")
+	}
+	power, err := a.rooms.Power(ctx, roomID)
+	if err != nil {
+		return "", err
+	}
+	state, err := a.rooms.CurrentState(ctx, roomID)
+	if err != nil {
+		return "", err
+	}
+	inviteLevel := power.Levels().Invite
+	best, bestLevel := "", int64(0)
+	for _, ev := range state {
+		if ev.Type() != spec.MRoomMember || ev.StateKey() == nil {
+			continue
+		}
+		member := *ev.StateKey()
+		if m, _ := ev.Membership(); m != spec.Join {
+			continue
+		}
+		if _, err := a.users.LocalpartOf(member); err != nil {
+			continue
+		}
+		level := power.UserLevel(member)
+		if level < inviteLevel {
+			continue
+		}
+		if best == "" || level > bestLevel || (level == bestLevel && member < best) {
+			best, bestLevel = member, level
+		}
+	}
+	if best == "" {
+		return "", mxhttp.Forbidden("No member of this room on this server can authorise your join")
+	}
+	return best, nil
+}
+
+// knock asks to join a room whose join rule is knock or knock_restricted
+// (room version 7 and later).
+func (a *API) knock(r *http.Request, dev *userapi.Device) (any, error) {
+	if err := forbidGuest(dev); err != nil {
+		return nil, err
+	}
+	ctx := r.Context()
+	idOrAlias, err := pathVar(r, "roomIdOrAlias")
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := a.resolveRoomIDOrAlias(ctx, idOrAlias)
+	if err != nil {
+		return nil, err
+	}
+	body, err := readSelfBody(r)
+	if err != nil {
+		return nil, err
+	}
+	verImpl, err := a.localRoomVersion(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if verImpl.CheckKnockingAllowed(string(verImpl.Version()), dev.UserID, dev.UserID, spec.Knock, spec.Leave) != nil {
+		return nil, mxhttp.Forbidden("Room version %s does not support knocking", verImpl.Version())
+	}
+	current, err := a.rooms.Membership(ctx, roomID, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	switch current {
+	case spec.Join:
+		return nil, mxhttp.Forbidden("You are already in this room")
+	case spec.Invite:
+		return nil, mxhttp.Forbidden("You are already invited to this room")
+	case spec.Ban:
+		return nil, mxhttp.Forbidden("You are banned from this room")
+	}
+	jr, err := a.currentJoinRules(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if jr.JoinRule != spec.Knock && !(jr.JoinRule == spec.KnockRestricted && knockRestrictedKnown(verImpl)) {
+		return nil, mxhttp.Forbidden("You are not allowed to knock on this room")
+	}
+	err = a.sendMembership(ctx, memberChange{roomID: roomID, sender: dev.UserID, target: dev.UserID,
+		membership: spec.Knock, reason: body.Reason, withProfile: true})
+	if err != nil {
+		return nil, err
+	}
+	return joinedRoomResponse{roomID}, nil
+}
+
+// invite invites a local user. The invitee's invite permission config
+// (spec: "Invite permission") may block it.
+func (a *API) invite(r *http.Request, dev *userapi.Device) (any, error) {
+	if err := forbidGuest(dev); err != nil {
+		return nil, err
+	}
+	ctx := r.Context()
+	roomID, err := memberRoomIDVar(r)
+	if err != nil {
+		return nil, err
+	}
+	body, target, err := readTargetBody(r)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.localRoomVersion(ctx, roomID); err != nil {
+		return nil, err
+	}
+	// Checked first so that outsiders learn nothing of the invitee.
+	if err := a.requireJoined(ctx, roomID, dev.UserID); err != nil {
+		return nil, err
+	}
+	localpart, err := a.users.LocalpartOf(target)
+	if userapi.IsRemoteUser(err) {
+		return nil, mxhttp.Errorf(http.StatusBadGateway, "M_UNKNOWN", "Inviting users of other servers needs federation, which is not available yet")
+	}
+	if err != nil {
+		return nil, mxhttp.InvalidParam("Invalid user_id %q", target)
+	}
+	if blocked, err := a.invitesBlocked(ctx, localpart); err != nil {
+		return nil, err
+	} else if blocked {
+		return nil, mxhttp.Errorf(http.StatusForbidden, "M_INVITE_BLOCKED", "%s does not accept invites", target)
+	}
+	current, err := a.rooms.Membership(ctx, roomID, target)
+	if err != nil {
+		return nil, err
+	}
+	switch current {
+	case spec.Ban:
+		return nil, mxhttp.Forbidden("%s is banned from the room", target)
+	case spec.Join:
+		return nil, mxhttp.Forbidden("%s is already in the room", target)
+	case spec.Invite:
+		return struct{}{}, nil // spec: 200 when already invited
+	}
+	err = a.sendMembership(ctx, memberChange{roomID: roomID, sender: dev.UserID, target: target,
+		membership: spec.Invite, reason: body.Reason, withProfile: true})
+	if err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// invitesBlocked reads the user's m.invite_permission_config: a
+// default_action of "block" refuses every invite; anything else, or no
+// config, lets invites through.
+func (a *API) invitesBlocked(ctx context.Context, localpart string) (bool, error) {
+	raw, err := a.db.AccountDataContent(ctx, localpart, "", invitePermissionType)
+	if errors.Is(err, sql.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var c struct {
+		DefaultAction any `json:"default_action"`
+	}
+	_ = json.Unmarshal(raw, &c)
+	return c.DefaultAction == "block", nil
+}
+
+// requireJoined answers 403 unless the user is joined to the room.
+func (a *API) requireJoined(ctx context.Context, roomID, userID string) error {
+	m, err := a.rooms.Membership(ctx, roomID, userID)
+	if err != nil {
+		return err
+	}
+	if m != spec.Join {
+		return mxhttp.Forbidden("You are not in this room")
+	}
+	return nil
+}
+
+// leave leaves a room, rejects an invite or retracts a knock. Leaving a
+// room one has already left changes nothing.
+func (a *API) leave(r *http.Request, dev *userapi.Device) (any, error) {
+	ctx := r.Context()
+	roomID, err := memberRoomIDVar(r)
+	if err != nil {
+		return nil, err
+	}
+	body, err := readSelfBody(r)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.localRoomVersion(ctx, roomID); err != nil {
+		return nil, err
+	}
+	current, err := a.rooms.Membership(ctx, roomID, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	switch current {
+	case "":
+		return nil, mxhttp.Forbidden("You are not in this room")
+	case spec.Leave:
+		return struct{}{}, nil
+	case spec.Ban:
+		return nil, mxhttp.Forbidden("You are banned from this room")
+	}
+	err = a.sendMembership(ctx, memberChange{roomID: roomID, sender: dev.UserID, target: dev.UserID,
+		membership: spec.Leave, reason: body.Reason})
+	if err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// forget hides a room the caller has left. Like Synapse, forgetting a
+// room one never had a membership of succeeds and does nothing.
+func (a *API) forget(r *http.Request, dev *userapi.Device) (any, error) {
+	if err := forbidGuest(dev); err != nil {
+		return nil, err
+	}
+	ctx := r.Context()
+	roomID, err := memberRoomIDVar(r)
+	if err != nil {
+		return nil, err
+	}
+	forgotten, err := a.db.ForgetLeftRoom(ctx, roomID, dev.UserID)
+	if err != nil || forgotten {
+		return struct{}{}, err
+	}
+	current, err := a.rooms.Membership(ctx, roomID, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	if current != "" && current != spec.Leave && current != spec.Ban {
+		return nil, mxhttp.Errorf(http.StatusBadRequest, "M_UNKNOWN", "User %s is still in room %s (%s); leave it first", dev.UserID, roomID, current)
+	}
+	return struct{}{}, nil
+}
+
+// kick sets another member's membership to leave.
+func (a *API) kick(r *http.Request, dev *userapi.Device) (any, error) {
+	return a.moderate(r, dev, "kick")
+}
+
+// ban bans a user, whether or not they are in the room.
+func (a *API) ban(r *http.Request, dev *userapi.Device) (any, error) {
+	return a.moderate(r, dev, "ban")
+}
+
+// unban lifts a ban: the user's membership becomes leave.
+func (a *API) unban(r *http.Request, dev *userapi.Device) (any, error) {
+	return a.moderate(r, dev, "unban")
+}
+
+// moderate is kick, ban and unban. The power checks are the auth rules';
+// the state checks before them are Synapse's.
+func (a *API) moderate(r *http.Request, dev *userapi.Device, action string) (any, error) {
+	if err := forbidGuest(dev); err != nil {
+		return nil, err
+	}
+	ctx := r.Context()
+	roomID, err := memberRoomIDVar(r)
+	if err != nil {
+		return nil, err
+	}
+	body, target, err := readTargetBody(r)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.localRoomVersion(ctx, roomID); err != nil {
+		return nil, err
+	}
+	if err := a.requireJoined(ctx, roomID, dev.UserID); err != nil {
+		return nil, err
+	}
+	current, err := a.rooms.Membership(ctx, roomID, target)
+	if err != nil {
+		return nil, err
+	}
+	membership := spec.Leave
+	switch action {
+	case "kick":
+		if current != spec.Join && current != spec.Invite && current != spec.Knock {
+			return nil, mxhttp.Forbidden("%s is not in the room", target)
+		}
+	case "ban":
+		membership = spec.Ban
+	case "unban":
+		if current != spec.Ban {
+			return nil, mxhttp.Errorf(http.StatusForbidden, "M_BAD_STATE", "Cannot unban %s, who is not banned", target)
+		}
+	}
+	err = a.sendMembership(ctx, memberChange{roomID: roomID, sender: dev.UserID, target: target,
+		membership: membership, reason: body.Reason})
+	if err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}

@@ -13,6 +13,7 @@ import (
 // provides it): inputs, which return once committed, and reads.
 type Rooms interface {
 	Input(ctx context.Context, req roomserver.InputRequest) (roomserver.InputResponse, error)
+	PreviousInput(ctx context.Context, inputID string) (roomserver.InputResponse, bool, error)
 	Event(ctx context.Context, eventID string) (sql.Event, gomatrixserverlib.PDU, error)
 	RoomVersion(ctx context.Context, roomID string) (string, error)
 	CurrentStateEvent(ctx context.Context, roomID, eventType, stateKey string) (gomatrixserverlib.PDU, error)
@@ -22,6 +23,7 @@ type Rooms interface {
 	RoomsWithMembership(ctx context.Context, userID, membership string) ([]string, error)
 	Power(ctx context.Context, roomID string) (roomserver.Power, error)
 	VisibleTo(ctx context.Context, userID, currentMembership string, ev sql.Event) (bool, error)
+	LastEventAt(ctx context.Context, roomID string, streamPos int64) (sql.Event, gomatrixserverlib.PDU, error)
 }
 
 var _ Rooms = roomserver.API{}
