@@ -74,11 +74,10 @@ func (a *API) getProfileField(r *http.Request) (any, error) {
 
 // setProfileField is PUT /profile/{userId}/{keyName} with {keyName: value}.
 // Keys other than keyName in the body are ignored, as Synapse does.
+// A new displayname or avatar_url also goes out as an updated member event
+// in every room the user is joined to, after the commit.
 //
-// TODO(rooms): a new displayname or avatar_url must also go out as an
-// updated m.room.member join event in every room the user is joined to, and
-// as a presence update (spec: Events on Change of Profile Information).
-// There are no rooms yet; the rooms work wires it here, after the commit.
+// TODO(presence): and as a presence update, once presence exists.
 func (a *API) setProfileField(r *http.Request, dev *userapi.Device) (any, error) {
 	key, err := a.ownProfileKey(r, dev)
 	if err != nil {
@@ -128,6 +127,7 @@ func (a *API) setProfileField(r *http.Request, dev *userapi.Device) (any, error)
 	if err != nil {
 		return nil, profileWriteError(err)
 	}
+	a.propagateProfile(ctx, dev, key, compact)
 	return struct{}{}, nil
 }
 
@@ -138,11 +138,10 @@ func (a *API) deleteProfileField(r *http.Request, dev *userapi.Device) (any, err
 	if err != nil {
 		return nil, err
 	}
-	// TODO(rooms): as for setProfileField, a removed displayname or
-	// avatar_url updates the member events of the user's joined rooms.
 	if err := a.db.DeleteProfileField(r.Context(), dev.Localpart, key); err != nil {
 		return nil, mxhttp.Internal(err)
 	}
+	a.propagateProfile(r.Context(), dev, key, nil)
 	return struct{}{}, nil
 }
 

@@ -16,7 +16,10 @@ import (
 
 	"github.com/weft-chat/weft/clientapi"
 	"github.com/weft-chat/weft/config"
+	"github.com/weft-chat/weft/internal/bus"
 	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/internal/serverkey"
+	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/sql/sqltest"
 	"github.com/weft-chat/weft/userapi"
@@ -35,18 +38,10 @@ type testServer struct {
 	Users  *userapi.Service
 }
 
-// newTestServer starts a client API on a fresh database on engine, stopped
-// when the test ends. Rate limits are off and password hashing is cheap.
-// It has no roomserver: tests of room endpoints use startTestServer with
-// one, or hstest for the whole server.
+// newTestServer starts a client API, with a real roomserver on an embedded
+// bus, on a fresh database on engine, stopped when the test ends. Rate
+// limits are off and password hashing is cheap.
 func newTestServer(t testing.TB, engine config.Engine) *testServer {
-	t.Helper()
-	return startTestServer(t, engine, nil)
-}
-
-// startTestServer is newTestServer with the rooms that makeRooms builds
-// over the test database (nil: none).
-func startTestServer(t testing.TB, engine config.Engine, makeRooms func(*sql.DB) clientapi.Rooms) *testServer {
 	t.Helper()
 	cfg := config.Local()
 	cfg.ServerName = testServerName
@@ -64,15 +59,33 @@ func startTestServer(t testing.TB, engine config.Engine, makeRooms func(*sql.DB)
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { users.Close() })
-	var rooms clientapi.Rooms
-	if makeRooms != nil {
-		rooms = makeRooms(db)
-	}
+	rooms := startRooms(t, db, cfg.ServerName, log)
 	router := mxhttp.NewRouter()
 	clientapi.New(cfg, users, db, rooms, log).Routes(router)
 	srv := httptest.NewServer(mxhttp.Stack{Log: log, MaxBodyBytes: cfg.Client.MaxBodyBytes}.Wrap(router))
 	t.Cleanup(srv.Close)
 	return &testServer{URL: srv.URL, Config: cfg, DB: db, Users: users}
+}
+
+// startRooms runs a roomserver over db until the test ends.
+func startRooms(t testing.TB, db *sql.DB, serverName string, log *slog.Logger) clientapi.Rooms {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	b, err := bus.Open(ctx, bus.Config{StoreDir: t.TempDir()}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := serverkey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := roomserver.New(db, b, serverName, key, log)
+	stop, err := rs.Serve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); stop(); b.Close() })
+	return roomserver.API{Client: roomserver.NewClient(b), Roomserver: rs}
 }
 
 // forEachEngine runs f as a subtest with a fresh testServer on each engine.
