@@ -32,14 +32,15 @@ func (a *API) accountDataRoutes(r *mux.Router) {
 }
 
 // getAccountData is GET of global or room account data: the content as
-// stored, 404 M_NOT_FOUND when the type was never set.
-//
-// TODO(push): m.push_rules lives with the push rules once they exist, and
-// must be readable here too (the spec lets clients read it as normal).
+// stored, 404 M_NOT_FOUND when the type was never set. m.push_rules is
+// the user's current push rules, which live with the push rules.
 func (a *API) getAccountData(r *http.Request, dev *userapi.Device) (any, error) {
 	roomID, typ, err := accountDataTarget(r, dev)
 	if err != nil {
 		return nil, err
+	}
+	if roomID == "" && typ == "m.push_rules" {
+		return a.getPushRules(r, dev)
 	}
 	content, err := a.db.AccountDataContent(r.Context(), dev.Localpart, roomID, typ)
 	if errors.Is(err, sql.ErrNotFound) {
@@ -72,7 +73,9 @@ func (a *API) putAccountData(r *http.Request, dev *userapi.Device) (any, error) 
 	if _, err := a.db.PutAccountData(r.Context(), dev.Localpart, roomID, typ, content); err != nil {
 		return nil, mxhttp.Internal(err)
 	}
-	// TODO(sync): wake the user's long-polling syncs once the notifier exists.
+	if a.accountDataWritten != nil {
+		a.accountDataWritten(dev.UserID)
+	}
 	return struct{}{}, nil
 }
 

@@ -25,11 +25,27 @@ type API struct {
 
 	// Rate limiters; nil when rate limiting is off.
 	loginLimit, registerLimit, messageLimit *ratelimit.Limiter
+
+	// accountDataWritten is called after each account data write with the
+	// user's id (nil: nobody to tell).
+	accountDataWritten func(userID string)
+}
+
+// Option tunes the client API at construction.
+type Option func(*API)
+
+// OnAccountData makes the API call f after each account data write, with
+// the user's id: the sync notifier's wake-up (syncapi.AccountDataWaker).
+func OnAccountData(f func(userID string)) Option {
+	return func(a *API) { a.accountDataWritten = f }
 }
 
 // New makes the client API.
-func New(cfg config.Config, users *userapi.Service, db *sql.DB, rooms Rooms, log *slog.Logger) *API {
+func New(cfg config.Config, users *userapi.Service, db *sql.DB, rooms Rooms, log *slog.Logger, opts ...Option) *API {
 	a := &API{cfg: cfg, users: users, db: db, rooms: rooms, log: log}
+	for _, o := range opts {
+		o(a)
+	}
 	if rl := cfg.RateLimits; rl.Enabled {
 		a.loginLimit = ratelimit.New(rl.Login.Rate, rl.Login.Burst)
 		a.registerLimit = ratelimit.New(rl.Registration.Rate, rl.Registration.Burst)
@@ -55,6 +71,9 @@ func (a *API) Routes(r *mux.Router) {
 	a.roomRoutes(r)
 	a.membershipRoutes(r)
 	a.directoryRoutes(r)
+	a.roomExtrasRoutes(r)
+	a.pushRuleRoutes(r)
+	a.keyRoutes(r)
 }
 
 // handle registers h for path under the stable client prefixes (v3, and r0
@@ -84,6 +103,10 @@ func (a *API) authed(h AuthedHandler) mxhttp.Handler {
 		return h(w, r, dev)
 	}
 }
+
+// Authed is authed for the routes of other components (the sync API), so
+// that every client endpoint checks access tokens the same way.
+func (a *API) Authed(h AuthedHandler) mxhttp.Handler { return a.authed(h) }
 
 // authedJSON is authed for handlers that answer 200 with a JSON body.
 func (a *API) authedJSON(f func(r *http.Request, dev *userapi.Device) (any, error)) mxhttp.Handler {

@@ -102,9 +102,17 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	s.closers = append(s.closers, func() error { cancel(); stopRooms(); return nil })
 	rooms := roomserver.API{Client: roomserver.NewClient(s.bus), Roomserver: rs}
 
-	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"))
+	notifier := syncapi.NewNotifier(s.db, log.With("component", "notifier"))
+	if err := notifier.Start(runCtx, s.bus); err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() error { notifier.Close(); return nil })
+	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"),
+		clientapi.OnAccountData(syncapi.AccountDataWaker(s.bus.Conn(), log.With("component", "clientapi"))))
 	capi.Routes(clientRouter)
-	syncapi.New(s.db, rooms, capi.Authed, log.With("component", "syncapi")).Routes(clientRouter)
+	sapi := syncapi.New(s.db, rooms, capi.Authed, log.With("component", "syncapi"))
+	sapi.Routes(clientRouter)
+	sapi.SyncRoutes(clientRouter, notifier)
 	federation.WellKnownRoutes(clientRouter, cfg.Federation.WellKnownServer)
 	healthRoute(clientRouter)
 
@@ -130,6 +138,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 		s.servers = append(s.servers, &listener{name: "metrics", srv: &http.Server{Addr: cfg.Metrics.Listen,
 			Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})}})
 	}
+	// Long-polling syncs answer as soon as shutdown begins, rather than
+	// hold it for their timeout.
+	s.servers[0].srv.RegisterOnShutdown(notifier.Close)
 	for _, l := range s.servers {
 		l.srv.ReadHeaderTimeout = 30 * time.Second
 		l.srv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)

@@ -17,12 +17,37 @@ import (
 // and commits them all in one transaction: a room exists completely or not
 // at all.
 func (rs *Roomserver) createRoom(ctx context.Context, inputID string, cr *CreateRoom) (InputResponse, error) {
+	rc, err := rs.buildRoom(ctx, cr)
+	if err != nil {
+		return InputResponse{}, err
+	}
+	roomID := rc.v.info.RoomID
+	ids := make([]string, len(rc.evs))
+	for i, p := range rc.evs {
+		ids[i] = p.pdu.EventID()
+	}
+	if inputID != "" {
+		rc.inputs = []sql.InputRecord{{InputID: inputID, RoomID: roomID, EventIDs: ids}}
+	}
+	unlock := rs.rooms.lock(roomID)
+	defer unlock()
+	if err := rs.commit(ctx, []*roomCommit{rc}); err != nil {
+		if errors.Is(err, sql.ErrExists) {
+			return InputResponse{}, mxhttp.Errorf(400, "M_ROOM_IN_USE", "Room %s already exists", roomID)
+		}
+		return InputResponse{}, err
+	}
+	return InputResponse{RoomID: roomID, EventIDs: ids}, nil
+}
+
+// buildRoom builds a new room's initial events, ready to commit.
+func (rs *Roomserver) buildRoom(ctx context.Context, cr *CreateRoom) (*roomCommit, error) {
 	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(cr.RoomVersion))
 	if err != nil {
-		return InputResponse{}, mxhttp.Errorf(400, "M_UNSUPPORTED_ROOM_VERSION", "Unsupported room version %q", cr.RoomVersion)
+		return nil, mxhttp.Errorf(400, "M_UNSUPPORTED_ROOM_VERSION", "Unsupported room version %q", cr.RoomVersion)
 	}
 	if len(cr.Events) == 0 || cr.Events[0].Type != spec.MRoomCreate {
-		return InputResponse{}, mxhttp.BadJSON("a new room starts with its m.room.create event")
+		return nil, mxhttp.BadJSON("a new room starts with its m.room.create event")
 	}
 	roomID := ""
 	if !verImpl.DomainlessRoomIDs() {
@@ -37,7 +62,7 @@ func (rs *Roomserver) createRoom(ctx context.Context, inputID string, cr *Create
 		ne := &cr.Events[i]
 		ev, err := rs.buildEvent(ctx, verImpl, roomID, prev, int64(i+1), lookup, ne)
 		if err != nil {
-			return InputResponse{}, err
+			return nil, err
 		}
 		if i == 0 {
 			// Room version 12 derives the room id from the create event.
@@ -49,20 +74,8 @@ func (rs *Roomserver) createRoom(ctx context.Context, inputID string, cr *Create
 		built = append(built, pending{pdu: ev, ne: ne})
 		prev = []string{ev.EventID()}
 	}
-	unlock := rs.rooms.lock(roomID)
-	defer unlock()
 	v := &roomView{info: sql.RoomInfo{RoomID: roomID, Version: cr.RoomVersion, Extremities: []string{}}, state: sql.StateMap{}}
-	if err := rs.commit(ctx, v, inputID, built); err != nil {
-		if errors.Is(err, sql.ErrExists) {
-			return InputResponse{}, mxhttp.Errorf(400, "M_ROOM_IN_USE", "Room %s already exists", roomID)
-		}
-		return InputResponse{}, err
-	}
-	ids := make([]string, len(built))
-	for i, p := range built {
-		ids[i] = p.pdu.EventID()
-	}
-	return InputResponse{RoomID: roomID, EventIDs: ids}, nil
+	return &roomCommit{v: v, evs: built}, nil
 }
 
 // randomLetters returns n random ASCII letters, for room ids.

@@ -40,6 +40,20 @@ func (rs *Roomserver) parseCached(s sql.Event) (gomatrixserverlib.PDU, error) {
 	return pdu, nil
 }
 
+// PreviousInput returns what an input already handled made, so that a
+// retried client transaction is answered without going to the room's
+// writer; found is false for an input not seen yet.
+func (rs *Roomserver) PreviousInput(ctx context.Context, inputID string) (resp InputResponse, found bool, err error) {
+	roomID, ids, err := rs.db.InputResult(ctx, inputID)
+	if errors.Is(err, sql.ErrNotFound) {
+		return InputResponse{}, false, nil
+	}
+	if err != nil {
+		return InputResponse{}, false, fmt.Errorf("look up input %s: %w", inputID, err)
+	}
+	return InputResponse{RoomID: roomID, EventIDs: ids}, true, nil
+}
+
 // RoomVersion returns a room's version; 404 M_NOT_FOUND for unknown rooms.
 func (rs *Roomserver) RoomVersion(ctx context.Context, roomID string) (string, error) {
 	info, err := rs.db.Room(ctx, roomID)

@@ -19,8 +19,11 @@ import (
 
 // Roomserver builds, checks and stores room events.
 //
-// Lock order: a room's lock (rooms.lock(roomID)) may be taken before the
-// caches' own mutexes, never the other way round.
+// Lock order: room locks (rooms.lock(roomID)), then groupCommit.mu, then
+// the caches' own mutexes, never the other way round. Only an input batch
+// holds several room locks, taken in the order it meets the rooms; the
+// batches of different shards never share a room and every other holder
+// takes one room lock, so no cycle can form.
 type Roomserver struct {
 	db         *sql.DB
 	bus        *bus.Bus // nil: outputs are not published (tests of the pipeline alone)
@@ -32,6 +35,7 @@ type Roomserver struct {
 	rooms  roomLocks
 	views  viewCache
 	events eventCache
+	group  groupCommit
 }
 
 // New makes a roomserver. Start its consumers with Serve.
@@ -40,32 +44,74 @@ func New(db *sql.DB, b *bus.Bus, serverName string, key serverkey.Key, log *slog
 		views: viewCache{m: make(map[string]*roomView)}, events: eventCache{m: make(map[int64]gomatrixserverlib.PDU)}}
 }
 
-// HandleInput handles one input: in-process callers and the bus consumer both
-// come through here. Inputs for one room are serialised by the room lock;
-// across processes the bus shards make this process the room's only writer.
+// HandleInput handles one input: in-process callers come through here and
+// the bus consumer through handleInputs. Inputs for one room are
+// serialised by the room lock; across processes the bus shards make this
+// process the room's only writer, and the room row's check at commit
+// (sql.ErrStale) catches a writer that is not.
 func (rs *Roomserver) HandleInput(ctx context.Context, req InputRequest) (InputResponse, error) {
-	if req.InputID != "" {
-		roomID, ids, err := rs.db.InputResult(ctx, req.InputID)
-		if err == nil {
-			return InputResponse{RoomID: roomID, EventIDs: ids}, nil
-		}
-		if !errors.Is(err, sql.ErrNotFound) {
-			return InputResponse{}, fmt.Errorf("look up input %s: %w", req.InputID, err)
+	r := rs.handleInputs(ctx, []InputRequest{req})[0]
+	return r.resp, r.err
+}
+
+// inputResult is the outcome of one input.
+type inputResult struct {
+	resp InputResponse
+	err  error
+}
+
+// handleInputs handles a batch of inputs, in order, and returns their
+// results in the same order. The new events of the batch are built one
+// after the other, each on the ones before, and committed together in one
+// transaction; nothing is replied before that commit.
+func (rs *Roomserver) handleInputs(ctx context.Context, reqs []InputRequest) []inputResult {
+	res := make([]inputResult, len(reqs))
+	// Inputs already handled (a redelivery, a retried transaction) get what
+	// they made then; a repeat within the batch gets what the first made.
+	var ids []string
+	for _, req := range reqs {
+		if req.InputID != "" {
+			ids = append(ids, req.InputID)
 		}
 	}
-	switch {
-	case req.CreateRoom != nil:
-		return rs.createRoom(ctx, req.InputID, req.CreateRoom)
-	case req.NewEvent != nil:
-		unlock := rs.rooms.lock(req.RoomID)
-		defer unlock()
-		id, err := rs.sendEvent(ctx, req.InputID, req.RoomID, req.NewEvent)
-		if err != nil {
-			return InputResponse{}, err
+	done, err := rs.db.InputResults(ctx, ids)
+	if err != nil {
+		for i := range res {
+			res[i].err = fmt.Errorf("look up inputs: %w", err)
 		}
-		return InputResponse{RoomID: req.RoomID, EventIDs: []string{id}}, nil
+		return res
 	}
-	return InputResponse{}, mxhttp.BadJSON("empty room input")
+	first := make(map[string]int)
+	repeats := make(map[int]int)
+	var sends []int
+	for i, req := range reqs {
+		if req.InputID != "" {
+			if in, ok := done[req.InputID]; ok {
+				res[i].resp = InputResponse{RoomID: in.RoomID, EventIDs: in.EventIDs}
+				continue
+			}
+			if j, ok := first[req.InputID]; ok {
+				repeats[i] = j
+				continue
+			}
+			first[req.InputID] = i
+		}
+		switch {
+		case req.CreateRoom != nil:
+			// New rooms first, before the batch takes any room lock: a
+			// room's lock is not reentrant.
+			res[i].resp, res[i].err = rs.createRoom(ctx, req.InputID, req.CreateRoom)
+		case req.NewEvent != nil:
+			sends = append(sends, i)
+		default:
+			res[i].err = mxhttp.BadJSON("empty room input")
+		}
+	}
+	rs.send(ctx, reqs, sends, res)
+	for i, j := range repeats {
+		res[i] = res[j]
+	}
+	return res
 }
 
 // roomLocks serialises the inputs of each room within this process.
@@ -103,9 +149,10 @@ func (l *roomLocks) lock(roomID string) (unlock func()) {
 }
 
 // roomView is the writer's cached view of a room: its row and current
-// state. It is valid while the row's last_stream_pos is unchanged, which
-// is checked at every input, so a room that moved to another process and
-// back is reloaded.
+// state, as of its last commit. The writer trusts it without reading the
+// row again; if another process wrote the room meanwhile, the commit finds
+// the row moved (sql.ErrStale), drops the view and the input is built
+// again on a fresh one.
 type roomView struct {
 	info  sql.RoomInfo
 	state sql.StateMap
@@ -142,15 +189,15 @@ func (c *viewCache) drop(roomID string) {
 // view returns the current view of a room (404 M_NOT_FOUND for an unknown
 // room). Called with the room lock held.
 func (rs *Roomserver) view(ctx context.Context, roomID string) (*roomView, error) {
+	if v := rs.views.get(roomID); v != nil {
+		return v, nil
+	}
 	info, err := rs.db.Room(ctx, roomID)
 	if errors.Is(err, sql.ErrNotFound) {
 		return nil, mxhttp.NotFound("Unknown room %s", roomID)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load room %s: %w", roomID, err)
-	}
-	if v := rs.views.get(roomID); v != nil && v.info.LastStreamPos == info.LastStreamPos {
-		return v, nil
 	}
 	state, err := rs.db.CurrentState(ctx, info.NID)
 	if err != nil {

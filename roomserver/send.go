@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -20,35 +21,138 @@ const MaxEventBytes = 65536
 // forward extremities.
 const maxPrevEvents = 10
 
-// sendEvent builds a local user's event on top of the room's current state
-// and commits it. Called with the room lock held.
-func (rs *Roomserver) sendEvent(ctx context.Context, inputID, roomID string, ne *NewEvent) (string, error) {
-	v, err := rs.view(ctx, roomID)
-	if err != nil {
-		return "", err
+// maxStaleRetries bounds how often an input is built again after its room
+// turned out to have been written by another process.
+const maxStaleRetries = 3
+
+// send handles the new events reqs[idx...] of an input batch, setting
+// their results. They are built in order, each on the room as the ones
+// before it leave it, and committed in one transaction. If that commit
+// fails, each input is tried again alone, so one bad input fails alone.
+func (rs *Roomserver) send(ctx context.Context, reqs []InputRequest, idx []int, res []inputResult) {
+	if len(idx) == 0 {
+		return
 	}
-	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(v.info.Version))
-	if err != nil {
-		return "", mxhttp.Errorf(400, "M_UNSUPPORTED_ROOM_VERSION", "Unsupported room version %s", v.info.Version)
+	err := rs.trySend(ctx, reqs, idx, res)
+	if err == nil {
+		return
 	}
-	prev := v.info.Extremities
+	if len(idx) > 1 {
+		rs.log.Warn("room input batch failed to commit, retrying its inputs one by one", "inputs", len(idx), "err", err)
+		for _, i := range idx {
+			res[i] = inputResult{}
+			rs.send(ctx, reqs, []int{i}, res)
+		}
+		return
+	}
+	i := idx[0]
+	for attempt := 0; errors.Is(err, sql.ErrStale) && attempt < maxStaleRetries; attempt++ {
+		res[i] = inputResult{}
+		if err = rs.trySend(ctx, reqs, idx, res); err == nil {
+			return
+		}
+	}
+	if id := reqs[i].InputID; id != "" {
+		// The same input, submitted twice at once, committed first
+		// through another path: its result is the answer.
+		if done, lookupErr := rs.db.InputResults(ctx, []string{id}); lookupErr == nil {
+			if in, ok := done[id]; ok {
+				res[i] = inputResult{resp: InputResponse{RoomID: in.RoomID, EventIDs: in.EventIDs}}
+				return
+			}
+		}
+	}
+	res[i] = inputResult{err: err}
+}
+
+// roomWork is a room's share of an input batch being built: the commit it
+// is filling and the room as its pending events leave it.
+type roomWork struct {
+	rc      *roomCommit
+	tip     sql.RoomInfo                           // extremities and depth after the pending events
+	overlay map[sql.StateKey]gomatrixserverlib.PDU // state set by the pending events
+}
+
+// trySend builds and commits reqs[idx...], setting the results of the
+// inputs that fail to build (refusals, unknown rooms) and of those
+// committed. It returns the commit's error, leaving the other results to
+// the caller. It takes the rooms' locks and releases them when done.
+func (rs *Roomserver) trySend(ctx context.Context, reqs []InputRequest, idx []int, res []inputResult) error {
+	works := make(map[string]*roomWork)
+	var rcs []*roomCommit
+	var unlocks []func()
+	defer func() {
+		for _, u := range slices.Backward(unlocks) {
+			u()
+		}
+	}()
+	var built []int
+	for _, i := range idx {
+		req := reqs[i]
+		w := works[req.RoomID]
+		if w == nil {
+			unlock := rs.rooms.lock(req.RoomID)
+			v, err := rs.view(ctx, req.RoomID)
+			if err != nil {
+				unlock()
+				res[i].err = err
+				continue
+			}
+			unlocks = append(unlocks, unlock)
+			w = &roomWork{rc: &roomCommit{v: v}, tip: v.info, overlay: make(map[sql.StateKey]gomatrixserverlib.PDU)}
+			works[req.RoomID] = w
+			rcs = append(rcs, w.rc)
+		}
+		id, err := rs.buildInto(ctx, w, req.InputID, req.NewEvent)
+		if err != nil {
+			res[i].err = err
+			continue
+		}
+		res[i].resp = InputResponse{RoomID: req.RoomID, EventIDs: []string{id}}
+		built = append(built, i)
+	}
+	rcs = slices.DeleteFunc(rcs, func(rc *roomCommit) bool { return len(rc.evs) == 0 })
+	if len(rcs) == 0 {
+		return nil
+	}
+	return rs.commit(ctx, rcs)
+}
+
+// buildInto builds a local user's event on top of w's room and adds it to
+// w's pending events. Called with the room lock held.
+func (rs *Roomserver) buildInto(ctx context.Context, w *roomWork, inputID string, ne *NewEvent) (string, error) {
+	roomID := w.tip.RoomID
+	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(w.tip.Version))
+	if err != nil {
+		return "", mxhttp.Errorf(400, "M_UNSUPPORTED_ROOM_VERSION", "Unsupported room version %s", w.tip.Version)
+	}
+	prev := w.tip.Extremities
 	if len(prev) > maxPrevEvents {
 		prev = prev[len(prev)-maxPrevEvents:]
 	}
 	lookup := func(ctx context.Context, k sql.StateKey) (gomatrixserverlib.PDU, error) {
-		nid, ok := v.state[k]
+		if e, ok := w.overlay[k]; ok {
+			return e, nil
+		}
+		nid, ok := w.rc.v.state[k]
 		if !ok {
 			return nil, nil
 		}
 		evs, err := rs.pdus(ctx, &rs.db.Queries, []int64{nid})
 		return evs[nid], err
 	}
-	ev, err := rs.buildEvent(ctx, verImpl, roomID, prev, v.info.MaxDepth+1, lookup, ne)
+	ev, err := rs.buildEvent(ctx, verImpl, roomID, slices.Clone(prev), w.tip.MaxDepth+1, lookup, ne)
 	if err != nil {
 		return "", err
 	}
-	if err := rs.commit(ctx, v, inputID, []pending{{pdu: ev, ne: ne}}); err != nil {
-		return "", err
+	w.rc.evs = append(w.rc.evs, pending{pdu: ev, ne: ne})
+	if inputID != "" {
+		w.rc.inputs = append(w.rc.inputs, sql.InputRecord{InputID: inputID, RoomID: roomID, EventIDs: []string{ev.EventID()}})
+	}
+	w.tip.Extremities = nextExtremities(slices.Clone(w.tip.Extremities), ev)
+	w.tip.MaxDepth = max(w.tip.MaxDepth, ev.Depth())
+	if sk := ev.StateKey(); sk != nil {
+		w.overlay[sql.StateKey{Type: ev.Type(), StateKey: *sk}] = ev
 	}
 	return ev.EventID(), nil
 }
@@ -100,6 +204,11 @@ func (rs *Roomserver) buildEvent(ctx context.Context, verImpl gomatrixserverlib.
 		return nil, mxhttp.BadJSON("Cannot build event: %v", err)
 	}
 	ev, err := builder.Build(rs.now(), rs.serverName, rs.key.ID, rs.key.Private)
+	var invalid gomatrixserverlib.EventValidationError
+	if errors.As(err, &invalid) && invalid.Code == gomatrixserverlib.EventValidationTooLarge {
+		// Build checks the size limits itself (spec: Size limits).
+		return nil, mxhttp.TooLarge("%s", invalid.Message)
+	}
 	if err != nil {
 		return nil, mxhttp.BadJSON("Cannot build event: %v", err)
 	}

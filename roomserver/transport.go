@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 
@@ -14,10 +16,14 @@ import (
 )
 
 // Shards is how many input shards rooms are spread over. Each shard has one
-// durable consumer processing one input at a time, which makes its
-// process the only writer of the shard's rooms. Every process of a
-// deployment must use the same number.
+// durable consumer, which makes its process the writer of the shard's
+// rooms. Every process of a deployment must use the same number.
 const Shards = 16
+
+// maxInputBatch is how many queued inputs of a shard are handled together,
+// in one transaction. Batches form only under load: a lone input is
+// handled at once.
+const maxInputBatch = 32
 
 // envelope is an input on the ROOM_INPUT stream with the inbox that waits
 // for its result.
@@ -43,7 +49,7 @@ func (rs *Roomserver) Serve(ctx context.Context) (stop func(), err error) {
 	}
 	for shard := range Shards {
 		subject := "room.input." + strconv.Itoa(shard)
-		s, err := bus.Consume(ctx, rs.bus, bus.StreamRoomInput, "roomserver-"+strconv.Itoa(shard), subject, rs.handleEnvelope, bus.Ordered())
+		s, err := bus.ConsumeBatch(ctx, rs.bus, bus.StreamRoomInput, "roomserver-"+strconv.Itoa(shard), subject, maxInputBatch, rs.handleEnvelopes)
 		if err != nil {
 			stopAll()
 			return nil, fmt.Errorf("roomserver shard %d: %w", shard, err)
@@ -53,32 +59,39 @@ func (rs *Roomserver) Serve(ctx context.Context) (stop func(), err error) {
 	return stopAll, nil
 }
 
-// handleEnvelope runs an input and replies. Every outcome, refusals and
-// internal failures alike, is replied and acknowledged: redelivering a
-// refused input cannot change the answer, and the client retries failures
-// with its transaction id, which the input id makes safe.
-func (rs *Roomserver) handleEnvelope(ctx context.Context, env envelope) error {
-	resp, err := rs.HandleInput(ctx, env.Req)
-	var r reply
-	if err != nil {
-		var me *mxhttp.Error
-		if !errors.As(err, &me) {
-			rs.log.Error("room input failed", "room_id", env.Req.RoomID, "err", err)
-			me = mxhttp.Internal(err)
+// handleEnvelopes runs a batch of inputs and replies to each. Every
+// outcome, refusals and internal failures alike, is replied and
+// acknowledged: redelivering a refused input cannot change the answer, and
+// the client retries failures with its transaction id, which the input id
+// makes safe.
+func (rs *Roomserver) handleEnvelopes(ctx context.Context, envs []envelope) error {
+	reqs := make([]InputRequest, len(envs))
+	for i, env := range envs {
+		reqs[i] = env.Req
+	}
+	results := rs.handleInputs(ctx, reqs)
+	for i, env := range envs {
+		var r reply
+		if err := results[i].err; err != nil {
+			var me *mxhttp.Error
+			if !errors.As(err, &me) {
+				rs.log.Error("room input failed", "room_id", env.Req.RoomID, "err", err)
+				me = mxhttp.Internal(err)
+			}
+			r.Error = &inputError{Status: me.Status, Code: me.Code, Message: me.Message}
+		} else {
+			r.Resp = &results[i].resp
 		}
-		r.Error = &inputError{Status: me.Status, Code: me.Code, Message: me.Message}
-	} else {
-		r.Resp = &resp
-	}
-	if env.Reply == "" {
-		return nil
-	}
-	data, err := json.Marshal(r)
-	if err != nil {
-		return fmt.Errorf("encode room input reply: %w", err)
-	}
-	if err := rs.bus.Conn().Publish(env.Reply, data); err != nil {
-		rs.log.Warn("reply to room input", "err", err)
+		if env.Reply == "" {
+			continue
+		}
+		data, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("encode room input reply: %w", err)
+		}
+		if err := rs.bus.Conn().Publish(env.Reply, data); err != nil {
+			rs.log.Warn("reply to room input", "err", err)
+		}
 	}
 	return nil
 }
@@ -86,34 +99,74 @@ func (rs *Roomserver) handleEnvelope(ctx context.Context, env envelope) error {
 // Client submits inputs to whichever process owns the room's shard.
 type Client struct {
 	bus *bus.Bus
+
+	// Replies come to one subscription, <inbox>.<n>, and are handed to
+	// the waiting Input by n: a subscription per input would cost a
+	// subscribe, an unsubscribe and a large buffer each time.
+	once    sync.Once
+	inbox   string
+	initErr error
+	seq     atomic.Uint64
+	mu      sync.Mutex
+	waiting map[string]chan []byte
 }
 
 // NewClient makes a client on the bus.
 func NewClient(b *bus.Bus) *Client { return &Client{bus: b} }
 
+func (c *Client) subscribe() error {
+	c.once.Do(func() {
+		c.inbox = nats.NewInbox()
+		c.waiting = make(map[string]chan []byte)
+		prefix := len(c.inbox) + 1
+		_, c.initErr = c.bus.Conn().Subscribe(c.inbox+".*", func(m *nats.Msg) {
+			if len(m.Subject) <= prefix {
+				return
+			}
+			c.mu.Lock()
+			ch := c.waiting[m.Subject[prefix:]]
+			delete(c.waiting, m.Subject[prefix:])
+			c.mu.Unlock()
+			if ch != nil {
+				ch <- m.Data // buffered: never blocks
+			}
+		})
+	})
+	return c.initErr
+}
+
 // Input submits req and waits for the roomserver's result: the events are
 // committed when it returns without error. Refusals come back as Matrix
 // errors (e.g. 403 M_FORBIDDEN from the auth rules).
 func (c *Client) Input(ctx context.Context, req InputRequest) (InputResponse, error) {
-	inbox := nats.NewInbox()
-	sub, err := c.bus.Conn().SubscribeSync(inbox)
-	if err != nil {
+	if err := c.subscribe(); err != nil {
 		return InputResponse{}, fmt.Errorf("room input inbox: %w", err)
 	}
-	defer sub.Unsubscribe()
+	token := strconv.FormatUint(c.seq.Add(1), 36)
+	ch := make(chan []byte, 1)
+	c.mu.Lock()
+	c.waiting[token] = ch
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.waiting, token)
+		c.mu.Unlock()
+	}()
 	shardKey := req.RoomID
 	if shardKey == "" {
 		shardKey = req.InputID // a new room: any shard will do
 	}
-	if err := bus.Publish(ctx, c.bus, bus.RoomInputSubject(shardKey, Shards), envelope{Reply: inbox, Req: req}); err != nil {
+	if err := bus.Publish(ctx, c.bus, bus.RoomInputSubject(shardKey, Shards), envelope{Reply: c.inbox + "." + token, Req: req}); err != nil {
 		return InputResponse{}, fmt.Errorf("submit room input: %w", err)
 	}
-	msg, err := sub.NextMsgWithContext(ctx)
-	if err != nil {
-		return InputResponse{}, fmt.Errorf("wait for room input: %w", err)
+	var data []byte
+	select {
+	case data = <-ch:
+	case <-ctx.Done():
+		return InputResponse{}, fmt.Errorf("wait for room input: %w", ctx.Err())
 	}
 	var r reply
-	if err := json.Unmarshal(msg.Data, &r); err != nil {
+	if err := json.Unmarshal(data, &r); err != nil {
 		return InputResponse{}, fmt.Errorf("decode room input reply: %w", err)
 	}
 	if r.Error != nil {

@@ -30,45 +30,60 @@ var visibilityRank = map[string]int{VisWorldReadable: 0, VisShared: 1, VisInvite
 //  4. invited at the event and the user was invited then: visible.
 //  5. otherwise hidden.
 //
-// "At the event" is the state before it, except that a user's own
-// membership event counts with its new membership (so a user sees their
-// own leave), and a history_visibility event counts with the more
-// permissive of the old and new settings, as Synapse does.
+// "At the event" is the state before it, except that for a user's own
+// membership event the user sees it if either the membership before or
+// the one after allows it (so a user sees their own join and their own
+// leave), and a history_visibility event counts with the more permissive
+// of the old and new settings (spec: Room History Visibility, "before or
+// after the event"). A missing or unknown setting is shared.
 func (rs *Roomserver) VisibleTo(ctx context.Context, userID, currentMembership string, ev sql.Event) (bool, error) {
 	vis, err := rs.stateContent(ctx, ev.StateBeforeNID, sql.StateKey{Type: spec.MRoomHistoryVisibility}, "history_visibility")
 	if err != nil {
 		return false, err
 	}
-	if vis == "" {
-		vis = VisShared
-	}
+	vis = knownVisibility(vis)
 	membership, err := rs.stateContent(ctx, ev.StateBeforeNID, sql.StateKey{Type: spec.MRoomMember, StateKey: userID}, "membership")
 	if err != nil {
 		return false, err
 	}
+	after := ""
 	if ev.StateKey != nil {
 		switch {
 		case ev.Type == spec.MRoomMember && *ev.StateKey == userID:
-			if m := contentField(ev, "membership"); m != "" {
-				membership = m
-			}
+			after = contentField(ev, "membership")
 		case ev.Type == spec.MRoomHistoryVisibility && *ev.StateKey == "":
-			if v := contentField(ev, "history_visibility"); v != "" && visibilityRank[v] < visibilityRank[vis] {
+			if v := knownVisibility(contentField(ev, "history_visibility")); visibilityRank[v] < visibilityRank[vis] {
 				vis = v
 			}
 		}
 	}
+	return visibleWith(vis, membership, currentMembership) ||
+		(after != "" && visibleWith(vis, after, currentMembership)), nil
+}
+
+// knownVisibility maps a missing or unknown setting to shared (spec:
+// "if no history_visibility is set, or if the value is not understood,
+// the visibility is assumed to be shared").
+func knownVisibility(v string) string {
+	if _, ok := visibilityRank[v]; !ok {
+		return VisShared
+	}
+	return v
+}
+
+// visibleWith applies the rules to a user with membership at the event.
+func visibleWith(vis, membership, currentMembership string) bool {
 	switch {
 	case vis == VisWorldReadable:
-		return true, nil
+		return true
 	case membership == spec.Join:
-		return true, nil
+		return true
 	case vis == VisShared && currentMembership == spec.Join:
-		return true, nil
+		return true
 	case vis == VisInvited && membership == spec.Invite:
-		return true, nil
+		return true
 	}
-	return false, nil
+	return false
 }
 
 // stateContent reads one string field of the content of a piece of state

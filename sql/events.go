@@ -3,6 +3,7 @@ package sql
 import (
 	"context"
 	stdsql "database/sql"
+	"fmt"
 	"strconv"
 	"strings"
 )
@@ -39,6 +40,63 @@ func (t *Queries) InsertEvent(ctx context.Context, e Event) (int64, error) {
 		return 0, ErrExists
 	}
 	return nid, err
+}
+
+// InsertEvents stores events in as few statements as it can and returns
+// their NIDs, in the order of events. Their stream positions are left
+// unset (see SetEventPositions); the rest is as with InsertEvent.
+func (t *Queries) InsertEvents(ctx context.Context, events []Event) ([]int64, error) {
+	const chunk = 200 // rows per statement, well under both engines' parameter limits
+	nids := make([]int64, 0, len(events))
+	for len(events) > 0 {
+		n := min(len(events), chunk)
+		part := events[:n]
+		events = events[n:]
+		rows := make([]string, n)
+		args := make([]any, 0, 11*n)
+		for i, e := range part {
+			rows[i] = "(" + placeholders(11*i+1, 11) + ")"
+			args = append(args, e.RoomNID, e.EventID, e.Type, e.StateKey, e.Sender, e.Depth, e.OriginServerTS,
+				e.StateBeforeNID, string(e.JSON), e.Outlier, e.Rejected)
+		}
+		res, err := t.q.QueryContext(ctx, `INSERT INTO events (room_nid, event_id, type, state_key, sender, depth, origin_server_ts,
+				state_before_nid, json, outlier, rejected)
+			VALUES `+strings.Join(rows, ", ")+` RETURNING event_nid, event_id`, args...)
+		if isUniqueViolation(err) {
+			return nil, ErrExists
+		}
+		if err != nil {
+			return nil, err
+		}
+		// Neither engine promises RETURNING rows in VALUES order: match
+		// them by event id.
+		byID := make(map[string]int64, n)
+		for res.Next() {
+			var nid int64
+			var id string
+			if err := res.Scan(&nid, &id); err != nil {
+				res.Close()
+				return nil, err
+			}
+			byID[id] = nid
+		}
+		err = res.Err()
+		res.Close()
+		if isUniqueViolation(err) {
+			return nil, ErrExists
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range part {
+			nid, ok := byID[e.EventID]
+			if !ok {
+				return nil, fmt.Errorf("insert events: no NID returned for %s", e.EventID)
+			}
+			nids = append(nids, nid)
+		}
+	}
+	return nids, nil
 }
 
 const eventColumns = `e.event_nid, e.room_nid, r.room_id, r.room_version, e.event_id, e.type, e.state_key, e.sender, e.depth,
@@ -105,6 +163,44 @@ func (t *Queries) queryEvents(ctx context.Context, query string, args ...any) ([
 		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+// EventPosition is where a newly stored event stands: its stream position
+// and the state snapshot before it.
+type EventPosition struct {
+	NID, StreamPos, StateBeforeNID int64
+}
+
+// SetEventPositions sets the stream position and state before of each
+// event in one statement. Events are inserted without a position and given
+// one at the end of their transaction, just after the positions are
+// allocated, so the stream's lock is held briefly; the state before comes
+// along because it is only known once the events before it in the same
+// transaction have their NIDs.
+func (t *Queries) SetEventPositions(ctx context.Context, positions []EventPosition) error {
+	if len(positions) == 0 {
+		return nil
+	}
+	var stream, before strings.Builder
+	in := make([]string, len(positions))
+	args := make([]any, 0, 3*len(positions))
+	for i, p := range positions {
+		fmt.Fprintf(&stream, " WHEN $%d THEN CAST($%d AS BIGINT)", 3*i+1, 3*i+2)
+		fmt.Fprintf(&before, " WHEN $%d THEN CAST($%d AS BIGINT)", 3*i+1, 3*i+3)
+		in[i] = "$" + strconv.Itoa(3*i+1)
+		args = append(args, p.NID, p.StreamPos, p.StateBeforeNID)
+	}
+	res, err := t.q.ExecContext(ctx, `UPDATE events SET stream_pos = CASE event_nid`+stream.String()+` END,
+		state_before_nid = CASE event_nid`+before.String()+` END WHERE event_nid IN (`+strings.Join(in, ", ")+`)`, args...)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n != int64(len(positions)) {
+		return fmt.Errorf("set event positions: %d rows changed, want %d", n, len(positions))
+	}
+	return nil
 }
 
 // RedactEvent replaces an event's JSON with its redacted form.

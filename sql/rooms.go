@@ -3,8 +3,14 @@ package sql
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 )
+
+// ErrStale is returned by a conditional update whose row changed since it
+// was read: another writer got there first.
+var ErrStale = errors.New("row changed since it was read")
 
 // RoomInfo is a room's row: what the room's writer needs to add an event.
 type RoomInfo struct {
@@ -15,6 +21,9 @@ type RoomInfo struct {
 	Extremities   []string
 	MaxDepth      int64
 	LastStreamPos int64
+	// ChainLength is how many snapshots SnapshotNID stands on, which
+	// tells the writer when the next snapshot must be a full one.
+	ChainLength int
 }
 
 // CreateRoom adds a room; ErrExists when the room id is taken.
@@ -31,8 +40,10 @@ func (t *Queries) CreateRoom(ctx context.Context, roomID, version string) (int64
 func (t *Queries) Room(ctx context.Context, roomID string) (RoomInfo, error) {
 	r := RoomInfo{RoomID: roomID}
 	var ext string
-	err := t.q.QueryRowContext(ctx, `SELECT room_nid, room_version, state_snapshot_nid, forward_extremities, max_depth, last_stream_pos
-		FROM rooms WHERE room_id = $1`, roomID).Scan(&r.NID, &r.Version, &r.SnapshotNID, &ext, &r.MaxDepth, &r.LastStreamPos)
+	err := t.q.QueryRowContext(ctx, `SELECT r.room_nid, r.room_version, r.state_snapshot_nid, r.forward_extremities, r.max_depth, r.last_stream_pos,
+			COALESCE(s.chain_length, 0)
+		FROM rooms r LEFT JOIN state_snapshots s ON s.snapshot_nid = r.state_snapshot_nid
+		WHERE r.room_id = $1`, roomID).Scan(&r.NID, &r.Version, &r.SnapshotNID, &ext, &r.MaxDepth, &r.LastStreamPos, &r.ChainLength)
 	if err != nil {
 		return RoomInfo{}, noRows(err)
 	}
@@ -52,6 +63,97 @@ func (t *Queries) UpdateRoom(ctx context.Context, r RoomInfo) error {
 		WHERE room_nid = $5`, r.SnapshotNID, string(ext), r.MaxDepth, r.LastStreamPos, r.NID))
 }
 
+// RoomUpdate is a room's new row, to be written only if the room's
+// last_stream_pos is still PrevStreamPos.
+type RoomUpdate struct {
+	Info          RoomInfo
+	PrevStreamPos int64
+}
+
+// UpdateRoomsFrom records the new current state, extremities and depth of
+// each room in one statement, if every room's last_stream_pos is still
+// its PrevStreamPos, and returns ErrStale otherwise: a writer's view of a
+// room was out of date, and the caller must roll back. The rows stay
+// locked until the transaction ends, so a concurrent writer of the same
+// room waits and then finds it changed. last_stream_pos itself is set by
+// SetRoomStreamPositions once the positions are allocated.
+func (t *Queries) UpdateRoomsFrom(ctx context.Context, rooms []RoomUpdate) error {
+	if len(rooms) == 0 {
+		return nil
+	}
+	var snap, ext, depth strings.Builder
+	where := make([]string, len(rooms))
+	args := make([]any, 0, 5*len(rooms))
+	for i, r := range rooms {
+		e, err := json.Marshal(r.Info.Extremities)
+		if err != nil {
+			return err
+		}
+		n := 5*i + 1
+		fmt.Fprintf(&snap, " WHEN $%d THEN CAST($%d AS BIGINT)", n, n+1)
+		fmt.Fprintf(&ext, " WHEN $%d THEN CAST($%d AS TEXT)", n, n+2)
+		fmt.Fprintf(&depth, " WHEN $%d THEN CAST($%d AS BIGINT)", n, n+3)
+		where[i] = fmt.Sprintf("(room_nid = $%d AND last_stream_pos = $%d)", n, n+4)
+		args = append(args, r.Info.NID, r.Info.SnapshotNID, string(e), r.Info.MaxDepth, r.PrevStreamPos)
+	}
+	res, err := t.q.ExecContext(ctx, `UPDATE rooms SET state_snapshot_nid = CASE room_nid`+snap.String()+` END,
+		forward_extremities = CASE room_nid`+ext.String()+` END, max_depth = CASE room_nid`+depth.String()+` END
+		WHERE `+strings.Join(where, " OR "), args...)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n != int64(len(rooms)) {
+		return fmt.Errorf("%d of %d rooms: %w", int64(len(rooms))-n, len(rooms), ErrStale)
+	}
+	return nil
+}
+
+// SetRoomStreamPositions sets the last_stream_pos of each room in
+// positions (room NID to position) in one statement.
+func (t *Queries) SetRoomStreamPositions(ctx context.Context, positions map[int64]int64) error {
+	if len(positions) == 0 {
+		return nil
+	}
+	nids, pos := make([]int64, 0, len(positions)), make([]int64, 0, len(positions))
+	for n, p := range positions {
+		nids, pos = append(nids, n), append(pos, p)
+	}
+	return setByNID(ctx, t.q, "rooms", "room_nid", "last_stream_pos", nids, pos)
+}
+
+// setByNID sets column to values[i] in the row whose key is keys[i], for
+// every i, in one statement. The CAST gives PostgreSQL a type for the
+// parameters of the CASE, which it cannot infer.
+func setByNID(ctx context.Context, q querier, table, key, column string, keys, values []int64) error {
+	var b strings.Builder
+	args := make([]any, 0, 2*len(keys))
+	b.WriteString("UPDATE " + table + " SET " + column + " = CASE " + key)
+	for i := range keys {
+		fmt.Fprintf(&b, " WHEN $%d THEN CAST($%d AS BIGINT)", 2*i+1, 2*i+2)
+		args = append(args, keys[i], values[i])
+	}
+	b.WriteString(" END WHERE " + key + " IN (")
+	for i := range keys {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "$%d", 2*i+1)
+	}
+	b.WriteString(")")
+	res, err := q.ExecContext(ctx, b.String(), args...)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n != int64(len(keys)) {
+		return fmt.Errorf("set %s.%s: %d rows changed, want %d", table, column, n, len(keys))
+	}
+	return nil
+}
+
 // AllocStreamPos takes the next position of a stream. The counter row is
 // locked until the transaction ends, so positions commit in order: a
 // reader that sees position N has seen every position below it.
@@ -62,6 +164,19 @@ func (t *Queries) AllocStreamPos(ctx context.Context, stream string) (int64, err
 		return 0, fmt.Errorf("allocate %s stream position: %w", stream, noRows(err))
 	}
 	return pos, nil
+}
+
+// AllocStreamPositions takes the next n positions of a stream and returns
+// the first; like AllocStreamPos it locks the counter row until the
+// transaction ends. Taking it as late as possible in a transaction keeps
+// the lock, which serialises every writer of the stream, short.
+func (t *Queries) AllocStreamPositions(ctx context.Context, stream string, n int) (int64, error) {
+	var pos int64
+	err := t.q.QueryRowContext(ctx, `UPDATE stream_positions SET pos = pos + $2 WHERE stream = $1 RETURNING pos`, stream, n).Scan(&pos)
+	if err != nil {
+		return 0, fmt.Errorf("allocate %d %s stream positions: %w", n, stream, noRows(err))
+	}
+	return pos - int64(n) + 1, nil
 }
 
 // StreamPos is the latest committed position of a stream.
@@ -82,6 +197,62 @@ func (t *Queries) RecordInput(ctx context.Context, inputID, roomID string, event
 	return err
 }
 
+// InputRecord is an input handled and the events it made.
+type InputRecord struct {
+	InputID  string
+	RoomID   string
+	EventIDs []string
+}
+
+// RecordInputs is RecordInput for several inputs in one statement.
+func (t *Queries) RecordInputs(ctx context.Context, inputs []InputRecord) error {
+	if len(inputs) == 0 {
+		return nil
+	}
+	now := nowMillis()
+	args := make([]any, 0, 4*len(inputs))
+	rows := make([]string, len(inputs))
+	for i, in := range inputs {
+		ids, err := json.Marshal(in.EventIDs)
+		if err != nil {
+			return err
+		}
+		rows[i] = "(" + placeholders(4*i+1, 4) + ")"
+		args = append(args, in.InputID, in.RoomID, string(ids), now)
+	}
+	_, err := t.q.ExecContext(ctx, `INSERT INTO room_inputs (input_id, room_id, event_ids, created_ts) VALUES `+strings.Join(rows, ", "), args...)
+	return err
+}
+
+// InputResults returns the inputs among ids already handled, by input id.
+func (t *Queries) InputResults(ctx context.Context, ids []string) (map[string]InputRecord, error) {
+	out := make(map[string]InputRecord)
+	if len(ids) == 0 {
+		return out, nil
+	}
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	rows, err := t.q.QueryContext(ctx, `SELECT input_id, room_id, event_ids FROM room_inputs WHERE input_id IN (`+placeholders(1, len(ids))+`)`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var in InputRecord
+		var evs string
+		if err := rows.Scan(&in.InputID, &in.RoomID, &evs); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal([]byte(evs), &in.EventIDs); err != nil {
+			return nil, fmt.Errorf("input %s: %w", in.InputID, err)
+		}
+		out[in.InputID] = in
+	}
+	return out, rows.Err()
+}
+
 // InputResult returns the room and events of an input already handled, or
 // ErrNotFound.
 func (t *Queries) InputResult(ctx context.Context, inputID string) (roomID string, eventIDs []string, err error) {
@@ -97,6 +268,29 @@ func (t *Queries) InputResult(ctx context.Context, inputID string) (roomID strin
 func (t *Queries) AddEventTransaction(ctx context.Context, eventNID int64, userID, deviceID, txnID string) error {
 	_, err := t.q.ExecContext(ctx, `INSERT INTO event_transactions (event_nid, user_id, device_id, txn_id) VALUES ($1, $2, $3, $4)`,
 		eventNID, userID, deviceID, txnID)
+	return err
+}
+
+// EventTransaction links a local event to the client transaction that
+// sent it.
+type EventTransaction struct {
+	EventNID                int64
+	UserID, DeviceID, TxnID string
+}
+
+// AddEventTransactions is AddEventTransaction for several events in one
+// statement.
+func (t *Queries) AddEventTransactions(ctx context.Context, txns []EventTransaction) error {
+	if len(txns) == 0 {
+		return nil
+	}
+	args := make([]any, 0, 4*len(txns))
+	rows := make([]string, len(txns))
+	for i, x := range txns {
+		rows[i] = "(" + placeholders(4*i+1, 4) + ")"
+		args = append(args, x.EventNID, x.UserID, x.DeviceID, x.TxnID)
+	}
+	_, err := t.q.ExecContext(ctx, `INSERT INTO event_transactions (event_nid, user_id, device_id, txn_id) VALUES `+strings.Join(rows, ", "), args...)
 	return err
 }
 

@@ -1,6 +1,9 @@
 package sql
 
-import "context"
+import (
+	"context"
+	"strings"
+)
 
 // StateKey names a piece of room state.
 type StateKey struct {
@@ -19,11 +22,30 @@ func (t *Queries) AddSnapshot(ctx context.Context, roomNID, base int64, chainLen
 		roomNID, base, chainLength).Scan(&nid); err != nil {
 		return 0, err
 	}
-	for k, ev := range entries {
-		if _, err := t.q.ExecContext(ctx, `INSERT INTO state_snapshot_entries (snapshot_nid, type, state_key, event_nid) VALUES ($1, $2, $3, $4)`,
-			nid, k.Type, k.StateKey, ev); err != nil {
-			return 0, err
+	// Full snapshots of big rooms have thousands of entries: insert them
+	// in chunks of many rows per statement.
+	const chunk = 500
+	rows := make([]string, 0, min(len(entries), chunk))
+	args := make([]any, 0, 4*cap(rows))
+	flush := func() error {
+		if len(rows) == 0 {
+			return nil
 		}
+		_, err := t.q.ExecContext(ctx, `INSERT INTO state_snapshot_entries (snapshot_nid, type, state_key, event_nid) VALUES `+strings.Join(rows, ", "), args...)
+		rows, args = rows[:0], args[:0]
+		return err
+	}
+	for k, ev := range entries {
+		rows = append(rows, "("+placeholders(len(args)+1, 4)+")")
+		args = append(args, nid, k.Type, k.StateKey, ev)
+		if len(rows) == chunk {
+			if err := flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return 0, err
 	}
 	return nid, nil
 }

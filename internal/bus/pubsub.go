@@ -114,7 +114,34 @@ func Consume[T any](ctx context.Context, b *Bus, stream, durable, subject string
 	for _, o := range opts {
 		o(&cfg)
 	}
+	it, err := messages(ctx, b, stream, durable, subject, cfg)
+	if err != nil {
+		return nil, err
+	}
 
+	log := b.log.With("stream", stream, "durable", durable)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer it.Stop()
+		for {
+			msg, ok := next(ctx, log, it)
+			if !ok {
+				return
+			}
+			handleMsg(ctx, log, msg, handle, cfg.nakDelay)
+		}
+	}()
+
+	return func() {
+		cancel()
+		<-done
+	}, nil
+}
+
+// messages creates or updates the durable consumer and starts pulling.
+func messages(ctx context.Context, b *Bus, stream, durable, subject string, cfg consumeConfig) (jetstream.MessagesContext, error) {
 	cons, err := b.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
 		Durable:       durable,
 		FilterSubject: subject,
@@ -131,30 +158,106 @@ func Consume[T any](ctx context.Context, b *Bus, stream, durable, subject string
 	if err != nil {
 		return nil, fmt.Errorf("bus: consume %s on %s: %w", durable, stream, err)
 	}
+	return it, nil
+}
+
+// next waits for the next message; false when consuming must stop.
+func next(ctx context.Context, log *slog.Logger, it jetstream.MessagesContext) (jetstream.Msg, bool) {
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err == nil {
+			return msg, true
+		}
+		if ctx.Err() != nil {
+			return nil, false
+		}
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			// Connection closed (Bus.Close) or consumer deleted.
+			log.Debug("consumer stopped", "err", err)
+			return nil, false
+		}
+		// Non-terminal (the iterator stays usable); a terminal error is
+		// followed by ErrMsgIteratorClosed.
+		log.Warn("consumer error", "err", err)
+	}
+}
+
+// ConsumeBatch is Consume for handlers that do better with several
+// messages at once, such as one database transaction for many inputs.
+// handle gets the messages in delivery order, at most maxBatch at a time:
+// the first one waiting plus every one that has already arrived, so a lone
+// message is handled at once and batches only grow with the load. When
+// handle returns nil the whole batch is acked, when it returns an error
+// the whole batch is NAKed and redelivered. Everything else is as with
+// Consume.
+//
+// MaxAckPending defaults to maxBatch, since a batch can only be as large
+// as what the server hands out before acks (Ordered would make every batch
+// one message); maxBatch is capped at the client-side prefetch limit.
+func ConsumeBatch[T any](ctx context.Context, b *Bus, stream, durable, subject string, maxBatch int, handle func(context.Context, []T) error, opts ...ConsumeOption) (stop func(), err error) {
+	maxBatch = min(max(maxBatch, 1), maxPrefetch)
+	cfg := consumeConfig{
+		maxAckPending: maxBatch,
+		ackWait:       defaultAckWait,
+		nakDelay:      defaultNakDelay,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	it, err := messages(ctx, b, stream, durable, subject, cfg)
+	if err != nil {
+		return nil, err
+	}
 
 	log := b.log.With("stream", stream, "durable", durable)
 	ctx, cancel := context.WithCancel(ctx)
+	// The reader moves messages from the iterator into arrived, where the
+	// handler can see without blocking what is already there.
+	arrived := make(chan jetstream.Msg, maxBatch)
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		defer close(arrived)
+		for {
+			msg, ok := next(ctx, log, it)
+			if !ok {
+				return
+			}
+			arrived <- msg // never blocks for long: at most maxBatch are unacked
+		}
+	}()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		defer it.Stop()
-		for {
-			msg, err := it.Next(jetstream.NextContext(ctx))
-			if err != nil {
-				if ctx.Err() != nil {
-					return
+		// Messages taken but not handled when consuming stops. They are
+		// handed back (NAKed) only once the iterator no longer listens:
+		// the server redelivers a NAKed message at once, to any pull
+		// request still waiting, and one of ours would take it with it.
+		var handBack []jetstream.Msg
+		for first := range arrived {
+			batch := []jetstream.Msg{first}
+		more:
+			for len(batch) < maxBatch {
+				select {
+				case m, ok := <-arrived:
+					if !ok {
+						break more
+					}
+					batch = append(batch, m)
+				default:
+					break more
 				}
-				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					// Connection closed (Bus.Close) or consumer deleted.
-					log.Debug("consumer stopped", "err", err)
-					return
-				}
-				// Non-terminal (the iterator stays usable); a terminal
-				// error is followed by ErrMsgIteratorClosed.
-				log.Warn("consumer error", "err", err)
+			}
+			if ctx.Err() != nil {
+				handBack = append(handBack, batch...)
 				continue
 			}
-			handleMsg(ctx, log, msg, handle, cfg.nakDelay)
+			handBack = append(handBack, handleBatch(ctx, log, batch, handle, cfg.nakDelay)...)
+		}
+		<-readerDone
+		stopIterator(it)
+		for _, m := range handBack {
+			_ = m.Nak()
 		}
 	}()
 
@@ -162,6 +265,69 @@ func Consume[T any](ctx context.Context, b *Bus, stream, durable, subject string
 		cancel()
 		<-done
 	}, nil
+}
+
+// stopIterator stops it and waits, briefly, until it has unsubscribed.
+func stopIterator(it jetstream.MessagesContext) {
+	it.Stop()
+	c, ok := it.(interface{ Closed() <-chan struct{} })
+	if !ok {
+		return
+	}
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		select {
+		case <-c.Closed():
+			return
+		default:
+		}
+	}
+}
+
+// handleBatch decodes, handles and acks or NAKs a batch of messages. It
+// returns the messages of a batch that failed because consuming is
+// stopping, for the caller to hand back.
+func handleBatch[T any](ctx context.Context, log *slog.Logger, batch []jetstream.Msg, handle func(context.Context, []T) error, nakDelay time.Duration) []jetstream.Msg {
+	vals := make([]T, 0, len(batch))
+	msgs := batch[:0]
+	for _, msg := range batch {
+		var v T
+		if err := json.Unmarshal(msg.Data(), &v); err != nil {
+			log.Error("dropping undecodable message", "subject", msg.Subject(), "err", err)
+			_ = msg.Term()
+			continue
+		}
+		vals, msgs = append(vals, v), append(msgs, msg)
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	if err := handle(ctx, vals); err != nil {
+		if ctx.Err() != nil {
+			return msgs
+		}
+		log.Warn("batch handler failed, will redeliver", "messages", len(msgs), "err", err)
+		for _, msg := range msgs {
+			if err := msg.NakWithDelay(nakDelay); err != nil {
+				log.Warn("nak failed", "err", err)
+			}
+		}
+		return nil
+	}
+	// The acks travel in order on one connection and the server handles
+	// them in order, so the confirmed ack of the last message confirms the
+	// ones before it: one round trip per batch.
+	last := len(msgs) - 1
+	for _, msg := range msgs[:last] {
+		if err := msg.Ack(); err != nil {
+			log.Warn("ack failed, message may be redelivered", "subject", msg.Subject(), "err", err)
+		}
+	}
+	ackCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ackTimeout)
+	defer cancel()
+	if err := msgs[last].DoubleAck(ackCtx); err != nil {
+		log.Warn("ack failed, message may be redelivered", "subject", msgs[last].Subject(), "err", err)
+	}
+	return nil
 }
 
 // handleMsg decodes, handles and acks or NAKs one message.

@@ -1,0 +1,105 @@
+package clientapi
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/gorilla/mux"
+
+	"github.com/weft-chat/weft/e2ee"
+	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/userapi"
+)
+
+// keyRoutes registers the end-to-end encryption endpoints. GET
+// /keys/changes needs device-list streams and stays unregistered until
+// they exist.
+func (a *API) keyRoutes(r *mux.Router) {
+	k := &keyHandlers{API: a, keys: e2ee.New(a.db, a.users.ServerName())}
+	handle(r, "/keys/upload", a.authedJSON(k.upload), http.MethodPost)
+	handle(r, "/keys/query", a.authedJSON(k.query), http.MethodPost)
+	handle(r, "/keys/claim", a.authedJSON(k.claim), http.MethodPost)
+	handle(r, "/keys/device_signing/upload", a.authedJSON(k.uploadCrossSigning), http.MethodPost)
+	handle(r, "/keys/signatures/upload", a.authedJSON(k.uploadSignatures), http.MethodPost)
+	k.backupRoutes(r)
+}
+
+// keyHandlers are the handlers of the key endpoints, over the e2ee service.
+type keyHandlers struct {
+	*API
+	keys *e2ee.Service
+}
+
+func callerOf(dev *userapi.Device) e2ee.Caller {
+	return e2ee.Caller{UserID: dev.UserID, Localpart: dev.Localpart, DeviceID: dev.DeviceID}
+}
+
+func (k *keyHandlers) upload(r *http.Request, dev *userapi.Device) (any, error) {
+	var req e2ee.Upload
+	if err := mxhttp.ReadJSON(r, &req); err != nil {
+		return nil, err
+	}
+	counts, err := k.keys.UploadKeys(r.Context(), callerOf(dev), req)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"one_time_key_counts": counts}, nil
+}
+
+func (k *keyHandlers) query(r *http.Request, dev *userapi.Device) (any, error) {
+	var req struct {
+		DeviceKeys map[string][]string `json:"device_keys"`
+	}
+	if err := mxhttp.ReadJSON(r, &req); err != nil {
+		return nil, err
+	}
+	if req.DeviceKeys == nil {
+		return nil, mxhttp.MissingParam("device_keys is required")
+	}
+	return k.keys.QueryKeys(r.Context(), dev.UserID, req.DeviceKeys)
+}
+
+func (k *keyHandlers) claim(r *http.Request, dev *userapi.Device) (any, error) {
+	var req struct {
+		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
+	}
+	if err := mxhttp.ReadJSON(r, &req); err != nil {
+		return nil, err
+	}
+	if req.OneTimeKeys == nil {
+		return nil, mxhttp.MissingParam("one_time_keys is required")
+	}
+	return k.keys.ClaimKeys(r.Context(), req.OneTimeKeys)
+}
+
+// uploadCrossSigning is POST /keys/device_signing/upload: the first upload
+// needs no user-interactive auth (MSC3967, in the spec since v1.11);
+// replacing keys needs the caller's password.
+func (k *keyHandlers) uploadCrossSigning(r *http.Request, dev *userapi.Device) (any, error) {
+	var req struct {
+		e2ee.CrossSigningUpload
+		Auth json.RawMessage `json:"auth"`
+	}
+	if err := mxhttp.ReadJSON(r, &req); err != nil {
+		return nil, err
+	}
+	err := k.keys.UploadCrossSigningKeys(r.Context(), callerOf(dev), req.CrossSigningUpload, func() error {
+		return k.passwordUIA(r, dev, req.Auth)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+func (k *keyHandlers) uploadSignatures(r *http.Request, dev *userapi.Device) (any, error) {
+	var req map[string]map[string]json.RawMessage
+	if err := mxhttp.ReadJSON(r, &req); err != nil {
+		return nil, err
+	}
+	failures, err := k.keys.UploadSignatures(r.Context(), callerOf(dev), req)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"failures": failures}, nil
+}

@@ -1,0 +1,294 @@
+package push
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/weft-chat/weft/internal/bus"
+	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/roomserver"
+	"github.com/weft-chat/weft/sql"
+)
+
+// Rooms is what the counter needs of the roomserver (roomserver.API
+// provides it).
+type Rooms interface {
+	Event(ctx context.Context, eventID string) (sql.Event, gomatrixserverlib.PDU, error)
+	Power(ctx context.Context, roomID string) (roomserver.Power, error)
+}
+
+// CountsDurable names the durable consumer of room.output that counts
+// notifications. Its position survives restarts, so events committed while
+// no process counted are counted when one starts.
+const CountsDurable = "push-counts"
+
+// MainThread is the thread id of the main timeline (spec: threaded read
+// receipts).
+const MainThread = "main"
+
+// maxThreadHops bounds the walk up relations to a thread root (spec:
+// "a maximum of 3 hops is recommended").
+const maxThreadHops = 3
+
+// Counter counts unread notifications: for each committed event it
+// evaluates the push rules of every local member who can see it, except
+// the sender, and records the events that notify each. It consumes
+// room.output, so counting never holds up the room input pipeline; it runs
+// behind it instead (sql.PushCountedUpTo says how far).
+type Counter struct {
+	db         *sql.DB
+	rooms      Rooms
+	serverName string
+	log        *slog.Logger
+	rules      *Cache
+	names      nameCache
+}
+
+// NewCounter makes a counter for the local users of serverName.
+func NewCounter(db *sql.DB, rooms Rooms, serverName string, log *slog.Logger) *Counter {
+	return &Counter{db: db, rooms: rooms, serverName: serverName, log: log,
+		rules: NewCache(db.PushRules), names: nameCache{m: make(map[int64]string)}}
+}
+
+// Serve consumes room.output with the durable consumer push-counts, one
+// event at a time in stream order, until ctx ends or stop is called.
+func (c *Counter) Serve(ctx context.Context, b *bus.Bus) (stop func(), err error) {
+	return bus.Consume(ctx, b, bus.StreamRoomOutput, CountsDurable, bus.RoomOutputSubjects, c.Handle, bus.Ordered())
+}
+
+// Handle counts one committed event. It is idempotent: notifications are
+// keyed by (user, event), so a redelivered event changes nothing. Errors
+// are the database's, worth a retry; events that cannot be counted (gone,
+// unparsable) are logged and skipped, since a retry cannot fix them.
+func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
+	stored, pdu, err := c.rooms.Event(ctx, o.EventID)
+	if err != nil {
+		var me *mxhttp.Error
+		if errors.As(err, &me) && me.Status == 404 {
+			c.log.Warn("push counts: event not found", "event_id", o.EventID)
+			return nil
+		}
+		return err
+	}
+	if stored.Rejected || stored.Outlier || stored.StreamPos == 0 {
+		return nil
+	}
+	ev, err := EventFromPDU(pdu)
+	if err != nil {
+		c.log.Warn("push counts: cannot read event", "event_id", o.EventID, "err", err)
+		return nil
+	}
+	thread, err := c.threadOf(ctx, ev)
+	if err != nil {
+		return err
+	}
+	var notes []sql.PushNotification
+	if stored.RedactedBy == "" {
+		if notes, err = c.evaluate(ctx, stored, pdu, ev, thread); err != nil {
+			return err
+		}
+	}
+	var redactedNID int64
+	if pdu.Type() == spec.MRoomRedaction && pdu.Redacts() != "" {
+		target, err := c.db.EventByID(ctx, pdu.Redacts())
+		if err != nil && !errors.Is(err, sql.ErrNotFound) {
+			return err
+		}
+		// Only an effective redaction drops the target's notifications.
+		if err == nil && target.RedactedBy == pdu.EventID() {
+			redactedNID = target.NID
+		}
+	}
+	sender := string(pdu.SenderID())
+	return c.db.WithTx(ctx, func(q *sql.Queries) error {
+		if err := q.AddPushNotifications(ctx, stored.RoomNID, stored.NID, stored.StreamPos, notes); err != nil {
+			return err
+		}
+		if c.isLocal(sender) {
+			// Sending an event reads everything before it (spec: "When
+			// the user updates their read receipt (either by using the API
+			// or by sending an event) ...").
+			if err := q.ResetCountsNID(ctx, sender, stored.RoomNID, thread, stored.StreamPos); err != nil {
+				return err
+			}
+		}
+		if sk := pdu.StateKey(); pdu.Type() == spec.MRoomMember && sk != nil && c.isLocal(*sk) {
+			if m, _ := pdu.Membership(); m == spec.Leave || m == spec.Ban {
+				if err := q.DeleteRoomPushNotifications(ctx, *sk, stored.RoomNID); err != nil {
+					return err
+				}
+			}
+		}
+		if redactedNID != 0 {
+			if err := q.DeleteEventPushNotifications(ctx, redactedNID); err != nil {
+				return err
+			}
+		}
+		return q.SetPushCounted(ctx, stored.RoomNID, stored.StreamPos)
+	})
+}
+
+// evaluate runs every eligible member's rules against the event: what the
+// members share (the flattened event, member count, sender power) is
+// computed once, then each member costs a rule walk.
+func (c *Counter) evaluate(ctx context.Context, stored sql.Event, pdu gomatrixserverlib.PDU, ev *Event, thread string) ([]sql.PushNotification, error) {
+	members, joined, err := c.db.PushMembers(ctx, stored.RoomNID, c.serverName)
+	if err != nil {
+		return nil, err
+	}
+	sender := string(pdu.SenderID())
+	eligible := members[:0]
+	for _, m := range members {
+		switch {
+		case m.UserID == sender:
+		case m.Membership == spec.Join && m.StreamPos < stored.StreamPos:
+			// Joined before the event, so they see it (history
+			// visibility: joined at the event).
+			eligible = append(eligible, m)
+		case m.Membership == spec.Invite && m.EventNID == stored.NID:
+			// The invite itself, for .m.rule.invite_for_me.
+			eligible = append(eligible, m)
+		}
+	}
+	if len(eligible) == 0 {
+		return nil, nil
+	}
+	power, err := c.rooms.Power(ctx, stored.RoomID)
+	if err != nil {
+		return nil, err
+	}
+	rc := Context{MemberCount: joined, SenderPower: power.UserLevel(sender), NotificationPowers: power.Levels().Notifications}
+	rulesets := make([]*Compiled, len(eligible))
+	var needNames []int64
+	for i, m := range eligible {
+		if rulesets[i], err = c.rules.Get(ctx, m.UserID, m.RulesVersion); err != nil {
+			return nil, err
+		}
+		if rulesets[i].NeedsDisplayName(ev) {
+			needNames = append(needNames, m.EventNID)
+		}
+	}
+	names, err := c.displayNames(ctx, needNames)
+	if err != nil {
+		return nil, err
+	}
+	var notes []sql.PushNotification
+	for i, m := range eligible {
+		rc.UserID, rc.DisplayName = m.UserID, names[m.EventNID]
+		if r := Evaluate(rulesets[i], ev, &rc); r.Notify {
+			notes = append(notes, sql.PushNotification{UserID: m.UserID, ThreadID: thread, Highlight: r.Highlight})
+		}
+	}
+	return notes, nil
+}
+
+// threadOf finds the thread an event belongs to: the root of its m.thread
+// relation, or of the first m.thread relation found walking up its
+// relations, within maxThreadHops; otherwise the main timeline.
+func (c *Counter) threadOf(ctx context.Context, ev *Event) (string, error) {
+	rel := ev.lookup(`content.m\.relates_to.rel_type`, propRelType)
+	parent := ev.lookup(`content.m\.relates_to.event_id`, -1)
+	if rel == nil || parent == nil || rel.kind != kindString || parent.kind != kindString {
+		return MainThread, nil
+	}
+	relType, parentID := rel.str, parent.str
+	for hop := 1; ; hop++ {
+		if relType == "m.thread" {
+			return parentID, nil
+		}
+		if hop == maxThreadHops {
+			return MainThread, nil
+		}
+		var err error
+		relType, parentID, err = c.db.EventRelation(ctx, parentID)
+		if errors.Is(err, sql.ErrNotFound) {
+			return MainThread, nil
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+}
+
+func (c *Counter) isLocal(userID string) bool {
+	_, server, ok := splitUserID(userID)
+	return ok && server == c.serverName
+}
+
+func splitUserID(userID string) (localpart, server string, ok bool) {
+	if len(userID) < 2 || userID[0] != '@' {
+		return "", "", false
+	}
+	for i := 1; i < len(userID); i++ {
+		if userID[i] == ':' {
+			return userID[1:i], userID[i+1:], true
+		}
+	}
+	return "", "", false
+}
+
+// displayNames returns the display names in the given membership events,
+// from the cache where it can: a membership event never changes, so its
+// name is read once.
+func (c *Counter) displayNames(ctx context.Context, nids []int64) (map[int64]string, error) {
+	out := make(map[int64]string, len(nids))
+	var missing []int64
+	for _, n := range nids {
+		if name, ok := c.names.get(n); ok {
+			out[n] = name
+		} else {
+			missing = append(missing, n)
+		}
+	}
+	const chunk = 1000
+	for len(missing) > 0 {
+		batch := missing[:min(len(missing), chunk)]
+		missing = missing[len(batch):]
+		evs, err := c.db.EventsByNID(ctx, batch)
+		if err != nil {
+			return nil, fmt.Errorf("load membership events: %w", err)
+		}
+		for _, e := range evs {
+			var m struct {
+				Content struct {
+					Displayname string `json:"displayname"`
+				} `json:"content"`
+			}
+			_ = json.Unmarshal(e.JSON, &m) // a name that does not parse is no name
+			c.names.put(e.NID, m.Content.Displayname)
+			out[e.NID] = m.Content.Displayname
+		}
+	}
+	return out, nil
+}
+
+// nameCache maps membership event NIDs to the display names they set.
+type nameCache struct {
+	mu sync.Mutex
+	m  map[int64]string
+}
+
+const nameCacheMax = 200_000
+
+func (c *nameCache) get(nid int64) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.m[nid]
+	return s, ok
+}
+
+func (c *nameCache) put(nid int64, name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= nameCacheMax {
+		clear(c.m)
+	}
+	c.m[nid] = name
+}

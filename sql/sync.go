@@ -1,0 +1,172 @@
+package sql
+
+import (
+	"context"
+	"slices"
+)
+
+// The reads behind /sync: a user's memberships with what each room's row
+// says about its latest change, room events by stream position (the order
+// /sync serves them in), the state a window of the stream changed, and the
+// room summary. None of them needs an index beyond those of the room
+// tables: every scan is bounded by a room and a stream range.
+
+// SyncMembership is one of a user's memberships, as /sync and its notifier
+// read them.
+type SyncMembership struct {
+	RoomNID     int64
+	RoomID      string
+	RoomVersion string
+	Membership  string
+	// EventNID and StreamPos are those of the membership event.
+	EventNID  int64
+	StreamPos int64
+	Forgotten bool
+	// RoomLastStreamPos is the position of the room's latest event: a room
+	// whose latest event is at or before a sync's since has nothing new.
+	RoomLastStreamPos int64
+}
+
+// SyncMemberships lists every membership the user has, forgotten rooms
+// included (the caller decides what they hide), ordered by room id.
+func (t *Queries) SyncMemberships(ctx context.Context, userID string) ([]SyncMembership, error) {
+	rows, err := t.q.QueryContext(ctx, `SELECT r.room_nid, r.room_id, r.room_version, m.membership, m.event_nid, m.stream_pos,
+			m.forgotten, r.last_stream_pos
+		FROM room_members m JOIN rooms r ON r.room_nid = m.room_nid
+		WHERE m.user_id = $1 ORDER BY r.room_id`, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []SyncMembership
+	for rows.Next() {
+		var m SyncMembership
+		if err := rows.Scan(&m.RoomNID, &m.RoomID, &m.RoomVersion, &m.Membership, &m.EventNID, &m.StreamPos,
+			&m.Forgotten, &m.RoomLastStreamPos); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// RoomEventsByStream returns up to limit timeline events of a room whose
+// stream position lies in (lo, hi], newest first.
+func (t *Queries) RoomEventsByStream(ctx context.Context, roomNID, lo, hi int64, limit int) ([]Event, error) {
+	return t.queryEvents(ctx, `SELECT `+eventColumns+eventFrom+`WHERE e.room_nid = $1 AND`+timelineWhere+`
+		AND e.stream_pos > $2 AND e.stream_pos <= $3 ORDER BY e.stream_pos DESC LIMIT $4`, roomNID, lo, hi, limit)
+}
+
+// StateKeysChanged returns the pieces of state that the room's timeline
+// events in (lo, hi] of the stream set, each once.
+func (t *Queries) StateKeysChanged(ctx context.Context, roomNID, lo, hi int64) ([]StateKey, error) {
+	rows, err := t.q.QueryContext(ctx, `SELECT DISTINCT e.type, e.state_key FROM events e
+		WHERE e.room_nid = $1 AND`+timelineWhere+`AND e.state_key IS NOT NULL AND e.stream_pos > $2 AND e.stream_pos <= $3`,
+		roomNID, lo, hi)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []StateKey
+	for rows.Next() {
+		var k StateKey
+		if err := rows.Scan(&k.Type, &k.StateKey); err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+// MemberEventsBetween returns a user's m.room.member events in a room
+// whose stream position lies in (lo, hi], oldest first.
+func (t *Queries) MemberEventsBetween(ctx context.Context, roomNID int64, userID string, lo, hi int64) ([]Event, error) {
+	return t.queryEvents(ctx, `SELECT `+eventColumns+eventFrom+`WHERE e.room_nid = $1 AND`+timelineWhere+`
+		AND e.type = 'm.room.member' AND e.state_key = $2 AND e.stream_pos > $3 AND e.stream_pos <= $4
+		ORDER BY e.stream_pos`, roomNID, userID, lo, hi)
+}
+
+// SnapshotKeys returns the pieces of state among keys that a snapshot
+// holds (absent keys are absent from the map), in one query.
+func (t *Queries) SnapshotKeys(ctx context.Context, nid int64, keys []StateKey) (StateMap, error) {
+	if nid == 0 || len(keys) == 0 {
+		return make(StateMap), nil
+	}
+	// Filter on the types and state keys separately (one list each, so the
+	// query stays one text on both engines), then keep the exact pairs.
+	var types, stateKeys []string
+	for _, k := range keys {
+		if !slices.Contains(types, k.Type) {
+			types = append(types, k.Type)
+		}
+		if !slices.Contains(stateKeys, k.StateKey) {
+			stateKeys = append(stateKeys, k.StateKey)
+		}
+	}
+	args := []any{nid}
+	for _, s := range types {
+		args = append(args, s)
+	}
+	for _, s := range stateKeys {
+		args = append(args, s)
+	}
+	state, err := t.snapshot(ctx, nid, snapshotChain+`WHERE e.type IN (`+placeholders(2, len(types))+`)
+		AND e.state_key IN (`+placeholders(2+len(types), len(stateKeys))+`) ORDER BY c.n DESC`, args...)
+	if err != nil {
+		return nil, err
+	}
+	want := make(map[StateKey]bool, len(keys))
+	for _, k := range keys {
+		want[k] = true
+	}
+	for k := range state {
+		if !want[k] {
+			delete(state, k)
+		}
+	}
+	return state, nil
+}
+
+// SnapshotWithoutMembers returns a snapshot's state except the
+// m.room.member events, which lazy-loading clients get one by one.
+func (t *Queries) SnapshotWithoutMembers(ctx context.Context, nid int64) (StateMap, error) {
+	return t.snapshot(ctx, nid, snapshotChain+`WHERE e.type <> 'm.room.member' ORDER BY c.n DESC`, nid)
+}
+
+// RoomMemberCounts counts a room's joined and invited users now.
+func (t *Queries) RoomMemberCounts(ctx context.Context, roomNID int64) (joined, invited int, err error) {
+	err = t.q.QueryRowContext(ctx, `SELECT
+			COALESCE(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END), 0),
+			COALESCE(SUM(CASE WHEN membership = 'invite' THEN 1 ELSE 0 END), 0)
+		FROM room_members WHERE room_nid = $1`, roomNID).Scan(&joined, &invited)
+	return joined, invited, err
+}
+
+// RoomHeroes returns up to limit users of a room other than exclude whose
+// membership is one of memberships, in the stream order of their
+// membership events (spec: m.heroes).
+func (t *Queries) RoomHeroes(ctx context.Context, roomNID int64, exclude string, memberships []string, limit int) ([]string, error) {
+	if len(memberships) == 0 {
+		return nil, nil
+	}
+	args := []any{roomNID, exclude, limit}
+	for _, m := range memberships {
+		args = append(args, m)
+	}
+	rows, err := t.q.QueryContext(ctx, `SELECT user_id FROM room_members
+		WHERE room_nid = $1 AND user_id <> $2 AND membership IN (`+placeholders(4, len(memberships))+`)
+		ORDER BY stream_pos LIMIT $3`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,208 @@
+package syncapi
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"testing"
+
+	"github.com/weft-chat/weft/roomserver"
+	"github.com/weft-chat/weft/sql"
+)
+
+// fakeMemberships serves memberships from a map, optionally failing.
+type fakeMemberships struct {
+	mu    sync.Mutex
+	rows  map[string][]sql.SyncMembership
+	fail  error
+	loads int
+}
+
+func (f *fakeMemberships) SyncMemberships(_ context.Context, userID string) ([]sql.SyncMembership, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.loads++
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	return f.rows[userID], nil
+}
+
+func woken(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+func member(room, user, membership string, pos int64) roomserver.OutputEvent {
+	return roomserver.OutputEvent{RoomID: room, EventID: "$m" + user, StreamPos: pos, Type: "m.room.member", StateKey: &user, Sender: user, Membership: membership}
+}
+
+func message(room string, pos int64) roomserver.OutputEvent {
+	return roomserver.OutputEvent{RoomID: room, EventID: "$x", StreamPos: pos, Type: "m.room.message", Sender: "@someone:x"}
+}
+
+func listen(t *testing.T, n *Notifier, user string) (<-chan struct{}, func()) {
+	t.Helper()
+	w, release, err := n.Listen(context.Background(), user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, release
+}
+
+// TestNotifierWakesOnlyMembers: an event wakes the syncs of the room's
+// joined and invited users and nobody else; a membership event wakes its
+// target, also for a room they were not in (an invite); after a leave the
+// room's events no longer wake the user.
+func TestNotifierWakesOnlyMembers(t *testing.T) {
+	db := &fakeMemberships{rows: map[string][]sql.SyncMembership{
+		"@a:x": {{RoomID: "!r1:x", Membership: "join", StreamPos: 5}, {RoomID: "!old:x", Membership: "leave", StreamPos: 3}},
+		"@b:x": {{RoomID: "!r2:x", Membership: "invite", StreamPos: 6}},
+	}}
+	n := NewNotifier(db, slog.New(slog.DiscardHandler))
+	wa, ra := listen(t, n, "@a:x")
+	wb, rb := listen(t, n, "@b:x")
+	defer ra()
+	defer rb()
+
+	n.OnRoomEvent(message("!old:x", 10))
+	n.OnRoomEvent(message("!elsewhere:x", 11))
+	if woken(wa) || woken(wb) {
+		t.Fatal("events in rooms the users are not in woke them")
+	}
+	n.OnRoomEvent(message("!r1:x", 12))
+	if !woken(wa) || woken(wb) {
+		t.Fatalf("message in !r1: a woken %v (want true), b woken %v (want false)", woken(wa), woken(wb))
+	}
+	n.OnRoomEvent(message("!r2:x", 13))
+	if !woken(wb) {
+		t.Fatal("an invited user was not woken by their room's event")
+	}
+
+	// An invite to a new room wakes a, and then that room's events do.
+	wa2, ra2 := listen(t, n, "@a:x")
+	defer ra2()
+	n.OnRoomEvent(member("!new:x", "@a:x", "invite", 14))
+	if !woken(wa2) {
+		t.Fatal("an invite did not wake its target")
+	}
+	wa3, ra3 := listen(t, n, "@a:x")
+	defer ra3()
+	n.OnRoomEvent(message("!new:x", 15))
+	if !woken(wa3) {
+		t.Fatal("an event in a room the user was invited to did not wake them")
+	}
+
+	// Leaving wakes the user once, then the room is silent for them.
+	wa4, ra4 := listen(t, n, "@a:x")
+	defer ra4()
+	n.OnRoomEvent(member("!r1:x", "@a:x", "leave", 16))
+	if !woken(wa4) {
+		t.Fatal("the user's own leave did not wake them")
+	}
+	wa5, ra5 := listen(t, n, "@a:x")
+	defer ra5()
+	n.OnRoomEvent(message("!r1:x", 17))
+	if woken(wa5) {
+		t.Fatal("an event in a room the user left woke them")
+	}
+
+	// Account data wakes its owner only.
+	n.WakeUser("@a:x")
+	if !woken(wa5) {
+		t.Fatal("WakeUser did not wake the user")
+	}
+}
+
+// TestNotifierOrderIndependent: the database load and the stream may
+// deliver memberships in either order; the newest position wins.
+func TestNotifierOrderIndependent(t *testing.T) {
+	db := &fakeMemberships{rows: map[string][]sql.SyncMembership{
+		"@a:x": {{RoomID: "!r:x", Membership: "join", StreamPos: 20}},
+	}}
+	n := NewNotifier(db, slog.New(slog.DiscardHandler))
+	w, release := listen(t, n, "@a:x")
+	defer release()
+	// A leave older than the join the database gave arrives late.
+	n.OnRoomEvent(member("!r:x", "@a:x", "leave", 10))
+	w2, release2 := listen(t, n, "@a:x")
+	defer release2()
+	_ = w
+	n.OnRoomEvent(message("!r:x", 21))
+	if !woken(w2) {
+		t.Fatal("a stale leave from the stream undid the newer join from the database")
+	}
+}
+
+// TestNotifierLoadFailure: a failed load fails the sync and is retried
+// by the next one.
+func TestNotifierLoadFailure(t *testing.T) {
+	db := &fakeMemberships{fail: errors.New("db down")}
+	n := NewNotifier(db, slog.New(slog.DiscardHandler))
+	if _, _, err := n.Listen(context.Background(), "@a:x"); err == nil {
+		t.Fatal("Listen succeeded with a failing database")
+	}
+	db.mu.Lock()
+	db.fail = nil
+	db.rows = map[string][]sql.SyncMembership{"@a:x": {{RoomID: "!r:x", Membership: "join", StreamPos: 1}}}
+	db.mu.Unlock()
+	w, release := listen(t, n, "@a:x")
+	defer release()
+	n.OnRoomEvent(message("!r:x", 2))
+	if !woken(w) {
+		t.Fatal("the retried load did not index the user's room")
+	}
+	if db.loads != 2 {
+		t.Fatalf("%d loads, want 2", db.loads)
+	}
+	// A second listener of a loaded user does not read the database again.
+	_, r2 := listen(t, n, "@a:x")
+	r2()
+	if db.loads != 2 {
+		t.Fatalf("%d loads after a second Listen, want 2", db.loads)
+	}
+}
+
+// TestNotifierClose: Close ends every wait and later Listens see it.
+func TestNotifierClose(t *testing.T) {
+	n := NewNotifier(&fakeMemberships{}, slog.New(slog.DiscardHandler))
+	_, release := listen(t, n, "@a:x")
+	defer release()
+	n.Close()
+	n.Close()
+	if !woken(n.Done()) {
+		t.Fatal("Done not closed after Close")
+	}
+}
+
+// TestNotifierForgetsIdleUsers: past the bound, users nobody syncs for
+// are forgotten (with their room index entries), users with a waiting
+// sync are kept.
+func TestNotifierForgetsIdleUsers(t *testing.T) {
+	db := &fakeMemberships{rows: map[string][]sql.SyncMembership{
+		"@busy:x": {{RoomID: "!r:x", Membership: "join", StreamPos: 1}},
+		"@idle:x": {{RoomID: "!r:x", Membership: "join", StreamPos: 2}},
+	}}
+	n := NewNotifier(db, slog.New(slog.DiscardHandler))
+	w, release := listen(t, n, "@busy:x")
+	defer release()
+	_, r := listen(t, n, "@idle:x")
+	r()
+	n.mu.Lock()
+	n.forgetIdleLocked()
+	_, idleKept := n.users["@idle:x"]
+	_, idleIndexed := n.rooms["!r:x"]["@idle:x"]
+	n.mu.Unlock()
+	if idleKept || idleIndexed {
+		t.Fatal("an idle user was kept")
+	}
+	n.OnRoomEvent(message("!r:x", 3))
+	if !woken(w) {
+		t.Fatal("a user with a waiting sync was forgotten")
+	}
+}

@@ -1,0 +1,274 @@
+package syncapi
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/sql"
+	"github.com/weft-chat/weft/syncapi/filter"
+	"github.com/weft-chat/weft/userapi"
+)
+
+// Limits of /sync.
+const (
+	// syncDefaultTimelineLimit is the timeline limit of a filter without
+	// one, as in Synapse's default filter.
+	syncDefaultTimelineLimit = 10
+	// syncMaxTimelineLimit caps what a filter may ask for (Synapse's
+	// filter_timeline_limit default).
+	syncMaxTimelineLimit = 100
+	// syncMaxTimeout caps a long-poll: clients ask for 30 s; an hour would
+	// only pin a connection.
+	syncMaxTimeout = 5 * time.Minute
+)
+
+// roomEventsStream names the room event counter in stream_positions (the
+// roomserver takes its positions there).
+const roomEventsStream = "events"
+
+// SyncRoutes registers GET /sync, woken by n.
+func (a *API) SyncRoutes(r *mux.Router, n *Notifier) {
+	h := a.authed(func(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {
+		return a.sync(w, r, dev, n)
+	})
+	for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
+		r.Handle(prefix+"/sync", h).Methods(http.MethodGet)
+	}
+}
+
+// syncRequest is a /sync request's parameters.
+type syncRequest struct {
+	dev *userapi.Device
+	// since is nil for an initial sync.
+	since         *SyncToken
+	timeout       time.Duration
+	fullState     bool
+	useStateAfter bool
+	filter        *syncFilter
+}
+
+// sync is GET /sync: what changed for the caller since the since token,
+// waiting up to timeout for something to change when nothing has. An
+// initial sync, full_state or a zero timeout answer at once.
+func (a *API) sync(w http.ResponseWriter, r *http.Request, dev *userapi.Device, n *Notifier) error {
+	ctx := r.Context()
+	req, err := a.parseSyncRequest(ctx, r, dev)
+	if err != nil {
+		return err
+	}
+	wait := req.since != nil && !req.fullState && req.timeout > 0
+	var timer <-chan time.Time
+	if wait {
+		t := time.NewTimer(req.timeout)
+		defer t.Stop()
+		timer = t.C
+	}
+	for {
+		// Listen before reading: a change committed after the read wakes
+		// this loop, one committed before it is in what the read finds.
+		var wake <-chan struct{}
+		release := func() {}
+		if wait {
+			if wake, release, err = n.Listen(ctx, dev.UserID); err != nil {
+				if ctx.Err() != nil {
+					return nil // the client is gone
+				}
+				return err
+			}
+		}
+		resp, err := a.buildSync(ctx, req)
+		if err != nil {
+			release()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if !wait || !resp.empty() {
+			release()
+			return writeJSON(w, resp)
+		}
+		select {
+		case <-wake:
+			release()
+			continue
+		case <-timer:
+		case <-n.Done():
+		case <-ctx.Done():
+		}
+		release()
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Nothing for the caller: answer with the positions read, so the
+		// next sync starts past what did not concern them.
+		return writeJSON(w, resp)
+	}
+}
+
+// parseSyncRequest reads the query parameters; bad values are 400
+// M_INVALID_PARAM (an unknown filter id too, as in Synapse), a filter
+// that is not JSON or breaks the schema M_NOT_JSON or M_BAD_JSON.
+func (a *API) parseSyncRequest(ctx context.Context, r *http.Request, dev *userapi.Device) (*syncRequest, error) {
+	q := r.URL.Query()
+	req := &syncRequest{dev: dev}
+	if s := q.Get("since"); s != "" {
+		t, err := ParseSyncToken(s)
+		if err != nil {
+			return nil, err
+		}
+		req.since = &t
+	}
+	if s := q.Get("timeout"); s != "" {
+		ms, err := parseUint(s)
+		if err != nil {
+			return nil, mxhttp.InvalidParam("timeout must be a non-negative integer")
+		}
+		req.timeout = time.Duration(min(ms, syncMaxTimeout.Milliseconds())) * time.Millisecond
+	}
+	var err error
+	if req.fullState, err = syncQueryBool(r, "full_state"); err != nil {
+		return nil, err
+	}
+	if req.useStateAfter, err = syncQueryBool(r, "use_state_after"); err != nil {
+		return nil, err
+	}
+	// Presence comes later; until then the value is checked and ignored.
+	switch q.Get("set_presence") {
+	case "", "online", "offline", "unavailable":
+	default:
+		return nil, mxhttp.InvalidParam(`set_presence must be "online", "offline" or "unavailable"`)
+	}
+	f, err := a.loadFilter(ctx, dev, q.Get("filter"))
+	if err != nil {
+		return nil, err
+	}
+	req.filter = compileSyncFilter(f)
+	return req, nil
+}
+
+// queryBool reads an optional true/false parameter (false when absent).
+func syncQueryBool(r *http.Request, name string) (bool, error) {
+	switch r.URL.Query().Get(name) {
+	case "", "false":
+		return false, nil
+	case "true":
+		return true, nil
+	}
+	return false, mxhttp.InvalidParam("%s must be true or false", name)
+}
+
+// loadFilter reads the filter parameter: inline JSON when it starts with
+// "{" (spec: /sync filter), otherwise the id of one of the caller's
+// uploaded filters.
+func (a *API) loadFilter(ctx context.Context, dev *userapi.Device, raw string) (*filter.Filter, error) {
+	if raw == "" {
+		return &filter.Filter{}, nil
+	}
+	if strings.HasPrefix(raw, "{") {
+		return filter.Parse([]byte(raw))
+	}
+	noSuch := mxhttp.InvalidParam("No such filter")
+	id, err := parseUint(raw)
+	if err != nil {
+		return nil, noSuch
+	}
+	stored, err := a.db.Filter(ctx, dev.Localpart, id)
+	if errors.Is(err, sql.ErrNotFound) {
+		return nil, noSuch
+	}
+	if err != nil {
+		return nil, err
+	}
+	return filter.Parse(stored)
+}
+
+// syncResponse is the body of GET /sync. Sections with nothing in them are
+// left out, as Synapse leaves them out. Presence, to-device messages,
+// device lists and one-time key counts are not served until those
+// features exist: an empty device_one_time_keys_count would tell a client
+// that it has no keys left.
+type syncResponse struct {
+	NextBatch   string     `json:"next_batch"`
+	AccountData *eventList `json:"account_data,omitempty"`
+	Rooms       *syncRooms `json:"rooms,omitempty"`
+}
+
+// syncRooms are the rooms of a sync by the caller's membership.
+type syncRooms struct {
+	Join   map[string]*joinedRoom   `json:"join,omitempty"`
+	Invite map[string]*strippedRoom `json:"invite,omitempty"`
+	Knock  map[string]*strippedRoom `json:"knock,omitempty"`
+	Leave  map[string]*leftRoom     `json:"leave,omitempty"`
+}
+
+// joinedRoom is a room the caller is joined to. unread_notifications is
+// left out until push rules exist to count notifications with: zeros
+// would tell the client it has read everything.
+type joinedRoom struct {
+	Summary    *roomSummary `json:"summary,omitempty"`
+	State      *eventList   `json:"state,omitempty"`
+	StateAfter *eventList   `json:"state_after,omitempty"`
+	Timeline   timeline     `json:"timeline"`
+	// Ephemeral is always empty until typing and receipts exist, which is
+	// the truth: there are none.
+	Ephemeral   eventList `json:"ephemeral"`
+	AccountData eventList `json:"account_data"`
+}
+
+// leftRoom is a room the caller left or was banned from.
+type leftRoom struct {
+	State       *eventList `json:"state,omitempty"`
+	StateAfter  *eventList `json:"state_after,omitempty"`
+	Timeline    timeline   `json:"timeline"`
+	AccountData eventList  `json:"account_data"`
+}
+
+// strippedRoom is an invite (invite_state) or a knock (knock_state).
+type strippedRoom struct {
+	InviteState *strippedList `json:"invite_state,omitempty"`
+	KnockState  *strippedList `json:"knock_state,omitempty"`
+}
+
+type strippedList struct {
+	Events []strippedEvent `json:"events"`
+}
+
+// roomSummary is a joined room's summary; it is sent when it may have
+// changed (spec: the fields "may be omitted" otherwise).
+type roomSummary struct {
+	Heroes  []string `json:"m.heroes,omitzero"`
+	Joined  int      `json:"m.joined_member_count"`
+	Invited int      `json:"m.invited_member_count"`
+}
+
+// eventList is a list of served events (client format, federation format
+// or with event_fields applied).
+type eventList struct {
+	Events []any `json:"events"`
+}
+
+type timeline struct {
+	Events    []any  `json:"events"`
+	Limited   bool   `json:"limited"`
+	PrevBatch string `json:"prev_batch,omitempty"`
+}
+
+// empty reports whether the response has nothing for the client beyond a
+// new token.
+func (r *syncResponse) empty() bool {
+	return r.AccountData == nil && r.Rooms == nil
+}
+
+func newEventList(evs []any) eventList {
+	if evs == nil {
+		evs = []any{}
+	}
+	return eventList{Events: evs}
+}

@@ -1,0 +1,463 @@
+package syncapi
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/weft-chat/weft/clientapi"
+	"github.com/weft-chat/weft/roomserver"
+	"github.com/weft-chat/weft/sql"
+	"github.com/weft-chat/weft/syncapi/view"
+)
+
+// roomWindow is the part of a room's event stream a sync covers.
+type roomWindow struct {
+	// lo and hi bound the window: (lo, hi] (lo 0 for an initial sync, hi
+	// the caller's leave in a room they left).
+	lo, hi int64
+	// full: the client has none of the room's state yet (initial sync, a
+	// room joined in the window, full_state), so state is all of it.
+	full bool
+	// onlyOwn: the timeline is the caller's own membership event alone,
+	// with no state (a rejected invite: the caller never saw the room).
+	onlyOwn bool
+}
+
+// roomContent is what a sync serves of a joined or left room.
+type roomContent struct {
+	timeline timeline
+	// state is set for the state section (use_state_after false),
+	// stateAfter for state_after.
+	state, stateAfter *eventList
+	summary           *roomSummary
+}
+
+// changed reports whether the room has anything for the client.
+func (c *roomContent) changed() bool {
+	return len(c.timeline.Events) > 0 || (c.state != nil && len(c.state.Events) > 0) ||
+		(c.stateAfter != nil && len(c.stateAfter.Events) > 0)
+}
+
+// joined puts a joined room in the response if it has anything new.
+func (b *syncBuilder) joined(ctx context.Context, m sql.SyncMembership, w roomWindow) error {
+	c, err := b.roomContent(ctx, m, spec.Join, w, nil)
+	if err != nil {
+		return err
+	}
+	data, err := b.roomAccountData(ctx, m.RoomID, w.full)
+	if err != nil {
+		return err
+	}
+	if !w.full && !c.changed() && len(data) == 0 {
+		return nil
+	}
+	rooms := b.rooms()
+	if rooms.Join == nil {
+		rooms.Join = make(map[string]*joinedRoom)
+	}
+	rooms.Join[m.RoomID] = &joinedRoom{Summary: c.summary, State: c.state, StateAfter: c.stateAfter, Timeline: c.timeline,
+		Ephemeral: newEventList(nil), AccountData: newEventList(data)}
+	return nil
+}
+
+// left puts a room the caller left (or was banned from) in the response,
+// its timeline running up to leave.
+func (b *syncBuilder) left(ctx context.Context, m sql.SyncMembership, leave sql.Event, membership string, w roomWindow) error {
+	c, err := b.roomContent(ctx, m, membership, w, &leave)
+	if err != nil {
+		return err
+	}
+	data, err := b.roomAccountData(ctx, m.RoomID, w.full)
+	if err != nil {
+		return err
+	}
+	rooms := b.rooms()
+	if rooms.Leave == nil {
+		rooms.Leave = make(map[string]*leftRoom)
+	}
+	rooms.Leave[m.RoomID] = &leftRoom{State: c.state, StateAfter: c.stateAfter, Timeline: c.timeline, AccountData: newEventList(data)}
+	return nil
+}
+
+// roomContent reads a room's timeline in the window and the state that
+// goes with it. membership is the caller's at the window's end; own, in a
+// room they left, is their leave, which the timeline always shows them.
+//
+// The state is what the client needs besides the timeline to know the
+// room's state (spec: Syncing): the state at the start of the timeline
+// that it does not have yet. As in Synapse, that is the state at the
+// start and at the end of the timeline, less the state at since (which
+// the client has) and less the state events in the timeline: taking the
+// end too keeps state events that a timeline filter left out (or that
+// the limit cut off on a fork) from being lost. With use_state_after,
+// state_after is the state at the end less the state at since.
+func (b *syncBuilder) roomContent(ctx context.Context, m sql.SyncMembership, membership string, w roomWindow, own *sql.Event) (*roomContent, error) {
+	f := b.req.filter
+	v := view.ForSync(b.a.rooms, m.RoomID, b.req.dev.UserID, membership, b.ignored)
+	tf := f.timeline(m.RoomID)
+	out := &roomContent{}
+
+	// The timeline.
+	var evs []sql.Event
+	var newest *sql.Event
+	switch {
+	case w.onlyOwn:
+		newest = own
+		if eventPasses(tf, *own) {
+			evs = []sql.Event{*own}
+		}
+	case w.full || m.RoomLastStreamPos > w.lo:
+		var err error
+		if evs, out.timeline.Limited, newest, err = b.readTimeline(ctx, m.RoomNID, v, w.lo, w.hi, tf, own); err != nil {
+			return nil, err
+		}
+	}
+	served, err := b.timelineEvents(ctx, v, evs)
+	if err != nil {
+		return nil, err
+	}
+	out.timeline.Events = served
+	if len(evs) > 0 {
+		out.timeline.PrevBatch = PrevBatch(evs[0])
+	} else {
+		out.timeline.PrevBatch = SyncToken{Events: w.hi, AccountData: b.upper.AccountData}.String()
+	}
+
+	if w.onlyOwn {
+		out.setState(b.req.useStateAfter, nil)
+		return out, nil
+	}
+
+	// The state at the end and at the start of the timeline.
+	var end stateRef
+	if newest != nil {
+		end = stateAfter(*newest)
+	} else if w.full || b.req.useStateAfter {
+		if end, err = b.a.stateAfterPos(ctx, m.RoomNID, w.hi); err != nil {
+			return nil, err
+		}
+	}
+	start := end
+	if len(evs) > 0 {
+		start = stateBefore(evs[0])
+	}
+	inTimeline := make(map[int64]bool, len(evs))
+	lazy := make(map[sql.StateKey]bool)
+	for _, ev := range evs {
+		if ev.StateKey != nil {
+			inTimeline[ev.NID] = true
+		}
+		if f.lazyMembers {
+			lazy[sql.StateKey{Type: spec.MRoomMember, StateKey: ev.Sender}] = true
+		}
+	}
+
+	// The state the window changed: between since and the end when the
+	// client has state, between the start and the end otherwise.
+	var changed []sql.StateKey
+	switch {
+	case w.full && len(evs) > 0:
+		changed, err = b.a.db.StateKeysChanged(ctx, m.RoomNID, evs[0].StreamPos-1, w.hi)
+	case !w.full && m.RoomLastStreamPos > w.lo:
+		changed, err = b.a.db.StateKeysChanged(ctx, m.RoomNID, w.lo, w.hi)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state changed: %w", err)
+	}
+
+	if membership == spec.Join && (w.full || summaryChanged(changed)) {
+		if out.summary, err = b.summary(ctx, m); err != nil {
+			return nil, err
+		}
+		if f.lazyMembers {
+			// Lazy-loading clients get the heroes' member events too
+			// (spec: m.heroes).
+			for _, h := range out.summary.Heroes {
+				lazy[sql.StateKey{Type: spec.MRoomMember, StateKey: h}] = true
+			}
+		}
+	}
+	if w.full && f.lazyMembers {
+		// Spec: the caller's own member event comes with a join or a full
+		// state.
+		lazy[sql.StateKey{Type: spec.MRoomMember, StateKey: b.req.dev.UserID}] = true
+	}
+	lazyKeys := stateKeysOf(lazy)
+	if f.lazyMembers && w.full {
+		// A lazy full state has only the members asked for.
+		changed = slices.DeleteFunc(changed, func(k sql.StateKey) bool { return k.Type == spec.MRoomMember && !lazy[k] })
+	}
+
+	stateNIDs, afterNIDs, err := b.stateDelta(ctx, m.RoomNID, w, start, end, changed, lazyKeys)
+	if err != nil {
+		return nil, err
+	}
+	nids := stateNIDs
+	if b.req.useStateAfter {
+		nids = afterNIDs
+	} else {
+		nids = slices.DeleteFunc(slices.Clone(nids), func(nid int64) bool { return inTimeline[nid] })
+	}
+	state, err := b.stateEvents(ctx, m.RoomID, nids)
+	if err != nil {
+		return nil, err
+	}
+	out.setState(b.req.useStateAfter, state)
+	return out, nil
+}
+
+// setState fills the state section the request asked for: state_after
+// (present even when empty, spec v1.16) or state.
+func (c *roomContent) setState(after bool, evs []any) {
+	l := newEventList(evs)
+	if after {
+		c.stateAfter = &l
+	} else {
+		c.state = &l
+	}
+}
+
+// stateDelta computes the NIDs of the state section (before the state
+// events of the timeline are taken out) and of state_after, from the
+// state at the start and the end of the timeline and the keys the window
+// changed (see roomContent). lazyKeys are the member events a
+// lazy-loading client gets besides; with them, a full state leaves out
+// every other member.
+func (b *syncBuilder) stateDelta(ctx context.Context, roomNID int64, w roomWindow, start, end stateRef, changed, lazyKeys []sql.StateKey) (
+	stateNIDs, afterNIDs []int64, err error) {
+	db := b.a.db
+	if w.full {
+		var base sql.StateMap
+		if b.req.filter.lazyMembers {
+			if base, err = start.withoutMembers(ctx, db); err != nil {
+				return nil, nil, err
+			}
+			members, err := start.lookup(ctx, db, lazyKeys)
+			if err != nil {
+				return nil, nil, err
+			}
+			mergeState(base, members)
+		} else if base, err = start.all(ctx, db); err != nil {
+			return nil, nil, err
+		}
+		endVals, err := end.lookup(ctx, db, changed)
+		if err != nil {
+			return nil, nil, err
+		}
+		stateNIDs = unionNIDs(nidsOf(base), nidsOf(endVals))
+		mergeState(base, endVals)
+		return stateNIDs, nidsOf(base), nil
+	}
+
+	var startVals, endVals, prevVals sql.StateMap
+	if len(changed) > 0 {
+		prev, err := b.a.stateAfterPos(ctx, roomNID, w.lo)
+		if err != nil {
+			return nil, nil, err
+		}
+		if startVals, err = start.lookup(ctx, db, changed); err != nil {
+			return nil, nil, err
+		}
+		if endVals, err = end.lookup(ctx, db, changed); err != nil {
+			return nil, nil, err
+		}
+		if prevVals, err = prev.lookup(ctx, db, changed); err != nil {
+			return nil, nil, err
+		}
+	}
+	known := make(map[int64]bool, len(prevVals))
+	for _, nid := range prevVals {
+		known[nid] = true
+	}
+	stateNIDs = withoutNIDs(unionNIDs(nidsOf(startVals), nidsOf(endVals)), known)
+	afterNIDs = withoutNIDs(nidsOf(endVals), known)
+	if len(lazyKeys) > 0 {
+		// Redundant members are sent again: Weft does not remember what
+		// each client was sent, which the spec allows.
+		startMembers, err := start.lookup(ctx, db, lazyKeys)
+		if err != nil {
+			return nil, nil, err
+		}
+		endMembers, err := end.lookup(ctx, db, lazyKeys)
+		if err != nil {
+			return nil, nil, err
+		}
+		stateNIDs = unionNIDs(stateNIDs, nidsOf(startMembers))
+		afterNIDs = unionNIDs(afterNIDs, nidsOf(endMembers))
+	}
+	return stateNIDs, afterNIDs, nil
+}
+
+// readTimeline reads the newest events of a room in (lo, hi] that pass
+// the timeline filter and that the caller may see, up to the filter's
+// limit, oldest first. limited says that more such events lie in the
+// window before them (or that the scan budget ran out before it could
+// tell). newest is the newest event of the window, kept or not: the state
+// at the end of the window is the state after it.
+func (b *syncBuilder) readTimeline(ctx context.Context, roomNID int64, v *view.Viewer, lo, hi int64, tf *eventFilter, own *sql.Event) (
+	evs []sql.Event, limited bool, newest *sql.Event, err error) {
+	limit := b.req.filter.timelineLimit
+	cur, n, scanned := hi, limit+1, 0
+	defer func() { slices.Reverse(evs) }()
+	for {
+		n = min(n, maxBatch)
+		rows, err := b.a.db.RoomEventsByStream(ctx, roomNID, lo, cur, n)
+		if err != nil {
+			return nil, false, nil, fmt.Errorf("timeline: %w", err)
+		}
+		for i := range rows {
+			ev := rows[i]
+			if newest == nil {
+				newest = &rows[i]
+			}
+			scanned++
+			cur = ev.StreamPos - 1
+			keep := false
+			if eventPasses(tf, ev) {
+				if own != nil && ev.NID == own.NID {
+					keep = true
+				} else if keep, err = v.Shows(ctx, ev); err != nil {
+					return nil, false, nil, err
+				}
+			}
+			if !keep {
+				continue
+			}
+			if len(evs) == limit {
+				return evs, true, newest, nil
+			}
+			evs = append(evs, ev)
+		}
+		if len(rows) < n {
+			return evs, false, newest, nil
+		}
+		if scanned >= scanBudget {
+			return evs, true, newest, nil
+		}
+		n *= 2
+	}
+}
+
+// summary is a joined room's summary now: its member counts, and the
+// heroes when the room has no name and no canonical alias.
+func (b *syncBuilder) summary(ctx context.Context, m sql.SyncMembership) (*roomSummary, error) {
+	joined, invited, err := b.a.db.RoomMemberCounts(ctx, m.RoomNID)
+	if err != nil {
+		return nil, fmt.Errorf("member counts: %w", err)
+	}
+	s := &roomSummary{Joined: joined, Invited: invited}
+	named, err := b.named(ctx, m.RoomID)
+	if err != nil || named {
+		return s, err
+	}
+	userID := b.req.dev.UserID
+	heroes, err := b.a.db.RoomHeroes(ctx, m.RoomNID, userID, []string{spec.Join, spec.Invite}, 5)
+	if err == nil && len(heroes) == 0 {
+		heroes, err = b.a.db.RoomHeroes(ctx, m.RoomNID, userID, []string{spec.Leave, spec.Ban}, 5)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("heroes: %w", err)
+	}
+	if heroes == nil {
+		heroes = []string{}
+	}
+	s.Heroes = heroes
+	return s, nil
+}
+
+// named reports whether the room has a non-empty name or canonical alias,
+// in which case clients need no heroes.
+func (b *syncBuilder) named(ctx context.Context, roomID string) (bool, error) {
+	for _, k := range []struct{ typ, field string }{{spec.MRoomName, "name"}, {spec.MRoomCanonicalAlias, "alias"}} {
+		ev, err := b.a.rooms.CurrentStateEvent(ctx, roomID, k.typ, "")
+		if err != nil {
+			return false, err
+		}
+		if ev == nil {
+			continue
+		}
+		var c map[string]any
+		_ = json.Unmarshal(ev.Content(), &c)
+		if s, _ := c[k.field].(string); s != "" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// summaryChanged reports whether a change of state may change the
+// summary.
+func summaryChanged(changed []sql.StateKey) bool {
+	return slices.ContainsFunc(changed, func(k sql.StateKey) bool {
+		return k.Type == spec.MRoomMember || k.Type == spec.MRoomName || k.Type == spec.MRoomCanonicalAlias
+	})
+}
+
+// timelineEvents serves timeline events: the client format with the
+// bundled aggregations and prev_content (what /messages serves), without
+// room_id.
+func (b *syncBuilder) timelineEvents(ctx context.Context, v *view.Viewer, evs []sql.Event) ([]any, error) {
+	if b.req.filter.federation {
+		return rawEvents(evs), nil
+	}
+	ces, err := b.a.serve(ctx, v, b.req.dev, evs, serveOptions{bundle: true})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]any, len(ces))
+	for i := range ces {
+		ces[i].RoomID = ""
+		out[i] = ces[i]
+	}
+	return b.project(out)
+}
+
+// stateEvents loads state events by NID, applies the state filter and
+// serves them in stream order. They go out without prev_content: the
+// state section says what the state is, not how it changed.
+func (b *syncBuilder) stateEvents(ctx context.Context, roomID string, nids []int64) ([]any, error) {
+	evs, err := b.a.db.EventsByNID(ctx, nids)
+	if err != nil {
+		return nil, fmt.Errorf("state events: %w", err)
+	}
+	sf := b.req.filter.state(roomID)
+	evs = slices.DeleteFunc(evs, func(ev sql.Event) bool { return !eventPasses(sf, ev) })
+	slices.SortFunc(evs, func(x, y sql.Event) int {
+		return cmp.Or(cmp.Compare(x.StreamPos, y.StreamPos), cmp.Compare(x.NID, y.NID))
+	})
+	if b.req.filter.federation {
+		return rawEvents(evs), nil
+	}
+	pdus := make([]gomatrixserverlib.PDU, len(evs))
+	for i, ev := range evs {
+		if pdus[i], err = roomserver.ParseStored(ev); err != nil {
+			return nil, err
+		}
+	}
+	ces, err := clientapi.ClientEvents(ctx, b.a.db, pdus, b.req.dev, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]any, len(ces))
+	for i := range ces {
+		ces[i].RoomID = ""
+		out[i] = ces[i]
+	}
+	return b.project(out)
+}
+
+// rawEvents serves events in the federation format: as stored.
+func rawEvents(evs []sql.Event) []any {
+	out := make([]any, len(evs))
+	for i, ev := range evs {
+		out[i] = json.RawMessage(ev.JSON)
+	}
+	return out
+}
