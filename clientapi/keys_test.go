@@ -49,7 +49,7 @@ func deviceKeys(t testing.TB, u *testUser, dev signer) map[string]any {
 	return dev.sign(t, u.UserID, "ed25519:"+u.DeviceID, map[string]any{
 		"user_id": u.UserID, "device_id": u.DeviceID,
 		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"},
-		"keys": map[string]string{"ed25519:" + u.DeviceID: dev.pub, "curve25519:" + u.DeviceID: "curvekey" + u.DeviceID},
+		"keys":       map[string]string{"ed25519:" + u.DeviceID: dev.pub, "curve25519:" + u.DeviceID: "curvekey" + u.DeviceID},
 	})
 }
 
@@ -70,12 +70,12 @@ func TestKeysUploadQueryClaim(t *testing.T) {
 
 		// Every malformed device_keys is 400 M_INVALID_PARAM.
 		bad := map[string]map[string]any{
-			"user id mismatch":  dev.sign(t, alice.UserID, "ed25519:"+alice.DeviceID, map[string]any{"user_id": bob.UserID, "device_id": alice.DeviceID, "algorithms": []string{"a"}, "keys": dk["keys"]}),
-			"device mismatch":   dev.sign(t, alice.UserID, "ed25519:"+alice.DeviceID, map[string]any{"user_id": alice.UserID, "device_id": "OTHER", "algorithms": []string{"a"}, "keys": dk["keys"]}),
-			"no algorithms":     dev.sign(t, alice.UserID, "ed25519:"+alice.DeviceID, map[string]any{"user_id": alice.UserID, "device_id": alice.DeviceID, "keys": dk["keys"]}),
-			"no curve25519 key": dev.sign(t, alice.UserID, "ed25519:"+alice.DeviceID, map[string]any{"user_id": alice.UserID, "device_id": alice.DeviceID, "algorithms": []string{"a"}, "keys": map[string]string{"ed25519:" + alice.DeviceID: dev.pub}}),
+			"user id mismatch":   dev.sign(t, alice.UserID, "ed25519:"+alice.DeviceID, map[string]any{"user_id": bob.UserID, "device_id": alice.DeviceID, "algorithms": []string{"a"}, "keys": dk["keys"]}),
+			"device mismatch":    dev.sign(t, alice.UserID, "ed25519:"+alice.DeviceID, map[string]any{"user_id": alice.UserID, "device_id": "OTHER", "algorithms": []string{"a"}, "keys": dk["keys"]}),
+			"no algorithms":      dev.sign(t, alice.UserID, "ed25519:"+alice.DeviceID, map[string]any{"user_id": alice.UserID, "device_id": alice.DeviceID, "keys": dk["keys"]}),
+			"no curve25519 key":  dev.sign(t, alice.UserID, "ed25519:"+alice.DeviceID, map[string]any{"user_id": alice.UserID, "device_id": alice.DeviceID, "algorithms": []string{"a"}, "keys": map[string]string{"ed25519:" + alice.DeviceID: dev.pub}}),
 			"bad self-signature": newSigner(t).sign(t, alice.UserID, "ed25519:"+alice.DeviceID, map[string]any{"user_id": alice.UserID, "device_id": alice.DeviceID, "algorithms": []string{"a"}, "keys": dk["keys"]}),
-			"unsigned":          {"user_id": alice.UserID, "device_id": alice.DeviceID, "algorithms": []string{"a"}, "keys": dk["keys"]},
+			"unsigned":           {"user_id": alice.UserID, "device_id": alice.DeviceID, "algorithms": []string{"a"}, "keys": dk["keys"]},
 		}
 		for name, k := range bad {
 			r := s.call(t, "POST", "/keys/upload", alice.Token, map[string]any{"device_keys": k})
@@ -137,7 +137,7 @@ func TestKeysUploadQueryClaim(t *testing.T) {
 				Keys map[string]map[string]map[string]any `json:"one_time_keys"`
 			}
 			s.call(t, "POST", "/keys/claim", bob.Token, map[string]any{"one_time_keys": map[string]any{
-				alice.UserID: map[string]string{alice.DeviceID: "signed_curve25519", "NOPE": "signed_curve25519"},
+				alice.UserID:         map[string]string{alice.DeviceID: "signed_curve25519", "NOPE": "signed_curve25519"},
 				"@nobody:test.local": map[string]string{"X": "signed_curve25519"},
 			}}).expect(t, 200).JSON(t, &c)
 			if len(c.Keys) > 1 || len(c.Keys[alice.UserID]) > 1 {

@@ -51,14 +51,14 @@ func (a *API) reportEvent(r *http.Request, dev *userapi.Device) (any, error) {
 		return nil, err
 	}
 	rep := sql.Report{Kind: sql.ReportEvent, Reporter: dev.UserID, RoomID: roomID, EventID: eventID}
-	if present(body.Reason) {
+	if jsonPresent(body.Reason) {
 		var reason string
 		if json.Unmarshal(body.Reason, &reason) != nil {
 			return nil, mxhttp.BadJSON("Param 'reason' must be a string")
 		}
 		rep.Reason = &reason
 	}
-	if present(body.Score) {
+	if jsonPresent(body.Score) {
 		var score int64
 		if json.Unmarshal(body.Score, &score) != nil {
 			return nil, mxhttp.BadJSON("Param 'score' must be an integer")
@@ -97,9 +97,9 @@ func (a *API) reportEvent(r *http.Request, dev *userapi.Device) (any, error) {
 	return struct{}{}, nil
 }
 
-// present reports whether an optional JSON field was given (null counts as
+// jsonPresent reports whether an optional JSON field was given (null counts as
 // absent).
-func present(raw json.RawMessage) bool {
+func jsonPresent(raw json.RawMessage) bool {
 	return len(raw) > 0 && string(raw) != "null"
 }
 
@@ -112,7 +112,7 @@ func readReason(r *http.Request) (string, error) {
 	if err := mxhttp.ReadJSON(r, &body); err != nil {
 		return "", err
 	}
-	if !present(body.Reason) {
+	if !jsonPresent(body.Reason) {
 		return "", mxhttp.MissingParam("Param 'reason' is required")
 	}
 	var reason string

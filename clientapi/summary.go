@@ -229,12 +229,12 @@ type roomSummaryResponse struct {
 	Membership string `json:"membership,omitempty"`
 }
 
-// roomSummary is GET /_matrix/client/v1/room_summary/{roomIdOrAlias}. The
+// getRoomSummary is GET /_matrix/client/v1/room_summary/{roomIdOrAlias}. The
 // spec lets servers answer without an access token for rooms anyone may
 // preview, as Synapse does; rooms the caller may not preview and unknown
 // rooms are alike 404 M_NOT_FOUND. The via parameter names servers to ask
 // over federation, which does not exist yet, so it is not used.
-func (a *API) roomSummary(r *http.Request) (any, error) {
+func (a *API) getRoomSummary(r *http.Request) (any, error) {
 	ctx := r.Context()
 	dev, err := a.optionalDevice(r)
 	if err != nil {

@@ -29,7 +29,7 @@ func (a *API) roomExtrasRoutes(r *mux.Router) {
 	u := &upgrades{API: a, runs: map[string]*upgradeRun{}}
 	handle(r, "/rooms/{roomId}/upgrade", a.authedJSON(u.upgrade), http.MethodPost)
 	r.Handle(clientV1+"/rooms/{roomId}/hierarchy", a.authedJSON(a.hierarchy)).Methods(http.MethodGet)
-	r.Handle(clientV1+"/room_summary/{roomIdOrAlias}", mxhttp.JSON(a.roomSummary)).Methods(http.MethodGet)
+	r.Handle(clientV1+"/room_summary/{roomIdOrAlias}", mxhttp.JSON(a.getRoomSummary)).Methods(http.MethodGet)
 	r.Handle(clientV1+"/mutual_rooms", a.authedJSON(a.mutualRooms)).Methods(http.MethodGet)
 	handle(r, "/rooms/{roomId}/report/{eventId}", a.authedJSON(a.reportEvent), http.MethodPost)
 	handle(r, "/rooms/{roomId}/report", a.authedJSON(a.reportRoom), http.MethodPost)
@@ -142,7 +142,7 @@ func readUpgradeRequest(r *http.Request, caller string) (upgradeRequest, error) 
 	if err := mxhttp.ReadJSON(r, &body); err != nil {
 		return req, err
 	}
-	if !present(body.NewVersion) {
+	if !jsonPresent(body.NewVersion) {
 		return req, mxhttp.MissingParam("Missing new_version")
 	}
 	var version string
@@ -157,7 +157,7 @@ func readUpgradeRequest(r *http.Request, caller string) (upgradeRequest, error) 
 	if req.version, err = gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version)); err != nil {
 		return req, unsupported
 	}
-	if !req.version.PrivilegedCreators() || !present(body.AdditionalCreators) {
+	if !req.version.PrivilegedCreators() || !jsonPresent(body.AdditionalCreators) {
 		return req, nil
 	}
 	var creators []string

@@ -83,11 +83,11 @@ func (rs *Roomserver) commit(ctx context.Context, rcs []*roomCommit) error {
 }
 
 // commitTx writes rcs in transaction q, in a few statements for all the
-// rooms together: the events, then each room's state changes, the rooms'
-// rows, the client transactions and the input ids. Stream positions come
-// last: the counter row's lock is held from their allocation to the
-// commit, so the less the transaction does after it, the less the other
-// writers wait.
+// rooms together: the events, then each room's state changes, the client
+// transactions and the input ids. Stream positions come last, with what
+// needs them (the events' positions, memberships, the rooms' rows): the
+// counter row's lock is held from their allocation to the commit, so the
+// less the transaction does after it, the less the other writers wait.
 func (rs *Roomserver) commitTx(ctx context.Context, q *sql.Queries, rcs []*roomCommit) error {
 	var rows []sql.Event
 	for _, rc := range rcs {
@@ -122,7 +122,6 @@ func (rs *Roomserver) commitTx(ctx context.Context, q *sql.Queries, rcs []*roomC
 	fresh := make(map[int64]gomatrixserverlib.PDU, len(nids))
 	var txns []sql.EventTransaction
 	var inputs []sql.InputRecord
-	updates := make([]sql.RoomUpdate, 0, len(rcs))
 	for _, rc := range rcs {
 		rc.nids, nids = nids[:len(rc.evs):len(rc.evs)], nids[len(rc.evs):]
 		for i, p := range rc.evs {
@@ -134,13 +133,7 @@ func (rs *Roomserver) commitTx(ctx context.Context, q *sql.Queries, rcs []*roomC
 		if err := rs.stage(ctx, q, rc, fresh); err != nil {
 			return err
 		}
-		updates = append(updates, sql.RoomUpdate{Info: rc.after.info, PrevStreamPos: rc.v.info.LastStreamPos})
 		inputs = append(inputs, rc.inputs...)
-	}
-	// Only if no other writer moved the rooms since their views were
-	// read, which makes a stale cached view harmless.
-	if err := q.UpdateRoomsFrom(ctx, updates); err != nil {
-		return fmt.Errorf("update rooms: %w", err)
 	}
 	if err := q.AddEventTransactions(ctx, txns); err != nil {
 		return fmt.Errorf("event transactions: %w", err)
@@ -154,7 +147,7 @@ func (rs *Roomserver) commitTx(ctx context.Context, q *sql.Queries, rcs []*roomC
 		return err
 	}
 	positions := make([]sql.EventPosition, 0, len(rows))
-	roomPos := make(map[int64]int64, len(rcs))
+	updates := make([]sql.RoomUpdate, 0, len(rcs))
 	pos := first
 	for _, rc := range rcs {
 		for i := range rc.outputs {
@@ -163,7 +156,7 @@ func (rs *Roomserver) commitTx(ctx context.Context, q *sql.Queries, rcs []*roomC
 			pos++
 		}
 		rc.after.info.LastStreamPos = pos - 1
-		roomPos[rc.after.info.NID] = pos - 1
+		updates = append(updates, sql.RoomUpdate{Info: rc.after.info, PrevStreamPos: rc.v.info.LastStreamPos})
 	}
 	if err := q.SetEventPositions(ctx, positions); err != nil {
 		return fmt.Errorf("event positions: %w", err)
@@ -175,8 +168,10 @@ func (rs *Roomserver) commitTx(ctx context.Context, q *sql.Queries, rcs []*roomC
 			}
 		}
 	}
-	if err := q.SetRoomStreamPositions(ctx, roomPos); err != nil {
-		return fmt.Errorf("room stream positions: %w", err)
+	// Only if no other writer moved the rooms since their views were
+	// read, which makes a stale cached view harmless.
+	if err := q.UpdateRoomsFrom(ctx, updates); err != nil {
+		return fmt.Errorf("update rooms: %w", err)
 	}
 	return nil
 }

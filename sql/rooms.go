@@ -70,34 +70,37 @@ type RoomUpdate struct {
 	PrevStreamPos int64
 }
 
-// UpdateRoomsFrom records the new current state, extremities and depth of
-// each room in one statement, if every room's last_stream_pos is still
-// its PrevStreamPos, and returns ErrStale otherwise: a writer's view of a
-// room was out of date, and the caller must roll back. The rows stay
-// locked until the transaction ends, so a concurrent writer of the same
-// room waits and then finds it changed. last_stream_pos itself is set by
-// SetRoomStreamPositions once the positions are allocated.
+// UpdateRoomsFrom records the new current state, extremities, depth and
+// last stream position of each room in one statement, if every room's
+// last_stream_pos is still its PrevStreamPos, and returns ErrStale
+// otherwise: a writer's view of a room was out of date, and the caller
+// must roll back. The rows stay locked until the transaction ends, so a
+// concurrent writer of the same room waits and then finds it changed.
 func (t *Queries) UpdateRoomsFrom(ctx context.Context, rooms []RoomUpdate) error {
 	if len(rooms) == 0 {
 		return nil
 	}
-	var snap, ext, depth strings.Builder
+	// The CASTs give PostgreSQL types for the parameters of the CASEs,
+	// which it cannot infer.
+	var snap, ext, depth, pos strings.Builder
 	where := make([]string, len(rooms))
-	args := make([]any, 0, 5*len(rooms))
+	args := make([]any, 0, 6*len(rooms))
 	for i, r := range rooms {
 		e, err := json.Marshal(r.Info.Extremities)
 		if err != nil {
 			return err
 		}
-		n := 5*i + 1
+		n := 6*i + 1
 		fmt.Fprintf(&snap, " WHEN $%d THEN CAST($%d AS BIGINT)", n, n+1)
 		fmt.Fprintf(&ext, " WHEN $%d THEN CAST($%d AS TEXT)", n, n+2)
 		fmt.Fprintf(&depth, " WHEN $%d THEN CAST($%d AS BIGINT)", n, n+3)
-		where[i] = fmt.Sprintf("(room_nid = $%d AND last_stream_pos = $%d)", n, n+4)
-		args = append(args, r.Info.NID, r.Info.SnapshotNID, string(e), r.Info.MaxDepth, r.PrevStreamPos)
+		fmt.Fprintf(&pos, " WHEN $%d THEN CAST($%d AS BIGINT)", n, n+4)
+		where[i] = fmt.Sprintf("(room_nid = $%d AND last_stream_pos = $%d)", n, n+5)
+		args = append(args, r.Info.NID, r.Info.SnapshotNID, string(e), r.Info.MaxDepth, r.Info.LastStreamPos, r.PrevStreamPos)
 	}
 	res, err := t.q.ExecContext(ctx, `UPDATE rooms SET state_snapshot_nid = CASE room_nid`+snap.String()+` END,
-		forward_extremities = CASE room_nid`+ext.String()+` END, max_depth = CASE room_nid`+depth.String()+` END
+		forward_extremities = CASE room_nid`+ext.String()+` END, max_depth = CASE room_nid`+depth.String()+` END,
+		last_stream_pos = CASE room_nid`+pos.String()+` END
 		WHERE `+strings.Join(where, " OR "), args...)
 	if err != nil {
 		return err
@@ -106,50 +109,6 @@ func (t *Queries) UpdateRoomsFrom(ctx context.Context, rooms []RoomUpdate) error
 		return err
 	} else if n != int64(len(rooms)) {
 		return fmt.Errorf("%d of %d rooms: %w", int64(len(rooms))-n, len(rooms), ErrStale)
-	}
-	return nil
-}
-
-// SetRoomStreamPositions sets the last_stream_pos of each room in
-// positions (room NID to position) in one statement.
-func (t *Queries) SetRoomStreamPositions(ctx context.Context, positions map[int64]int64) error {
-	if len(positions) == 0 {
-		return nil
-	}
-	nids, pos := make([]int64, 0, len(positions)), make([]int64, 0, len(positions))
-	for n, p := range positions {
-		nids, pos = append(nids, n), append(pos, p)
-	}
-	return setByNID(ctx, t.q, "rooms", "room_nid", "last_stream_pos", nids, pos)
-}
-
-// setByNID sets column to values[i] in the row whose key is keys[i], for
-// every i, in one statement. The CAST gives PostgreSQL a type for the
-// parameters of the CASE, which it cannot infer.
-func setByNID(ctx context.Context, q querier, table, key, column string, keys, values []int64) error {
-	var b strings.Builder
-	args := make([]any, 0, 2*len(keys))
-	b.WriteString("UPDATE " + table + " SET " + column + " = CASE " + key)
-	for i := range keys {
-		fmt.Fprintf(&b, " WHEN $%d THEN CAST($%d AS BIGINT)", 2*i+1, 2*i+2)
-		args = append(args, keys[i], values[i])
-	}
-	b.WriteString(" END WHERE " + key + " IN (")
-	for i := range keys {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		fmt.Fprintf(&b, "$%d", 2*i+1)
-	}
-	b.WriteString(")")
-	res, err := q.ExecContext(ctx, b.String(), args...)
-	if err != nil {
-		return err
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return err
-	} else if n != int64(len(keys)) {
-		return fmt.Errorf("set %s.%s: %d rows changed, want %d", table, column, n, len(keys))
 	}
 	return nil
 }

@@ -170,3 +170,26 @@ func (t *Queries) RoomHeroes(ctx context.Context, roomNID int64, exclude string,
 	}
 	return out, rows.Err()
 }
+
+// SyncPositions reads the latest committed positions of the streams a
+// sync reads, in one query.
+func (t *Queries) SyncPositions(ctx context.Context) (events, accountData int64, err error) {
+	rows, err := t.q.QueryContext(ctx, `SELECT stream, pos FROM stream_positions WHERE stream IN ('events', $1)`, AccountDataStream)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var stream string
+		var pos int64
+		if err := rows.Scan(&stream, &pos); err != nil {
+			return 0, 0, err
+		}
+		if stream == AccountDataStream {
+			accountData = pos
+		} else {
+			events = pos
+		}
+	}
+	return events, accountData, rows.Err()
+}

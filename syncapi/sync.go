@@ -28,10 +28,6 @@ const (
 	syncMaxTimeout = 5 * time.Minute
 )
 
-// roomEventsStream names the room event counter in stream_positions (the
-// roomserver takes its positions there).
-const roomEventsStream = "events"
-
 // SyncRoutes registers GET /sync, woken by n.
 func (a *API) SyncRoutes(r *mux.Router, n *Notifier) {
 	h := a.authed(func(w http.ResponseWriter, r *http.Request, dev *userapi.Device) error {

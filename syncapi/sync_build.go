@@ -34,13 +34,9 @@ type syncBuilder struct {
 // write above it waits for the next sync. The result never repeats what
 // an earlier token covered nor skips what it did not.
 func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, error) {
-	events, err := a.db.StreamPos(ctx, roomEventsStream)
+	events, accountData, err := a.db.SyncPositions(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("room event position: %w", err)
-	}
-	accountData, err := a.db.AccountDataPosition(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("account data position: %w", err)
+		return nil, fmt.Errorf("stream positions: %w", err)
 	}
 	b := &syncBuilder{a: a, req: req, upper: SyncToken{Events: events, AccountData: accountData},
 		initial: req.since == nil, resp: &syncResponse{}}
@@ -153,7 +149,7 @@ func (b *syncBuilder) room(ctx context.Context, m sql.SyncMembership) error {
 		// The membership is the same at since and at upper.
 		switch m.Membership {
 		case spec.Join:
-			return b.joined(ctx, m, roomWindow{lo: b.since.Events, hi: b.upper.Events, full: b.req.fullState})
+			return b.joined(ctx, m, b.joinedAllAlong())
 		case spec.Invite, spec.Knock:
 			if b.req.fullState {
 				return b.stripped(ctx, m, m.EventNID, m.Membership)
@@ -238,7 +234,7 @@ func (b *syncBuilder) roomChanged(ctx context.Context, m sql.SyncMembership) err
 		// The change is after upper, the next sync's; until then the
 		// membership is what it was at since.
 		if prevMembership == spec.Join {
-			return b.joined(ctx, m, roomWindow{lo: b.since.Events, hi: b.upper.Events, full: b.req.fullState})
+			return b.joined(ctx, m, b.joinedAllAlong())
 		}
 		return nil
 	}
@@ -267,7 +263,7 @@ func (b *syncBuilder) roomChanged(ctx context.Context, m sql.SyncMembership) err
 			// (as Synapse does).
 			return b.joined(ctx, m, roomWindow{hi: b.upper.Events, full: true})
 		}
-		return b.joined(ctx, m, roomWindow{lo: b.since.Events, hi: b.upper.Events, full: b.req.fullState})
+		return b.joined(ctx, m, b.joinedAllAlong())
 	case spec.Invite, spec.Knock:
 		if leftJoin != nil {
 			// Left, then invited back: the client learns both.
@@ -292,6 +288,12 @@ func (b *syncBuilder) roomChanged(ctx context.Context, m sql.SyncMembership) err
 	return nil
 }
 
+// joinedAllAlong is the window of a room the caller was joined to at since
+// and has been ever since.
+func (b *syncBuilder) joinedAllAlong() roomWindow {
+	return roomWindow{lo: b.since.Events, hi: b.upper.Events, full: b.req.fullState, joined: true}
+}
+
 // leftWindow is the window of a room the caller left at leave: from since
 // with the state delta when they were joined all along until then; as for
 // a newly joined room when they joined in the window.
@@ -308,7 +310,7 @@ func (b *syncBuilder) leftWindow(prevMembership string, window []sql.Event, leav
 	if newlyJoined {
 		return roomWindow{hi: leave.StreamPos, full: true}
 	}
-	return roomWindow{lo: b.since.Events, hi: leave.StreamPos, full: b.req.fullState}
+	return roomWindow{lo: b.since.Events, hi: leave.StreamPos, full: b.req.fullState, joined: true}
 }
 
 func hasMembership(evs []sql.Event, memberships ...string) bool {

@@ -28,6 +28,10 @@ type roomWindow struct {
 	// onlyOwn: the timeline is the caller's own membership event alone,
 	// with no state (a rejected invite: the caller never saw the room).
 	onlyOwn bool
+	// joined: the caller was joined at every event of the window, which
+	// history visibility always lets them see (spec: "the user was
+	// joined"), so the events need no visibility check.
+	joined bool
 }
 
 // roomContent is what a sync serves of a joined or left room.
@@ -105,20 +109,23 @@ func (b *syncBuilder) roomContent(ctx context.Context, m sql.SyncMembership, mem
 	out := &roomContent{}
 
 	// The timeline.
-	var evs []sql.Event
-	var newest *sql.Event
+	var read timelineRead
 	switch {
 	case w.onlyOwn:
-		newest = own
+		read.newest = own
 		if eventPasses(tf, *own) {
-			evs = []sql.Event{*own}
+			read.evs = []sql.Event{*own}
 		}
 	case w.full || m.RoomLastStreamPos > w.lo:
 		var err error
-		if evs, out.timeline.Limited, newest, err = b.readTimeline(ctx, m.RoomNID, v, w.lo, w.hi, tf, own); err != nil {
+		if read, err = b.readTimeline(ctx, m.RoomNID, v, w, tf, own); err != nil {
 			return nil, err
 		}
+	default:
+		read.complete = true // nothing in the window
 	}
+	evs, newest := read.evs, read.newest
+	out.timeline.Limited = read.limited
 	served, err := b.timelineEvents(ctx, v, evs)
 	if err != nil {
 		return nil, err
@@ -160,16 +167,19 @@ func (b *syncBuilder) roomContent(ctx context.Context, m sql.SyncMembership, mem
 	}
 
 	// The state the window changed: between since and the end when the
-	// client has state, between the start and the end otherwise.
+	// client has state, between the start and the end otherwise. The
+	// timeline read saw the events from the end down to its start, and
+	// often the whole window.
 	var changed []sql.StateKey
 	switch {
 	case w.full && len(evs) > 0:
-		changed, err = b.a.db.StateKeysChanged(ctx, m.RoomNID, evs[0].StreamPos-1, w.hi)
-	case !w.full && m.RoomLastStreamPos > w.lo:
-		changed, err = b.a.db.StateKeysChanged(ctx, m.RoomNID, w.lo, w.hi)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("state changed: %w", err)
+		changed = read.keysFrom(evs[0].StreamPos)
+	case !w.full && read.complete:
+		changed = read.keysFrom(w.lo + 1)
+	case !w.full:
+		if changed, err = b.a.db.StateKeysChanged(ctx, m.RoomNID, w.lo, w.hi); err != nil {
+			return nil, fmt.Errorf("state changed: %w", err)
+		}
 	}
 
 	if membership == spec.Join && (w.full || summaryChanged(changed)) {
@@ -295,54 +305,101 @@ func (b *syncBuilder) stateDelta(ctx context.Context, roomNID int64, w roomWindo
 	return stateNIDs, afterNIDs, nil
 }
 
-// readTimeline reads the newest events of a room in (lo, hi] that pass
+// timelineRead is what readTimeline found.
+type timelineRead struct {
+	// evs are the events to serve, oldest first.
+	evs []sql.Event
+	// limited says that more such events lie in the window before evs
+	// (or that the scan budget ran out before it could tell).
+	limited bool
+	// newest is the newest event of the window, served or not: the state
+	// at the end of the window is the state after it.
+	newest *sql.Event
+	// complete says that every event of the window was read.
+	complete bool
+	// stateKeys are the state set by the events read, with the stream
+	// position that set it.
+	stateKeys []positionedKey
+}
+
+type positionedKey struct {
+	key sql.StateKey
+	pos int64
+}
+
+// keysFrom lists the state set by the events read at or after pos, each
+// once.
+func (r timelineRead) keysFrom(pos int64) []sql.StateKey {
+	var out []sql.StateKey
+	for _, k := range r.stateKeys {
+		if k.pos >= pos && !slices.Contains(out, k.key) {
+			out = append(out, k.key)
+		}
+	}
+	return out
+}
+
+// readTimeline reads the newest events of a room in the window that pass
 // the timeline filter and that the caller may see, up to the filter's
-// limit, oldest first. limited says that more such events lie in the
-// window before them (or that the scan budget ran out before it could
-// tell). newest is the newest event of the window, kept or not: the state
-// at the end of the window is the state after it.
-func (b *syncBuilder) readTimeline(ctx context.Context, roomNID int64, v *view.Viewer, lo, hi int64, tf *eventFilter, own *sql.Event) (
-	evs []sql.Event, limited bool, newest *sql.Event, err error) {
+// limit.
+func (b *syncBuilder) readTimeline(ctx context.Context, roomNID int64, v *view.Viewer, w roomWindow, tf *eventFilter, own *sql.Event) (timelineRead, error) {
+	var r timelineRead
+	defer func() { slices.Reverse(r.evs) }()
 	limit := b.req.filter.timelineLimit
-	cur, n, scanned := hi, limit+1, 0
-	defer func() { slices.Reverse(evs) }()
+	cur, n, scanned := w.hi, limit+1, 0
 	for {
 		n = min(n, maxBatch)
-		rows, err := b.a.db.RoomEventsByStream(ctx, roomNID, lo, cur, n)
+		rows, err := b.a.db.RoomEventsByStream(ctx, roomNID, w.lo, cur, n)
 		if err != nil {
-			return nil, false, nil, fmt.Errorf("timeline: %w", err)
+			return timelineRead{}, fmt.Errorf("timeline: %w", err)
 		}
 		for i := range rows {
 			ev := rows[i]
-			if newest == nil {
-				newest = &rows[i]
+			if r.newest == nil {
+				r.newest = &rows[i]
 			}
 			scanned++
 			cur = ev.StreamPos - 1
-			keep := false
-			if eventPasses(tf, ev) {
-				if own != nil && ev.NID == own.NID {
-					keep = true
-				} else if keep, err = v.Shows(ctx, ev); err != nil {
-					return nil, false, nil, err
-				}
+			if ev.StateKey != nil {
+				r.stateKeys = append(r.stateKeys, positionedKey{sql.StateKey{Type: ev.Type, StateKey: *ev.StateKey}, ev.StreamPos})
+			}
+			keep, err := b.keep(ctx, v, w, tf, own, ev)
+			if err != nil {
+				return timelineRead{}, err
 			}
 			if !keep {
 				continue
 			}
-			if len(evs) == limit {
-				return evs, true, newest, nil
+			if len(r.evs) == limit {
+				r.limited = true
+				return r, nil
 			}
-			evs = append(evs, ev)
+			r.evs = append(r.evs, ev)
 		}
 		if len(rows) < n {
-			return evs, false, newest, nil
+			r.complete = true
+			return r, nil
 		}
 		if scanned >= scanBudget {
-			return evs, true, newest, nil
+			r.limited = true
+			return r, nil
 		}
 		n *= 2
 	}
+}
+
+// keep decides whether a timeline event is served: it passes the filter
+// and the caller may see it (their own leave always).
+func (b *syncBuilder) keep(ctx context.Context, v *view.Viewer, w roomWindow, tf *eventFilter, own *sql.Event, ev sql.Event) (bool, error) {
+	switch {
+	case !eventPasses(tf, ev):
+		return false, nil
+	case own != nil && ev.NID == own.NID:
+		return true, nil
+	case w.joined:
+		return !v.Ignores(ev), nil
+	}
+	return v.Shows(ctx, ev)
 }
 
 // summary is a joined room's summary now: its member counts, and the
