@@ -2,8 +2,10 @@ package push
 
 import (
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/weft-chat/weft/sql"
 )
@@ -397,4 +399,44 @@ func TestActions(t *testing.T) {
 			t.Errorf("CheckConditions accepted %s", bad)
 		}
 	}
+}
+
+// FuzzGlob checks the regexp-free matcher against the regexp translation
+// of the same glob, and that flattening and evaluating arbitrary content
+// never panics.
+func FuzzGlob(f *testing.F) {
+	for _, s := range [][2]string{{"lunc?*", "lunch plans"}, {"*a*b", "aab"}, {"?", "é"}, {"a**b", "ab"}, {"", ""}, {"*?*", "x"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, pattern, s string) {
+		if !utf8.ValidString(pattern) || !utf8.ValidString(s) {
+			return
+		}
+		var b strings.Builder
+		b.WriteString(`^(?s)`)
+		for _, r := range pattern {
+			switch r {
+			case '*':
+				b.WriteString(`.*`)
+			case '?':
+				b.WriteString(`.`)
+			default:
+				b.WriteString(regexp.QuoteMeta(string(r)))
+			}
+		}
+		b.WriteString(`$`)
+		if got, want := globMatch(pattern, s), regexp.MustCompile(b.String()).MatchString(s); got != want {
+			t.Fatalf("globMatch(%q, %q) = %v, regexp says %v", pattern, s, got, want)
+		}
+		content, _ := json.Marshal(map[string]any{"body": s, pattern: map[string]any{s: []any{s, 1, nil}}})
+		ev, err := NewEvent("m.room.message", "@a:b", "!r:b", "$e", nil, content)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules := Compile([]sql.PushRule{{Kind: "content", RuleID: "c", Enabled: true, Pattern: &pattern, Actions: []byte(`["notify"]`)},
+			{Kind: "override", RuleID: "o", Enabled: true, Actions: []byte(`[]`),
+				Conditions: []byte(`[{"kind": "event_match", "key": ` + jsonString("content."+pattern) + `, "pattern": ` + jsonString(s) + `}]`)}}, nil)
+		Evaluate(rules, ev, &Context{UserID: "@" + s + ":b", DisplayName: pattern})
+		Evaluate(Defaults(), ev, &Context{UserID: "@" + s + ":b", DisplayName: pattern})
+	})
 }

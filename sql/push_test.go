@@ -188,7 +188,9 @@ func TestPushCounts(t *testing.T) {
 			}
 			return c
 		}
-		nc := func(n, h int64) sql.NotificationCounts { return sql.NotificationCounts{NotificationCount: n, HighlightCount: h} }
+		nc := func(n, h int64) sql.NotificationCounts {
+			return sql.NotificationCounts{NotificationCount: n, HighlightCount: h}
+		}
 		main := func(user string, hl bool) sql.PushNotification {
 			return sql.PushNotification{UserID: user, ThreadID: "main", Highlight: hl}
 		}

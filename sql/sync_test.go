@@ -1,0 +1,111 @@
+package sql_test
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"testing"
+
+	"github.com/weft-chat/weft/sql"
+	"github.com/weft-chat/weft/sql/sqltest"
+)
+
+// TestSnapshotKeys: exactly the pairs asked for, from a delta chain (the
+// newest entry wins), even when other pairs share their type or state key.
+func TestSnapshotKeys(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		room, err := db.CreateRoom(ctx, "!keys:test", "11")
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := sql.StateKey{Type: "m.room.name"}
+		alice := sql.StateKey{Type: "m.room.member", StateKey: "@alice:test"}
+		bob := sql.StateKey{Type: "m.room.member", StateKey: "@bob:test"}
+		odd := sql.StateKey{Type: "org.example", StateKey: "@alice:test"}
+		base, err := db.AddSnapshot(ctx, room, 0, 0, sql.StateMap{name: 1, alice: 2, bob: 3, odd: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		delta, err := db.AddSnapshot(ctx, room, base, 1, sql.StateMap{alice: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := db.SnapshotKeys(ctx, delta, []sql.StateKey{name, alice, {Type: "m.room.topic"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := (sql.StateMap{name: 1, alice: 5}); !maps.Equal(got, want) {
+			t.Errorf("SnapshotKeys = %v, want %v", got, want)
+		}
+		noMembers, err := db.SnapshotWithoutMembers(ctx, delta)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := (sql.StateMap{name: 1, odd: 4}); !maps.Equal(noMembers, want) {
+			t.Errorf("SnapshotWithoutMembers = %v, want %v", noMembers, want)
+		}
+		if empty, err := db.SnapshotKeys(ctx, 0, []sql.StateKey{name}); err != nil || len(empty) != 0 {
+			t.Errorf("snapshot 0: %v %v", empty, err)
+		}
+	})
+}
+
+// TestRoomSummaryQueries: member counts and heroes in the stream order of
+// their memberships, leaving out the caller.
+func TestRoomSummaryQueries(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		room, err := db.CreateRoom(ctx, "!summary:test", "11")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, m := range []struct{ user, membership string }{
+			{"@me:test", "join"}, {"@c:test", "invite"}, {"@a:test", "join"}, {"@gone:test", "leave"}, {"@b:test", "join"},
+		} {
+			if err := db.SetMembership(ctx, room, m.user, m.membership, int64(100+i), int64(10+i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		joined, invited, err := db.RoomMemberCounts(ctx, room)
+		if err != nil || joined != 3 || invited != 1 {
+			t.Fatalf("counts %d %d %v", joined, invited, err)
+		}
+		heroes, err := db.RoomHeroes(ctx, room, "@me:test", []string{"join", "invite"}, 2)
+		if err != nil || !slices.Equal(heroes, []string{"@c:test", "@a:test"}) {
+			t.Errorf("heroes %v %v", heroes, err)
+		}
+		left, err := db.RoomHeroes(ctx, room, "@me:test", []string{"leave", "ban"}, 5)
+		if err != nil || !slices.Equal(left, []string{"@gone:test"}) {
+			t.Errorf("left heroes %v %v", left, err)
+		}
+		mems, err := db.SyncMemberships(ctx, "@a:test")
+		if err != nil || len(mems) != 1 || mems[0].RoomID != "!summary:test" || mems[0].Membership != "join" || mems[0].StreamPos != 12 {
+			t.Errorf("SyncMemberships %+v %v", mems, err)
+		}
+	})
+}
+
+// TestSyncPositions: both counters in one read.
+func TestSyncPositions(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		if _, err := db.PutAccountData(ctx, "alice", "", "org.example", []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		err := db.WithTx(ctx, func(q *sql.Queries) error {
+			_, err := q.AllocStreamPos(ctx, "events")
+			if err == nil {
+				_, err = q.AllocStreamPos(ctx, "events")
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		events, accountData, err := db.SyncPositions(ctx)
+		if err != nil || events != 2 || accountData != 1 {
+			t.Errorf("SyncPositions = %d, %d, %v; want 2, 1", events, accountData, err)
+		}
+	})
+}
