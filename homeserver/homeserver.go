@@ -28,6 +28,7 @@ import (
 	"github.com/weft-chat/weft/internal/bus"
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/internal/serverkey"
+	"github.com/weft-chat/weft/push"
 	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/syncapi"
@@ -101,6 +102,14 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	}
 	s.closers = append(s.closers, func() error { cancel(); stopRooms(); return nil })
 	rooms := roomserver.API{Client: roomserver.NewClient(s.bus), Roomserver: rs}
+	// Notification counts follow room.output on their own durable
+	// consumer, so counting never holds up room input.
+	counter := push.NewCounter(s.db, rooms, cfg.ServerName, log.With("component", "push"))
+	stopCounts, err := counter.Serve(runCtx, s.bus)
+	if err != nil {
+		return nil, fmt.Errorf("push counts: %w", err)
+	}
+	s.closers = append(s.closers, func() error { stopCounts(); return nil })
 
 	notifier := syncapi.NewNotifier(s.db, log.With("component", "notifier"))
 	if err := notifier.Start(runCtx, s.bus); err != nil {

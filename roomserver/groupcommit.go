@@ -7,31 +7,34 @@ import (
 	"github.com/weft-chat/weft/sql"
 )
 
-// maxGroupEvents bounds the events of one group transaction, which holds
-// the event stream's position lock while it commits.
+// maxGroupEvents bounds the events of one group transaction.
 const maxGroupEvents = 512
 
-// groupCommit merges the commits that arrive while one is running into the
-// next transaction, as databases do with their log flushes. Every
-// transaction that adds events takes the one lock on the event stream's
-// position counter and holds it through its commit (that is what keeps
-// positions committing in order), so transactions of different rooms
-// cannot commit in parallel anyway: one transaction for all the rooms that
-// are waiting costs one turn on the lock and one fsync instead of one
-// each. With fsync on, that is most of the cost of an event.
+// groupCommit merges the commits that arrive while others are running
+// into shared transactions, as databases do with their log flushes: one
+// transaction, one fsync and one turn on the stream position lock for many
+// inputs from many rooms.
 //
-// There is no committer goroutine to own: the first submitter that finds
-// no commit running commits everything queued, its own work included, then
-// hands the turn to the first submitter that queued meanwhile. Each
-// submitter leads at most one transaction, so no room's writer is held up
-// committing for others for long.
+// Every transaction that adds events takes the one lock on the event
+// stream's position counter and holds it through its commit (that is what
+// keeps positions committing in order). It takes it last, so the rest of
+// several transactions can run at once; slots says how many may (more
+// only queue on the lock, and SQLite has one writer anyway).
+//
+// There are no committer goroutines to own: a submitter that finds a free
+// slot commits everything queued, its own work included, then hands its
+// slot to the first submitter that queued meanwhile. Each submitter leads
+// at most one transaction, so no room's writer is held up committing for
+// others for long. The transactions running at once never share a room:
+// each room's inputs are serialised by its lock, held until the commit.
 //
 // Submitters hold their rooms' locks while they wait; the group takes no
 // room lock, so lock order is room locks, then groupCommit.mu.
 type groupCommit struct {
 	mu      sync.Mutex
-	queue   []*commitUnit
-	running bool // a submitter is committing or about to
+	slots   int           // transactions that may run at once
+	queue   []*commitUnit // waiting, not taken by a leader
+	running int           // leaders running or promoted
 }
 
 // commitUnit is one submitter's work: the rooms of one input batch or one
@@ -40,8 +43,11 @@ type commitUnit struct {
 	rcs  []*roomCommit
 	err  error
 	done bool
+	// lead is set when the unit is to lead its own transaction; leaders
+	// do not take such a unit into theirs.
+	lead bool
 	// wake is signalled once: when the unit is committed (done), or when
-	// it is the unit's turn to lead, at the head of the queue.
+	// it is promoted to lead.
 	wake chan struct{}
 }
 
@@ -52,25 +58,32 @@ func (rs *Roomserver) commitGrouped(ctx context.Context, rcs []*roomCommit) erro
 	u := &commitUnit{rcs: rcs, wake: make(chan struct{}, 1)}
 	g.mu.Lock()
 	g.queue = append(g.queue, u)
-	lead := !g.running
-	g.running = true
+	lead := g.running < max(g.slots, 1)
+	if lead {
+		g.running++
+		u.lead = true
+	}
 	g.mu.Unlock()
 	if !lead {
 		<-u.wake
 		if u.done {
 			return u.err
 		}
-		// Our turn: u is at the head of the queue.
+		// Promoted: u is still queued and leads its own transaction.
 	}
 
 	g.mu.Lock()
-	n, events := 0, 0
-	for n < len(g.queue) && (n == 0 || events+g.queue[n].events() <= maxGroupEvents) {
-		events += g.queue[n].events()
-		n++
+	var batch, rest []*commitUnit
+	events := 0
+	for _, o := range g.queue {
+		n := o.events()
+		if o == u || (!o.lead && events+n <= maxGroupEvents) {
+			batch, events = append(batch, o), events+n
+		} else {
+			rest = append(rest, o)
+		}
 	}
-	batch := g.queue[:n:n]
-	g.queue = g.queue[n:]
+	g.queue = rest
 	g.mu.Unlock()
 
 	// The transaction is everyone's, not only the leader's: it is not
@@ -83,10 +96,16 @@ func (rs *Roomserver) commitGrouped(ctx context.Context, rcs []*roomCommit) erro
 	}
 
 	g.mu.Lock()
-	if len(g.queue) > 0 {
-		g.queue[0].wake <- struct{}{}
-	} else {
-		g.running = false
+	promoted := false
+	for _, o := range g.queue {
+		if !o.lead {
+			o.lead, promoted = true, true
+			o.wake <- struct{}{}
+			break
+		}
+	}
+	if !promoted {
+		g.running--
 	}
 	g.mu.Unlock()
 	return u.err

@@ -11,6 +11,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/weft-chat/weft/config"
 	"github.com/weft-chat/weft/internal/bus"
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/internal/serverkey"
@@ -38,10 +39,22 @@ type Roomserver struct {
 	group  groupCommit
 }
 
+// postgresCommitSlots is how many group transactions may run at once on
+// PostgreSQL: enough to keep the position lock busy while the next ones
+// write their events.
+const postgresCommitSlots = 3
+
 // New makes a roomserver. Start its consumers with Serve.
 func New(db *sql.DB, b *bus.Bus, serverName string, key serverkey.Key, log *slog.Logger) *Roomserver {
-	return &Roomserver{db: db, bus: b, serverName: spec.ServerName(serverName), key: key, log: log, now: time.Now,
+	rs := &Roomserver{db: db, bus: b, serverName: spec.ServerName(serverName), key: key, log: log, now: time.Now,
 		views: viewCache{m: make(map[string]*roomView)}, events: eventCache{m: make(map[int64]gomatrixserverlib.PDU)}}
+	// SQLite runs one write transaction at a time; on PostgreSQL a few
+	// overlap up to the position lock they take last.
+	rs.group.slots = 1
+	if db.Engine() == config.Postgres {
+		rs.group.slots = postgresCommitSlots
+	}
+	return rs
 }
 
 // HandleInput handles one input: in-process callers come through here and

@@ -73,8 +73,9 @@ func (t *Queries) TouchDevice(ctx context.Context, localpart, deviceID, ip, user
 	return err
 }
 
-// DeleteDevices removes the devices and every token issued to them, and
-// returns the hashes of the access tokens removed (for cache eviction).
+// DeleteDevices removes the devices, every token issued to them and their
+// end-to-end keys, and returns the hashes of the access tokens
+// removed (for cache eviction).
 func (t *Queries) DeleteDevices(ctx context.Context, localpart string, deviceIDs []string) ([][]byte, error) {
 	var revoked [][]byte
 	for _, id := range deviceIDs {
@@ -84,6 +85,10 @@ func (t *Queries) DeleteDevices(ctx context.Context, localpart string, deviceIDs
 		}
 		revoked = append(revoked, hashes...)
 		if _, err := t.q.ExecContext(ctx, `DELETE FROM devices WHERE localpart = $1 AND device_id = $2`, localpart, id); err != nil {
+			return nil, err
+		}
+		// A deleted device's keys must not be handed out to others.
+		if err := t.deleteDeviceKeys(ctx, localpart, id); err != nil {
 			return nil, err
 		}
 	}

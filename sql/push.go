@@ -8,7 +8,7 @@ import (
 	"strings"
 )
 
-// Push rules and unread notification counts (migration 0008_push.sql).
+// Push rules and unread notification counts (migration 0007_push.sql).
 
 // PushRule is a rule a user defined.
 type PushRule struct {
