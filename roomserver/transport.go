@@ -49,7 +49,10 @@ func (rs *Roomserver) Serve(ctx context.Context) (stop func(), err error) {
 	}
 	for shard := range Shards {
 		subject := "room.input." + strconv.Itoa(shard)
-		s, err := bus.ConsumeBatch(ctx, rs.bus, bus.StreamRoomInput, "roomserver-"+strconv.Itoa(shard), subject, maxInputBatch, rs.handleEnvelopes)
+		s, err := bus.ConsumeBatch(ctx, rs.bus, bus.StreamRoomInput, "roomserver-"+strconv.Itoa(shard), subject, maxInputBatch, rs.handleEnvelopes,
+			// The inputs are a work queue, and the database, not the
+			// consumer's position, says what was done (the input ids).
+			bus.MemoryState())
 		if err != nil {
 			stopAll()
 			return nil, fmt.Errorf("roomserver shard %d: %w", shard, err)

@@ -217,7 +217,9 @@ func (n *Notifier) OnRoomEvent(o roomserver.OutputEvent) {
 		}
 	}
 	for userID := range n.rooms[o.RoomID] {
-		wakeLocked(n.users[userID])
+		if u := n.users[userID]; u != nil {
+			wakeLocked(u)
+		}
 	}
 }
 

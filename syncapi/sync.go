@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -88,7 +89,7 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request, dev *userapi.Device, 
 		}
 		if !wait || !resp.empty() {
 			release()
-			return writeJSON(w, resp)
+			return a.respond(ctx, w, resp, dev)
 		}
 		select {
 		case <-wake:
@@ -104,8 +105,27 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request, dev *userapi.Device, 
 		}
 		// Nothing for the caller: answer with the positions read, so the
 		// next sync starts past what did not concern them.
-		return writeJSON(w, resp)
+		return a.respond(ctx, w, resp, dev)
 	}
+}
+
+// respond writes a sync response with the device's key counts, which
+// every response carries, as Synapse's do: a client that reads no count
+// cannot tell "no keys left" from "unchanged" (element-android#3725).
+func (a *API) respond(ctx context.Context, w http.ResponseWriter, resp *syncResponse, dev *userapi.Device) error {
+	var err error
+	if resp.OneTimeKeysCount, err = a.db.OneTimeKeyCounts(ctx, dev.Localpart, dev.DeviceID); err != nil {
+		return fmt.Errorf("one-time key counts: %w", err)
+	}
+	if _, ok := resp.OneTimeKeysCount["signed_curve25519"]; !ok {
+		// Synapse always counts the algorithm clients upload, so that a
+		// client with none left learns it.
+		resp.OneTimeKeysCount["signed_curve25519"] = 0
+	}
+	if resp.UnusedFallbackKeyTypes, err = a.db.UnusedFallbackKeyTypes(ctx, dev.Localpart, dev.DeviceID); err != nil {
+		return fmt.Errorf("fallback key types: %w", err)
+	}
+	return writeJSON(w, resp)
 }
 
 // parseSyncRequest reads the query parameters; bad values are 400
@@ -186,14 +206,16 @@ func (a *API) loadFilter(ctx context.Context, dev *userapi.Device, raw string) (
 }
 
 // syncResponse is the body of GET /sync. Sections with nothing in them are
-// left out, as Synapse leaves them out. Presence, to-device messages,
-// device lists and one-time key counts are not served until those
-// features exist: an empty device_one_time_keys_count would tell a client
-// that it has no keys left.
+// left out, as Synapse leaves them out. Presence, to-device messages and
+// device lists are not served until those features exist: an empty
+// section would tell a client that nothing changed.
 type syncResponse struct {
 	NextBatch   string     `json:"next_batch"`
 	AccountData *eventList `json:"account_data,omitempty"`
 	Rooms       *syncRooms `json:"rooms,omitempty"`
+	// The key counts are always there (see respond).
+	OneTimeKeysCount       map[string]int `json:"device_one_time_keys_count"`
+	UnusedFallbackKeyTypes []string       `json:"device_unused_fallback_key_types"`
 }
 
 // syncRooms are the rooms of a sync by the caller's membership.

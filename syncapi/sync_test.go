@@ -381,14 +381,14 @@ func containsType(evs []json.RawMessage, typ string) bool {
 
 // TestSyncOmitsUnbuiltFeatures: sections of features that do not exist
 // yet are left out rather than filled with empty data a client would read
-// as "nothing changed" (presence, to-device, device lists, one-time key
-// counts, unread counts).
+// as "nothing changed" (presence, to-device, device lists, unread counts);
+// the one-time key counts are in every response, empty long-polls too.
 func TestSyncOmitsUnbuiltFeatures(t *testing.T) {
 	h := hs{hstest.StartEngine(t, sqltest.Engines()[0])}
 	alice := h.user(t, "alice")
 	roomID := createRoom(t, alice, &mautrix.ReqCreateRoom{})
 	raw := h.get(t, alice, "/_matrix/client/v3/sync", nil)
-	for _, key := range []string{`"presence"`, `"to_device"`, `"device_lists"`, `"device_one_time_keys_count"`, `"unread_notifications"`} {
+	for _, key := range []string{`"presence"`, `"to_device"`, `"device_lists"`, `"unread_notifications"`} {
 		if strings.Contains(string(raw.body), key) {
 			t.Errorf("sync has %s: %s", key, raw.body)
 		}
@@ -400,5 +400,18 @@ func TestSyncOmitsUnbuiltFeatures(t *testing.T) {
 	j, _ := resp.joined(roomID)
 	if j.Ephemeral == nil || len(j.Ephemeral.Events) != 0 {
 		t.Errorf("ephemeral %+v, want an empty list", j.Ephemeral)
+	}
+	empty := h.get(t, alice, "/_matrix/client/v3/sync", url.Values{"since": {resp.NextBatch}, "timeout": {"10"}})
+	for _, r := range []reply{raw, empty} {
+		var keys struct {
+			Counts    map[string]int `json:"device_one_time_keys_count"`
+			Fallbacks []string       `json:"device_unused_fallback_key_types"`
+		}
+		if err := json.Unmarshal(r.body, &keys); err != nil {
+			t.Fatal(err)
+		}
+		if n, ok := keys.Counts["signed_curve25519"]; !ok || n != 0 || keys.Fallbacks == nil {
+			t.Errorf("key counts %v, fallback types %v: %s", keys.Counts, keys.Fallbacks, r.body)
+		}
 	}
 }

@@ -213,3 +213,92 @@ func TestConsumeBatchStop(t *testing.T) {
 		t.Fatalf("after stop, got %v of the 5 messages", got)
 	}
 }
+
+// With MemoryState, a consumer that dies with messages taken but not acked
+// finds them again when it is back, and not the ones it acked; a durable
+// that kept its state on disk before is taken over.
+func TestConsumeBatchMemoryStateAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	subj := RoomInputSubject("!memstate:example.org", 4)
+	b := openTest(t, Config{StoreDir: dir})
+	// A durable from before MemoryState, with its state on disk.
+	stopOld, err := ConsumeBatch(t.Context(), b, StreamRoomInput, "memstate", subj, 4, func(context.Context, []testEvent) error { return nil })
+	if err != nil {
+		t.Fatalf("ConsumeBatch: %v", err)
+	}
+	stopOld()
+	for i := 1; i <= 6; i++ {
+		if err := Publish(t.Context(), b, subj, testEvent{N: i}); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+	}
+	acked := make(chan int, 10)
+	stuck := make(chan struct{})
+	defer close(stuck)
+	_, err = ConsumeBatch(t.Context(), b, StreamRoomInput, "memstate", subj, 2, func(_ context.Context, evs []testEvent) error {
+		if evs[0].N >= 3 {
+			<-stuck // dies with these taken
+			return errors.New("gone")
+		}
+		for _, ev := range evs {
+			acked <- ev.N
+		}
+		return nil
+	}, MemoryState())
+	if err != nil {
+		t.Fatalf("ConsumeBatch with MemoryState over a durable with disk state: %v", err)
+	}
+	var got []int
+	for len(got) < 2 {
+		got = append(got, recv(t, acked))
+	}
+	waitAcked := time.Now().Add(5 * time.Second)
+	for {
+		s, err := b.JetStream().Stream(t.Context(), StreamRoomInput)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 4 {
+			break
+		}
+		if time.Now().After(waitAcked) {
+			t.Fatalf("%d messages left, want 4", info.State.Msgs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The process dies: the bus goes without the consumer acking.
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	b = openTest(t, Config{StoreDir: dir})
+	again := make(chan int, 10)
+	stop, err := ConsumeBatch(t.Context(), b, StreamRoomInput, "memstate", subj, 8, func(_ context.Context, evs []testEvent) error {
+		for _, ev := range evs {
+			again <- ev.N
+		}
+		return nil
+	}, MemoryState())
+	if err != nil {
+		t.Fatalf("ConsumeBatch after restart: %v", err)
+	}
+	defer stop()
+	var after []int
+	deadline := time.After(10 * time.Second)
+	for len(after) < 4 {
+		select {
+		case n := <-again:
+			after = append(after, n)
+		case <-deadline:
+			t.Fatalf("after restart got %v, want 3 4 5 6", after)
+		}
+	}
+	if !slices.Equal(after, []int{3, 4, 5, 6}) {
+		t.Fatalf("after restart got %v, want 3 4 5 6", after)
+	}
+	none(t, again)
+}

@@ -46,6 +46,7 @@ type consumeConfig struct {
 	maxAckPending int
 	ackWait       time.Duration
 	nakDelay      time.Duration
+	memoryState   bool
 }
 
 // Ordered makes the consumer strictly ordered: MaxAckPending 1, so the server
@@ -75,6 +76,17 @@ func AckWait(d time.Duration) ConsumeOption {
 			c.ackWait = d
 		}
 	}
+}
+
+// MemoryState keeps the consumer's delivery state in memory instead of
+// writing it to the store several times a second. Only for work-queue
+// streams (ROOM_INPUT), where an acked message is deleted from the stream
+// itself: after a restart the state starts empty and the consumer is
+// handed every message still in the stream, which are exactly those never
+// acked. It spares the store the state writes, a visible cost with one
+// consumer per room shard.
+func MemoryState() ConsumeOption {
+	return func(c *consumeConfig) { c.memoryState = true }
 }
 
 // NakDelay sets how long a message whose handler failed waits before it is
@@ -142,6 +154,17 @@ func Consume[T any](ctx context.Context, b *Bus, stream, durable, subject string
 
 // messages creates or updates the durable consumer and starts pulling.
 func messages(ctx context.Context, b *Bus, stream, durable, subject string, cfg consumeConfig) (jetstream.MessagesContext, error) {
+	if cfg.memoryState {
+		// The server cannot change where a consumer keeps its state, so
+		// a durable made before MemoryState is replaced. Nothing is lost:
+		// the messages are the work queue's, and the new consumer is
+		// handed every one still there.
+		if old, err := b.js.Consumer(ctx, stream, durable); err == nil && !old.CachedInfo().Config.MemoryStorage {
+			if err := b.js.DeleteConsumer(ctx, stream, durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return nil, fmt.Errorf("bus: replace consumer %s on %s: %w", durable, stream, err)
+			}
+		}
+	}
 	cons, err := b.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
 		Durable:       durable,
 		FilterSubject: subject,
@@ -150,6 +173,7 @@ func messages(ctx context.Context, b *Bus, stream, durable, subject string, cfg 
 		MaxAckPending: cfg.maxAckPending,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		MaxDeliver:    -1,
+		MemoryStorage: cfg.memoryState,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bus: consumer %s on %s: %w", durable, stream, err)
