@@ -2,13 +2,16 @@ package roomserver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/weft-chat/weft/internal/bus"
 	"github.com/weft-chat/weft/sql"
@@ -17,6 +20,14 @@ import (
 // maxSnapshotChain bounds how many delta snapshots a snapshot stands on,
 // so reading any state costs one short recursive query.
 const maxSnapshotChain = 16
+
+// publishTimeout bounds the wait for the stream's acks of a batch's
+// outputs.
+const publishTimeout = 5 * time.Second
+
+// errInputDone fails a commit with an input that was handled before: the
+// caller answers it with what it made then.
+var errInputDone = errors.New("input already handled")
 
 // eventsStream names the room event stream in stream_positions.
 const eventsStream = "events"
@@ -31,7 +42,8 @@ type pending struct {
 // order, on top of the committed view v, and the inputs they answer. A
 // view with NID 0 is a new room, created by the commit. commitTx fills in
 // the rest; it may run more than once (a group transaction that failed is
-// retried room by room), so it derives all of it from v and evs afresh.
+// retried submitter by submitter), so it derives all of it from v and evs
+// afresh.
 type roomCommit struct {
 	v      *roomView
 	evs    []pending
@@ -77,18 +89,36 @@ func (rs *Roomserver) commit(ctx context.Context, rcs []*roomCommit) error {
 			rs.events.drop(nid)
 		}
 		rs.views.put(rc.v.info.RoomID, rc.after)
-		rs.publish(ctx, rc.outputs)
 	}
+	var outputs []OutputEvent
+	for _, rc := range rcs {
+		outputs = append(outputs, rc.outputs...)
+	}
+	rs.publish(ctx, outputs)
 	return nil
 }
 
 // commitTx writes rcs in transaction q, in a few statements for all the
-// rooms together: the events, then each room's state changes, the client
-// transactions and the input ids. Stream positions come last, with what
+// rooms together: the input ids, the events, then each room's state
+// changes and the client transactions. Stream positions come last, with what
 // needs them (the events' positions, memberships, the rooms' rows): the
 // counter row's lock is held from their allocation to the commit, so the
 // less the transaction does after it, the less the other writers wait.
 func (rs *Roomserver) commitTx(ctx context.Context, q *sql.Queries, rcs []*roomCommit) error {
+	// The input ids first: an input handled already (redelivered, or
+	// retried while it was in flight) must not make a second event.
+	var inputs []sql.InputRecord
+	for _, rc := range rcs {
+		inputs = append(inputs, rc.inputs...)
+	}
+	already, err := q.RecordInputs(ctx, inputs)
+	if err != nil {
+		return fmt.Errorf("record inputs: %w", err)
+	}
+	if len(already) > 0 {
+		return fmt.Errorf("inputs %v: %w", already, errInputDone)
+	}
+
 	var rows []sql.Event
 	for _, rc := range rcs {
 		info := rc.v.info
@@ -121,7 +151,6 @@ func (rs *Roomserver) commitTx(ctx context.Context, q *sql.Queries, rcs []*roomC
 	// before the commit: a rolled back NID may be handed out again.
 	fresh := make(map[int64]gomatrixserverlib.PDU, len(nids))
 	var txns []sql.EventTransaction
-	var inputs []sql.InputRecord
 	for _, rc := range rcs {
 		rc.nids, nids = nids[:len(rc.evs):len(rc.evs)], nids[len(rc.evs):]
 		for i, p := range rc.evs {
@@ -133,13 +162,9 @@ func (rs *Roomserver) commitTx(ctx context.Context, q *sql.Queries, rcs []*roomC
 		if err := rs.stage(ctx, q, rc, fresh); err != nil {
 			return err
 		}
-		inputs = append(inputs, rc.inputs...)
 	}
 	if err := q.AddEventTransactions(ctx, txns); err != nil {
 		return fmt.Errorf("event transactions: %w", err)
-	}
-	if err := q.RecordInputs(ctx, inputs); err != nil {
-		return fmt.Errorf("record inputs: %w", err)
 	}
 
 	first, err := q.AllocStreamPositions(ctx, eventsStream, len(rows))
@@ -325,14 +350,42 @@ func (rs *Roomserver) canRedactOthers(ctx context.Context, q *sql.Queries, state
 
 // publish announces committed events on room.output. The database already
 // holds them, so a failure here only delays consumers, which catch up from
-// the database; it is logged, not returned.
+// the database; it is logged, not returned. The events go out at once and
+// their acks are awaited together: one wait per batch, not per event, and
+// still in order, since they travel on one connection.
 func (rs *Roomserver) publish(ctx context.Context, outputs []OutputEvent) {
-	if rs.bus == nil {
+	if rs.bus == nil || len(outputs) == 0 {
 		return
 	}
+	js := rs.bus.JetStream()
+	type sent struct {
+		o OutputEvent
+		f jetstream.PubAckFuture
+	}
+	pending := make([]sent, 0, len(outputs))
 	for _, o := range outputs {
-		if err := bus.Publish(ctx, rs.bus, bus.RoomOutputSubject(o.RoomID), o); err != nil {
-			rs.log.Warn("publish room output", "room_id", o.RoomID, "event_id", o.EventID, "err", err)
+		data, err := json.Marshal(o)
+		if err == nil {
+			var f jetstream.PubAckFuture
+			if f, err = js.PublishAsync(bus.RoomOutputSubject(o.RoomID), data); err == nil {
+				pending = append(pending, sent{o, f})
+				continue
+			}
+		}
+		rs.log.Warn("publish room output", "room_id", o.RoomID, "event_id", o.EventID, "err", err)
+	}
+	timeout := time.NewTimer(publishTimeout)
+	defer timeout.Stop()
+	for _, p := range pending {
+		select {
+		case <-p.f.Ok():
+		case err := <-p.f.Err():
+			rs.log.Warn("publish room output", "room_id", p.o.RoomID, "event_id", p.o.EventID, "err", err)
+		case <-timeout.C:
+			rs.log.Warn("publish room output: no ack", "room_id", p.o.RoomID, "event_id", p.o.EventID)
+			return
+		case <-ctx.Done():
+			return
 		}
 	}
 }

@@ -19,7 +19,7 @@ import (
 func (rs *Roomserver) createRoom(ctx context.Context, inputID string, cr *CreateRoom) (InputResponse, error) {
 	rc, err := rs.buildRoom(ctx, cr)
 	if err != nil {
-		return InputResponse{}, err
+		return rs.unlessDone(ctx, inputID, err)
 	}
 	roomID := rc.v.info.RoomID
 	ids := make([]string, len(rc.evs))
@@ -32,6 +32,9 @@ func (rs *Roomserver) createRoom(ctx context.Context, inputID string, cr *Create
 	unlock := rs.rooms.lock(roomID)
 	defer unlock()
 	if err := rs.commit(ctx, []*roomCommit{rc}); err != nil {
+		if errors.Is(err, errInputDone) {
+			return rs.previousResult(ctx, inputID)
+		}
 		if errors.Is(err, sql.ErrExists) {
 			return InputResponse{}, mxhttp.Errorf(400, "M_ROOM_IN_USE", "Room %s already exists", roomID)
 		}

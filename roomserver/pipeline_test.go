@@ -9,7 +9,9 @@ import (
 	"log/slog"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/weft-chat/weft/internal/bus"
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/internal/serverkey"
 	"github.com/weft-chat/weft/sql"
@@ -326,4 +328,145 @@ func TestGroupCommitPositionsInOrder(t *testing.T) {
 			}
 		}
 	})
+}
+
+// A retried input gets the event its first try made, and only one event
+// is stored: retried after it committed, retried when the same input
+// would now be refused (its sender left), and submitted twice at once.
+func TestRetriedInputs(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		rs := newPipeline(t, db)
+		roomID := newRoom(t, rs, "retry")
+		for _, req := range []InputRequest{member(roomID, pAlice, pBob, "inv", "invite"), member(roomID, pBob, pBob, "join", "join")} {
+			if _, err := rs.HandleInput(ctx, req); err != nil {
+				t.Fatal(err)
+			}
+		}
+		first, err := rs.HandleInput(ctx, msg(roomID, pAlice, "m1", "hi"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := rs.HandleInput(ctx, msg(roomID, pAlice, "m1", "hi"))
+		if err != nil || again.EventIDs[0] != first.EventIDs[0] {
+			t.Fatalf("retried message: %v %v, want %s", again, err, first.EventIDs[0])
+		}
+		bobs, err := rs.HandleInput(ctx, msg(roomID, pBob, "b1", "bob"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rs.HandleInput(ctx, member(roomID, pBob, pBob, "leave", "leave")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rs.HandleInput(ctx, msg(roomID, pBob, "b2", "bob again")); err == nil {
+			t.Fatal("bob may still send after leaving: the retry below proves nothing")
+		}
+		bobsAgain, err := rs.HandleInput(ctx, msg(roomID, pBob, "b1", "bob"))
+		if err != nil || bobsAgain.EventIDs[0] != bobs.EventIDs[0] {
+			t.Fatalf("bob's message retried after he left: %v %v, want %s", bobsAgain, err, bobs.EventIDs[0])
+		}
+
+		// Twice at once, from two writers as from two shards' batches.
+		const racers = 6
+		ids := make([]string, racers)
+		errs := make([]error, racers)
+		var wg sync.WaitGroup
+		for r := range racers {
+			wg.Go(func() {
+				var resp InputResponse
+				resp, errs[r] = rs.HandleInput(ctx, msg(roomID, pAlice, "race", "once"))
+				if errs[r] == nil {
+					ids[r] = resp.EventIDs[0]
+				}
+			})
+		}
+		wg.Wait()
+		for r := range racers {
+			if errs[r] != nil || ids[r] != ids[0] {
+				t.Fatalf("racer %d: %s %v, racer 0 got %s", r, ids[r], errs[r], ids[0])
+			}
+		}
+		info, err := db.Room(ctx, roomID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs, err := db.TimelineEvents(ctx, info.NID, sql.TopoStart, sql.TopoEnd, false, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies := make(map[string]int)
+		for _, e := range evs {
+			var ev struct {
+				Content struct{ Body string }
+			}
+			if err := json.Unmarshal(e.JSON, &ev); err != nil {
+				t.Fatal(err)
+			}
+			if ev.Content.Body != "" {
+				bodies[ev.Content.Body]++
+			}
+		}
+		if bodies["hi"] != 1 || bodies["once"] != 1 || bodies["bob"] != 1 {
+			t.Fatalf("stored messages %v, want each once", bodies)
+		}
+	})
+}
+
+// Every committed event is announced on room.output once, and each room's
+// announcements come in stream order, batches and group commits
+// notwithstanding.
+func TestOutputsInOrder(t *testing.T) {
+	db := sqltest.Open(t, "sqlite")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b, err := bus.Open(ctx, bus.Config{StoreDir: t.TempDir()}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	rs := newPipeline(t, db)
+	rs.bus = b
+	stop, err := rs.Serve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	client := NewClient(b)
+	rooms := []string{newRoom(t, rs, "out1"), newRoom(t, rs, "out2")}
+	const each = 40
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range each / 4 {
+				roomID := rooms[(w+i)%2]
+				if _, err := client.Input(ctx, msg(roomID, pAlice, fmt.Sprintf("o%d-%d", w, i), "x")); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for r, roomID := range rooms {
+		got := make(chan OutputEvent, 100)
+		stopOut, err := bus.Consume(ctx, b, bus.StreamRoomOutput, fmt.Sprint("outputs-", r), bus.RoomOutputSubject(roomID), func(_ context.Context, o OutputEvent) error {
+			got <- o
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var last int64
+		for n := 0; n < 4+each; n++ {
+			select {
+			case o := <-got:
+				if o.RoomID != roomID || o.StreamPos <= last {
+					t.Fatalf("output %d of %s: %+v after position %d", n, roomID, o, last)
+				}
+				last = o.StreamPos
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: %d outputs, want %d", roomID, n, 4+each)
+			}
+		}
+		stopOut()
+	}
 }

@@ -52,17 +52,37 @@ func (rs *Roomserver) send(ctx context.Context, reqs []InputRequest, idx []int, 
 			return
 		}
 	}
-	if id := reqs[i].InputID; id != "" {
-		// The same input, submitted twice at once, committed first
-		// through another path: its result is the answer.
-		if done, lookupErr := rs.db.InputResults(ctx, []string{id}); lookupErr == nil {
-			if in, ok := done[id]; ok {
-				res[i] = inputResult{resp: InputResponse{RoomID: in.RoomID, EventIDs: in.EventIDs}}
-				return
-			}
-		}
+	if errors.Is(err, errInputDone) {
+		res[i].resp, res[i].err = rs.previousResult(ctx, reqs[i].InputID)
+		return
 	}
 	res[i] = inputResult{err: err}
+}
+
+// unlessDone returns the answer of an input handled before instead of
+// err, its failure now: a retry must get what the first try made even
+// when the same input would now be refused (its sender has left, say).
+func (rs *Roomserver) unlessDone(ctx context.Context, inputID string, err error) (InputResponse, error) {
+	if inputID == "" {
+		return InputResponse{}, err
+	}
+	if resp, prevErr := rs.previousResult(ctx, inputID); prevErr == nil {
+		return resp, nil
+	}
+	return InputResponse{}, err
+}
+
+// previousResult is the answer to an input handled before.
+func (rs *Roomserver) previousResult(ctx context.Context, inputID string) (InputResponse, error) {
+	done, err := rs.db.InputResults(ctx, []string{inputID})
+	if err != nil {
+		return InputResponse{}, fmt.Errorf("look up input %s: %w", inputID, err)
+	}
+	in, ok := done[inputID]
+	if !ok {
+		return InputResponse{}, fmt.Errorf("input %s was handled but is not recorded", inputID)
+	}
+	return InputResponse{RoomID: in.RoomID, EventIDs: in.EventIDs}, nil
 }
 
 // roomWork is a room's share of an input batch being built: the commit it
@@ -86,7 +106,6 @@ func (rs *Roomserver) trySend(ctx context.Context, reqs []InputRequest, idx []in
 			u()
 		}
 	}()
-	var built []int
 	for _, i := range idx {
 		req := reqs[i]
 		w := works[req.RoomID]
@@ -95,7 +114,7 @@ func (rs *Roomserver) trySend(ctx context.Context, reqs []InputRequest, idx []in
 			v, err := rs.view(ctx, req.RoomID)
 			if err != nil {
 				unlock()
-				res[i].err = err
+				res[i].resp, res[i].err = rs.unlessDone(ctx, req.InputID, err)
 				continue
 			}
 			unlocks = append(unlocks, unlock)
@@ -105,11 +124,10 @@ func (rs *Roomserver) trySend(ctx context.Context, reqs []InputRequest, idx []in
 		}
 		id, err := rs.buildInto(ctx, w, req.InputID, req.NewEvent)
 		if err != nil {
-			res[i].err = err
+			res[i].resp, res[i].err = rs.unlessDone(ctx, req.InputID, err)
 			continue
 		}
 		res[i].resp = InputResponse{RoomID: req.RoomID, EventIDs: []string{id}}
-		built = append(built, i)
 	}
 	rcs = slices.DeleteFunc(rcs, func(rc *roomCommit) bool { return len(rc.evs) == 0 })
 	if len(rcs) == 0 {

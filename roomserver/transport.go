@@ -18,6 +18,13 @@ import (
 // Shards is how many input shards rooms are spread over. Each shard has one
 // durable consumer, which makes its process the writer of the shard's
 // rooms. Every process of a deployment must use the same number.
+//
+// A consumer takes up to maxInputBatch inputs at a time, so with several
+// processes two of them may hold inputs of one shard at once. The room
+// row's check at commit (sql.ErrStale) keeps one writer per room in the
+// database all the same: the later writer's events are built again on the
+// room as the earlier one left it. Pinning each consumer to one process
+// (JetStream priority groups) would spare those rebuilds.
 const Shards = 16
 
 // maxInputBatch is how many queued inputs of a shard are handled together,

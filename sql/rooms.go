@@ -163,10 +163,12 @@ type InputRecord struct {
 	EventIDs []string
 }
 
-// RecordInputs is RecordInput for several inputs in one statement.
-func (t *Queries) RecordInputs(ctx context.Context, inputs []InputRecord) error {
+// RecordInputs is RecordInput for several inputs in one statement, except
+// that an input already recorded is left as it is: it returns the ids of
+// those, for the caller to roll back.
+func (t *Queries) RecordInputs(ctx context.Context, inputs []InputRecord) (already []string, err error) {
 	if len(inputs) == 0 {
-		return nil
+		return nil, nil
 	}
 	now := nowMillis()
 	args := make([]any, 0, 4*len(inputs))
@@ -174,13 +176,34 @@ func (t *Queries) RecordInputs(ctx context.Context, inputs []InputRecord) error 
 	for i, in := range inputs {
 		ids, err := json.Marshal(in.EventIDs)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rows[i] = "(" + placeholders(4*i+1, 4) + ")"
 		args = append(args, in.InputID, in.RoomID, string(ids), now)
 	}
-	_, err := t.q.ExecContext(ctx, `INSERT INTO room_inputs (input_id, room_id, event_ids, created_ts) VALUES `+strings.Join(rows, ", "), args...)
-	return err
+	res, err := t.q.QueryContext(ctx, `INSERT INTO room_inputs (input_id, room_id, event_ids, created_ts) VALUES `+strings.Join(rows, ", ")+`
+		ON CONFLICT (input_id) DO NOTHING RETURNING input_id`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Close()
+	inserted := make(map[string]bool, len(inputs))
+	for res.Next() {
+		var id string
+		if err := res.Scan(&id); err != nil {
+			return nil, err
+		}
+		inserted[id] = true
+	}
+	if err := res.Err(); err != nil {
+		return nil, err
+	}
+	for _, in := range inputs {
+		if !inserted[in.InputID] {
+			already = append(already, in.InputID)
+		}
+	}
+	return already, nil
 }
 
 // InputResults returns the inputs among ids already handled, by input id.

@@ -22,6 +22,7 @@ const (
 	// behind a slow handler turns into spurious redeliveries.
 	maxPrefetch = 32
 	ackTimeout  = 5 * time.Second
+	pullExpiry  = 2 * time.Second
 )
 
 // Publish sends v as JSON to subject on JetStream and waits for the stream's
@@ -178,7 +179,12 @@ func messages(ctx context.Context, b *Bus, stream, durable, subject string, cfg 
 	if err != nil {
 		return nil, fmt.Errorf("bus: consumer %s on %s: %w", durable, stream, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(min(cfg.maxAckPending, maxPrefetch)))
+	// A short pull expiry: after a NAK the iterator is sometimes left
+	// without a live pull request until the last one expires, which
+	// delays the redelivery by as much (30s by default; seen with
+	// nats.go 1.55 and nats-server 2.15). An idle consumer renews its
+	// pull every pullExpiry instead.
+	it, err := cons.Messages(jetstream.PullMaxMessages(min(cfg.maxAckPending, maxPrefetch)), jetstream.PullExpiry(pullExpiry))
 	if err != nil {
 		return nil, fmt.Errorf("bus: consume %s on %s: %w", durable, stream, err)
 	}
@@ -245,9 +251,19 @@ func ConsumeBatch[T any](ctx context.Context, b *Bus, stream, durable, subject s
 		for {
 			msg, ok := next(ctx, log, it)
 			if !ok {
-				return
+				break
 			}
 			arrived <- msg // never blocks for long: at most maxBatch are unacked
+		}
+		// Stopping: what the iterator holds already goes to the handler,
+		// to be handed back, rather than be dropped and wait for AckWait.
+		it.Drain()
+		for {
+			msg, err := it.Next(jetstream.NextMaxWait(time.Second))
+			if err != nil {
+				return
+			}
+			arrived <- msg
 		}
 	}()
 	done := make(chan struct{})
