@@ -2,7 +2,6 @@ package sql
 
 import (
 	"context"
-	stdsql "database/sql"
 	"fmt"
 )
 
@@ -82,25 +81,4 @@ func (t *Queries) AccountDataSince(ctx context.Context, localpart string, since 
 // sync that read it may then read (since, position] with no gap.
 func (t *Queries) AccountDataPosition(ctx context.Context) (int64, error) {
 	return t.StreamPos(ctx, AccountDataStream)
-}
-
-// ensureTx runs fn in the current transaction, or in a new one when t runs
-// over the pool, for writes whose statements must commit together.
-func (t *Queries) ensureTx(ctx context.Context, fn func(*Queries) error) error {
-	db, ok := t.q.(*stdsql.DB)
-	if !ok {
-		return fn(t)
-	}
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	if err := fn(&Queries{q: tx}); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
 }

@@ -124,7 +124,17 @@ type Queries struct {
 // WithTx runs fn in one transaction, committing when fn returns nil and
 // rolling back otherwise.
 func (d *DB) WithTx(ctx context.Context, fn func(*Queries) error) error {
-	tx, err := d.db.BeginTx(ctx, nil)
+	return d.Queries.ensureTx(ctx, fn)
+}
+
+// ensureTx runs fn in the current transaction, or in a new one when t runs
+// over the pool, for writes whose statements must commit together.
+func (t *Queries) ensureTx(ctx context.Context, fn func(*Queries) error) error {
+	db, ok := t.q.(*stdsql.DB)
+	if !ok {
+		return fn(t)
+	}
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
