@@ -83,18 +83,6 @@ func aliasVar(r *http.Request) (alias, domain string, err error) {
 	return alias, domain, err
 }
 
-// directoryRoomID reads and checks the {roomId} path variable.
-func directoryRoomID(r *http.Request) (string, error) {
-	roomID, err := pathVar(r, "roomId")
-	if err != nil {
-		return "", err
-	}
-	if _, err := spec.NewRoomID(roomID); err != nil {
-		return "", mxhttp.InvalidParam("%q is not a valid room id", roomID)
-	}
-	return roomID, nil
-}
-
 type resolvedAlias struct {
 	RoomID  string   `json:"room_id"`
 	Servers []string `json:"servers"`
@@ -338,7 +326,7 @@ type aliasList struct {
 // anyone when the room is world_readable (directory.yaml), and for server
 // admins (Synapse).
 func (d *directory) roomAliases(r *http.Request, dev *userapi.Device) (any, error) {
-	roomID, err := directoryRoomID(r)
+	roomID, err := roomIDPath(r)
 	if err != nil {
 		return nil, err
 	}
@@ -390,7 +378,7 @@ type visibilityBody struct {
 
 // visibility is GET /directory/list/room/{roomId}.
 func (d *directory) visibility(r *http.Request) (any, error) {
-	roomID, err := directoryRoomID(r)
+	roomID, err := roomIDPath(r)
 	if err != nil {
 		return nil, err
 	}
@@ -412,7 +400,7 @@ func (d *directory) visibility(r *http.Request) (any, error) {
 // joined members with the power to send m.room.canonical_alias (Synapse's
 // rule; the spec lets servers choose).
 func (d *directory) setVisibility(r *http.Request, dev *userapi.Device) (any, error) {
-	roomID, err := directoryRoomID(r)
+	roomID, err := roomIDPath(r)
 	if err != nil {
 		return nil, err
 	}

@@ -103,18 +103,6 @@ func readTargetBody(r *http.Request) (targetBody, string, error) {
 	return b, *b.UserID, nil
 }
 
-// memberRoomIDVar reads the {roomId} path variable.
-func memberRoomIDVar(r *http.Request) (string, error) {
-	roomID, err := pathVar(r, "roomId")
-	if err != nil {
-		return "", err
-	}
-	if !isRoomID(roomID) {
-		return "", mxhttp.InvalidParam("Invalid room id %q", roomID)
-	}
-	return roomID, nil
-}
-
 // isRoomID accepts both forms: "!opaque:server" and, from room version
 // 12, the domainless "!hash".
 func isRoomID(id string) bool {
@@ -254,7 +242,7 @@ func (a *API) joinByIDOrAlias(r *http.Request, dev *userapi.Device) (any, error)
 }
 
 func (a *API) joinByID(r *http.Request, dev *userapi.Device) (any, error) {
-	roomID, err := memberRoomIDVar(r)
+	roomID, err := roomIDPath(r)
 	if err != nil {
 		return nil, err
 	}
@@ -477,7 +465,7 @@ func (a *API) invite(r *http.Request, dev *userapi.Device) (any, error) {
 		return nil, err
 	}
 	ctx := r.Context()
-	roomID, err := memberRoomIDVar(r)
+	roomID, err := roomIDPath(r)
 	if err != nil {
 		return nil, err
 	}
@@ -558,7 +546,7 @@ func (a *API) requireJoined(ctx context.Context, roomID, userID string) error {
 // room one has already left changes nothing.
 func (a *API) leave(r *http.Request, dev *userapi.Device) (any, error) {
 	ctx := r.Context()
-	roomID, err := memberRoomIDVar(r)
+	roomID, err := roomIDPath(r)
 	if err != nil {
 		return nil, err
 	}
@@ -596,7 +584,7 @@ func (a *API) forget(r *http.Request, dev *userapi.Device) (any, error) {
 		return nil, err
 	}
 	ctx := r.Context()
-	roomID, err := memberRoomIDVar(r)
+	roomID, err := roomIDPath(r)
 	if err != nil {
 		return nil, err
 	}
@@ -636,7 +624,7 @@ func (a *API) moderate(r *http.Request, dev *userapi.Device, action string) (any
 		return nil, err
 	}
 	ctx := r.Context()
-	roomID, err := memberRoomIDVar(r)
+	roomID, err := roomIDPath(r)
 	if err != nil {
 		return nil, err
 	}

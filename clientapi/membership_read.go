@@ -42,7 +42,7 @@ var membershipValues = []string{spec.Join, spec.Invite, spec.Knock, spec.Leave, 
 // which rooms exist.
 func (a *API) members(r *http.Request, dev *userapi.Device) (any, error) {
 	ctx := r.Context()
-	roomID, err := memberRoomIDVar(r)
+	roomID, err := roomIDPath(r)
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +195,7 @@ type joinedMember struct {
 // avatar in their member events; only members may ask.
 func (a *API) joinedMembers(r *http.Request, dev *userapi.Device) (any, error) {
 	ctx := r.Context()
-	roomID, err := memberRoomIDVar(r)
+	roomID, err := roomIDPath(r)
 	if err != nil {
 		return nil, err
 	}

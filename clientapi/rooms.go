@@ -509,7 +509,7 @@ func roomIDPath(r *http.Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if !strings.HasPrefix(id, "!") || len(id) > maxTypeBytes || strings.ContainsRune(id, 0) {
+	if !isRoomID(id) || len(id) > maxTypeBytes || strings.ContainsRune(id, 0) {
 		return "", mxhttp.InvalidParam("Bad room id %q", id)
 	}
 	return id, nil
