@@ -73,9 +73,7 @@ func (a *API) putAccountData(r *http.Request, dev *userapi.Device) (any, error) 
 	if _, err := a.db.PutAccountData(r.Context(), dev.Localpart, roomID, typ, content); err != nil {
 		return nil, mxhttp.Internal(err)
 	}
-	if a.accountDataWritten != nil {
-		a.accountDataWritten(dev.UserID)
-	}
+	a.wake.Users(dev.UserID)
 	return struct{}{}, nil
 }
 

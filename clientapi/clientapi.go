@@ -11,6 +11,7 @@ import (
 	"github.com/weft-chat/weft/config"
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/internal/ratelimit"
+	"github.com/weft-chat/weft/internal/wake"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/userapi"
 )
@@ -26,18 +27,18 @@ type API struct {
 	// Rate limiters; nil when rate limiting is off.
 	loginLimit, registerLimit, messageLimit *ratelimit.Limiter
 
-	// accountDataWritten is called after each account data write with the
-	// user's id (nil: nobody to tell).
-	accountDataWritten func(userID string)
+	// wake wakes the long-polling syncs a write concerns (nil: nobody to
+	// tell, as in tests of the client API alone).
+	wake *wake.Publisher
 }
 
 // Option tunes the client API at construction.
 type Option func(*API)
 
-// OnAccountData makes the API call f after each account data write, with
-// the user's id: the sync notifier's wake-up (syncapi.AccountDataWaker).
-func OnAccountData(f func(userID string)) Option {
-	return func(a *API) { a.accountDataWritten = f }
+// WithWake makes the API wake the syncs its writes concern (account data,
+// typing, receipts, presence, to-device messages) through p.
+func WithWake(p *wake.Publisher) Option {
+	return func(a *API) { a.wake = p }
 }
 
 // New makes the client API.

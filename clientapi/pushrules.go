@@ -268,9 +268,7 @@ func (a *API) changePushRules(ctx context.Context, dev *userapi.Device, change f
 	if err != nil {
 		return err
 	}
-	if a.accountDataWritten != nil {
-		a.accountDataWritten(dev.UserID)
-	}
+	a.wake.Users(dev.UserID)
 	return nil
 }
 

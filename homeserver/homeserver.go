@@ -26,6 +26,7 @@ import (
 	"github.com/weft-chat/weft/config"
 	"github.com/weft-chat/weft/federation"
 	"github.com/weft-chat/weft/internal/bus"
+	"github.com/weft-chat/weft/internal/wake"
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/internal/serverkey"
 	"github.com/weft-chat/weft/push"
@@ -117,7 +118,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	}
 	s.closers = append(s.closers, func() error { notifier.Close(); return nil })
 	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"),
-		clientapi.OnAccountData(syncapi.AccountDataWaker(s.bus.Conn(), log.With("component", "clientapi"))))
+		clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))))
 	capi.Routes(clientRouter)
 	sapi := syncapi.New(s.db, rooms, capi.Authed, log.With("component", "syncapi"))
 	sapi.Routes(clientRouter)

@@ -29,8 +29,6 @@ const publishTimeout = 5 * time.Second
 // caller answers it with what it made then.
 var errInputDone = errors.New("input already handled")
 
-// eventsStream names the room event stream in stream_positions.
-const eventsStream = "events"
 
 // pending is a built event waiting to be committed.
 type pending struct {
@@ -167,7 +165,7 @@ func (rs *Roomserver) commitTx(ctx context.Context, q *sql.Queries, rcs []*roomC
 		return fmt.Errorf("event transactions: %w", err)
 	}
 
-	first, err := q.AllocStreamPositions(ctx, eventsStream, len(rows))
+	first, err := q.AllocStreamPositions(ctx, sql.EventsStream, len(rows))
 	if err != nil {
 		return err
 	}

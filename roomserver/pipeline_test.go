@@ -272,7 +272,7 @@ func TestGroupCommitPositionsInOrder(t *testing.T) {
 					return
 				default:
 				}
-				n, err := db.StreamPos(ctx, eventsStream)
+				n, err := db.StreamPos(ctx, sql.EventsStream)
 				if err != nil {
 					readerDone <- err
 					return
@@ -317,7 +317,7 @@ func TestGroupCommitPositionsInOrder(t *testing.T) {
 		if err := <-readerDone; err != nil {
 			t.Fatal(err)
 		}
-		n, err := db.StreamPos(ctx, eventsStream)
+		n, err := db.StreamPos(ctx, sql.EventsStream)
 		if want := int64(rooms*4 + writers*each); err != nil || n != want {
 			t.Fatalf("stream at %d (%v), want %d", n, err, want)
 		}

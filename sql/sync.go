@@ -171,25 +171,53 @@ func (t *Queries) RoomHeroes(ctx context.Context, roomNID int64, exclude string,
 	return out, rows.Err()
 }
 
-// SyncPositions reads the latest committed positions of the streams a
+// Streams /sync reads, as named in stream_positions. Writers take their
+// positions with AllocStreamPos in the transaction that writes the data.
+const (
+	EventsStream        = "events"
+	ReceiptsStream      = "receipts"
+	TypingStream        = "typing"
+	PresenceStream      = "presence"
+	ToDeviceStream      = "to_device"
+	DeviceListsStream   = "device_lists"
+	NotificationsStream = "notifications"
+)
+
+// StreamPositions is one position in each stream a sync reads.
+type StreamPositions struct {
+	Events        int64
+	AccountData   int64
+	Receipts      int64
+	Typing        int64
+	Presence      int64
+	ToDevice      int64
+	DeviceLists   int64
+	Notifications int64
+}
+
+// SyncPositions reads the latest committed position of every stream a
 // sync reads, in one query.
-func (t *Queries) SyncPositions(ctx context.Context) (events, accountData int64, err error) {
-	rows, err := t.q.QueryContext(ctx, `SELECT stream, pos FROM stream_positions WHERE stream IN ('events', $1)`, AccountDataStream)
+func (t *Queries) SyncPositions(ctx context.Context) (StreamPositions, error) {
+	var p StreamPositions
+	fields := map[string]*int64{
+		EventsStream: &p.Events, AccountDataStream: &p.AccountData, ReceiptsStream: &p.Receipts,
+		TypingStream: &p.Typing, PresenceStream: &p.Presence, ToDeviceStream: &p.ToDevice,
+		DeviceListsStream: &p.DeviceLists, NotificationsStream: &p.Notifications,
+	}
+	rows, err := t.q.QueryContext(ctx, `SELECT stream, pos FROM stream_positions`)
 	if err != nil {
-		return 0, 0, err
+		return p, err
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var stream string
 		var pos int64
 		if err := rows.Scan(&stream, &pos); err != nil {
-			return 0, 0, err
+			return p, err
 		}
-		if stream == AccountDataStream {
-			accountData = pos
-		} else {
-			events = pos
+		if f := fields[stream]; f != nil {
+			*f = pos
 		}
 	}
-	return events, accountData, rows.Err()
+	return p, rows.Err()
 }

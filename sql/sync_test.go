@@ -86,7 +86,7 @@ func TestRoomSummaryQueries(t *testing.T) {
 	})
 }
 
-// TestSyncPositions: both counters in one read.
+// TestSyncPositions: every counter in one read.
 func TestSyncPositions(t *testing.T) {
 	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
 		ctx := context.Background()
@@ -103,9 +103,13 @@ func TestSyncPositions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		events, accountData, err := db.SyncPositions(ctx)
-		if err != nil || events != 2 || accountData != 1 {
-			t.Errorf("SyncPositions = %d, %d, %v; want 2, 1", events, accountData, err)
+		if _, err := db.AllocStreamPos(ctx, sql.ToDeviceStream); err != nil {
+			t.Fatal(err)
+		}
+		p, err := db.SyncPositions(ctx)
+		want := sql.StreamPositions{Events: 2, AccountData: 1, ToDevice: 1}
+		if err != nil || p != want {
+			t.Errorf("SyncPositions = %+v, %v; want %+v", p, err, want)
 		}
 	})
 }

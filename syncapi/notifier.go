@@ -8,17 +8,12 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
-	"github.com/nats-io/nats.go"
 
 	"github.com/weft-chat/weft/internal/bus"
+	"github.com/weft-chat/weft/internal/wake"
 	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 )
-
-// AccountDataWakeSubject is the core NATS subject on which account data
-// writes announce themselves (the payload is the user id), so that every
-// process wakes the user's long-polling syncs.
-const AccountDataWakeSubject = "sync.wake.account_data"
 
 // notifierMaxUsers bounds how many users' room lists the notifier keeps.
 // Past it, the users with no sync waiting are forgotten (and read again
@@ -99,8 +94,9 @@ func NewNotifier(db MembershipStore, log *slog.Logger) *Notifier {
 }
 
 // Start feeds the notifier from the bus: the room events published on
-// room.output after they commit, and the account data wake-ups. Every
-// process runs its own notifier over the whole stream.
+// room.output after they commit, and the wake-ups of every other write a
+// sync returns (package wake). Every process runs its own notifier over
+// the whole stream.
 func (n *Notifier) Start(ctx context.Context, b *bus.Bus) error {
 	stop, err := bus.Tail(ctx, b, bus.StreamRoomOutput, bus.RoomOutputSubjects, func(_ context.Context, o roomserver.OutputEvent) {
 		n.OnRoomEvent(o)
@@ -108,10 +104,10 @@ func (n *Notifier) Start(ctx context.Context, b *bus.Bus) error {
 	if err != nil {
 		return fmt.Errorf("notifier: %w", err)
 	}
-	sub, err := b.Conn().Subscribe(AccountDataWakeSubject, func(m *nats.Msg) { n.WakeUser(string(m.Data)) })
+	sub, err := wake.Subscribe(b.Conn(), n.Wake)
 	if err != nil {
 		stop()
-		return fmt.Errorf("notifier: subscribe %s: %w", AccountDataWakeSubject, err)
+		return fmt.Errorf("notifier: subscribe %s: %w", wake.Subject, err)
 	}
 	n.mu.Lock()
 	n.stops = append(n.stops, stop, func() { _ = sub.Unsubscribe() })
@@ -223,12 +219,22 @@ func (n *Notifier) OnRoomEvent(o roomserver.OutputEvent) {
 	}
 }
 
-// WakeUser wakes one user's syncs (after an account data write).
-func (n *Notifier) WakeUser(userID string) {
+// Wake wakes the syncs of the users of a wake-up and of the joined
+// members of its rooms.
+func (n *Notifier) Wake(m wake.Message) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if u := n.users[userID]; u != nil {
-		wakeLocked(u)
+	for _, userID := range m.Users {
+		if u := n.users[userID]; u != nil {
+			wakeLocked(u)
+		}
+	}
+	for _, roomID := range m.Rooms {
+		for userID := range n.rooms[roomID] {
+			if u := n.users[userID]; u != nil && u.rooms[roomID].membership == spec.Join {
+				wakeLocked(u)
+			}
+		}
 	}
 }
 
@@ -282,16 +288,4 @@ func (n *Notifier) dropLocked(userID string, u *notifiedUser) {
 		}
 	}
 	delete(n.users, userID)
-}
-
-// AccountDataWaker returns what the client API calls after an account
-// data write: a publish that wakes the user's syncs in every process.
-// Publishing is best effort: a lost wake-up delays the user's sync until
-// its timeout, it loses nothing.
-func AccountDataWaker(nc *nats.Conn, log *slog.Logger) func(userID string) {
-	return func(userID string) {
-		if err := nc.Publish(AccountDataWakeSubject, []byte(userID)); err != nil {
-			log.Warn("publish account data wake-up", "user_id", userID, "err", err)
-		}
-	}
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/weft-chat/weft/internal/wake"
 	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 )
@@ -113,9 +114,9 @@ func TestNotifierWakesOnlyMembers(t *testing.T) {
 	}
 
 	// Account data wakes its owner only.
-	n.WakeUser("@a:x")
+	n.Wake(wake.Message{Users: []string{"@a:x"}})
 	if !woken(wa5) {
-		t.Fatal("WakeUser did not wake the user")
+		t.Fatal("Wake did not wake the user")
 	}
 }
 

@@ -206,13 +206,14 @@ func (a *API) loadFilter(ctx context.Context, dev *userapi.Device, raw string) (
 }
 
 // syncResponse is the body of GET /sync. Sections with nothing in them are
-// left out, as Synapse leaves them out. Presence, to-device messages and
-// device lists are not served until those features exist: an empty
-// section would tell a client that nothing changed.
+// left out, as Synapse leaves them out.
 type syncResponse struct {
-	NextBatch   string     `json:"next_batch"`
-	AccountData *eventList `json:"account_data,omitempty"`
-	Rooms       *syncRooms `json:"rooms,omitempty"`
+	NextBatch   string       `json:"next_batch"`
+	AccountData *eventList   `json:"account_data,omitempty"`
+	Presence    *eventList   `json:"presence,omitempty"`
+	ToDevice    *eventList   `json:"to_device,omitempty"`
+	DeviceLists *deviceLists `json:"device_lists,omitempty"`
+	Rooms       *syncRooms   `json:"rooms,omitempty"`
 	// The key counts are always there (see respond).
 	OneTimeKeysCount       map[string]int `json:"device_one_time_keys_count"`
 	UnusedFallbackKeyTypes []string       `json:"device_unused_fallback_key_types"`
@@ -226,18 +227,26 @@ type syncRooms struct {
 	Leave  map[string]*leftRoom     `json:"leave,omitempty"`
 }
 
-// joinedRoom is a room the caller is joined to. unread_notifications is
-// left out until push rules exist to count notifications with: zeros
-// would tell the client it has read everything.
+// joinedRoom is a room the caller is joined to.
 type joinedRoom struct {
-	Summary    *roomSummary `json:"summary,omitempty"`
-	State      *eventList   `json:"state,omitempty"`
-	StateAfter *eventList   `json:"state_after,omitempty"`
-	Timeline   timeline     `json:"timeline"`
-	// Ephemeral is always empty until typing and receipts exist, which is
-	// the truth: there are none.
-	Ephemeral   eventList `json:"ephemeral"`
-	AccountData eventList `json:"account_data"`
+	Summary     *roomSummary `json:"summary,omitempty"`
+	State       *eventList   `json:"state,omitempty"`
+	StateAfter  *eventList   `json:"state_after,omitempty"`
+	Timeline    timeline     `json:"timeline"`
+	Ephemeral   eventList    `json:"ephemeral"`
+	AccountData eventList    `json:"account_data"`
+	// The unread counts: the room's in every thread, or the main
+	// timeline's with the threads' apart when the filter asks for
+	// unread_thread_notifications.
+	UnreadNotifications       *sql.NotificationCounts           `json:"unread_notifications,omitempty"`
+	UnreadThreadNotifications map[string]sql.NotificationCounts `json:"unread_thread_notifications,omitempty"`
+}
+
+// deviceLists is the device_lists section: the users whose devices
+// changed, and those the caller no longer shares a room with.
+type deviceLists struct {
+	Changed []string `json:"changed,omitempty"`
+	Left    []string `json:"left,omitempty"`
 }
 
 // leftRoom is a room the caller left or was banned from.
@@ -281,7 +290,7 @@ type timeline struct {
 // empty reports whether the response has nothing for the client beyond a
 // new token.
 func (r *syncResponse) empty() bool {
-	return r.AccountData == nil && r.Rooms == nil
+	return r.AccountData == nil && r.Rooms == nil && r.Presence == nil && r.ToDevice == nil && r.DeviceLists == nil
 }
 
 func newEventList(evs []any) eventList {

@@ -18,13 +18,22 @@ type syncBuilder struct {
 	// since is the request's token (zero for an initial sync) and upper
 	// the positions this response runs to: (since, upper] of every stream.
 	since, upper SyncToken
+	// next is the response's next_batch: upper, less where a section
+	// served only part of its window (to-device messages come in pages).
+	next SyncToken
 	initial      bool
 	ignored      map[string]bool
 	// roomData is the room account data written in (since, upper], by
 	// room; allRoomData every room's, loaded when a room needs all of it.
 	roomData    map[string][]sql.AccountData
 	allRoomData map[string][]sql.AccountData
-	resp        *syncResponse
+	// ephemeral is each joined room's ephemeral events for the response
+	// (typing, receipts); countsChanged the joined rooms whose unread
+	// notification counts changed in the window. Either puts a room in
+	// the response even with no new event.
+	ephemeral     map[string][]any
+	countsChanged map[string]bool
+	resp          *syncResponse
 }
 
 // buildSync reads what changed for the caller in (since, now]. It reads
@@ -34,17 +43,17 @@ type syncBuilder struct {
 // write above it waits for the next sync. The result never repeats what
 // an earlier token covered nor skips what it did not.
 func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, error) {
-	events, accountData, err := a.db.SyncPositions(ctx)
+	pos, err := a.db.SyncPositions(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("stream positions: %w", err)
 	}
-	b := &syncBuilder{a: a, req: req, upper: SyncToken{Events: events, AccountData: accountData},
+	b := &syncBuilder{a: a, req: req, upper: SyncToken(pos), next: SyncToken(pos),
 		initial: req.since == nil, resp: &syncResponse{}}
 	if req.since != nil {
 		// A token ahead of the streams was not minted by this server's
 		// database: read it as "now" rather than wait for positions that
 		// may never come.
-		b.since = SyncToken{Events: min(req.since.Events, events), AccountData: min(req.since.AccountData, accountData)}
+		b.since = req.since.clamp(b.upper)
 	}
 	b.resp.NextBatch = b.upper.String()
 	if !b.initial && !req.fullState && b.since == b.upper {
@@ -60,6 +69,18 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 	if err != nil {
 		return nil, fmt.Errorf("memberships of %s: %w", req.dev.UserID, err)
 	}
+	var joined []sql.SyncMembership
+	for _, m := range mems {
+		if m.Membership == spec.Join && req.filter.room(m.RoomID) {
+			joined = append(joined, m)
+		}
+	}
+	if err := b.readEphemeral(ctx, joined); err != nil {
+		return nil, err
+	}
+	if err := b.readCountChanges(ctx, joined); err != nil {
+		return nil, err
+	}
 	for _, m := range mems {
 		if !req.filter.room(m.RoomID) {
 			continue
@@ -68,6 +89,16 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 			return nil, fmt.Errorf("sync room %s: %w", m.RoomID, err)
 		}
 	}
+	if err := b.presence(ctx); err != nil {
+		return nil, err
+	}
+	if err := b.toDevice(ctx); err != nil {
+		return nil, err
+	}
+	if err := b.deviceLists(ctx, mems); err != nil {
+		return nil, err
+	}
+	b.resp.NextBatch = b.next.String()
 	return b.resp, nil
 }
 

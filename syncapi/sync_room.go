@@ -59,15 +59,20 @@ func (b *syncBuilder) joined(ctx context.Context, m sql.SyncMembership, w roomWi
 	if err != nil {
 		return err
 	}
-	if !w.full && !c.changed() && len(data) == 0 {
+	eph := b.ephemeral[m.RoomID]
+	if !w.full && !c.changed() && len(data) == 0 && len(eph) == 0 && !b.countsChanged[m.RoomID] {
 		return nil
+	}
+	jr := &joinedRoom{Summary: c.summary, State: c.state, StateAfter: c.stateAfter, Timeline: c.timeline,
+		Ephemeral: newEventList(eph), AccountData: newEventList(data)}
+	if err := b.unreadCounts(ctx, m, jr); err != nil {
+		return err
 	}
 	rooms := b.rooms()
 	if rooms.Join == nil {
 		rooms.Join = make(map[string]*joinedRoom)
 	}
-	rooms.Join[m.RoomID] = &joinedRoom{Summary: c.summary, State: c.state, StateAfter: c.stateAfter, Timeline: c.timeline,
-		Ephemeral: newEventList(nil), AccountData: newEventList(data)}
+	rooms.Join[m.RoomID] = jr
 	return nil
 }
 
@@ -134,7 +139,9 @@ func (b *syncBuilder) roomContent(ctx context.Context, m sql.SyncMembership, mem
 	if len(evs) > 0 {
 		out.timeline.PrevBatch = PrevBatch(evs[0])
 	} else {
-		out.timeline.PrevBatch = SyncToken{Events: w.hi, AccountData: b.upper.AccountData}.String()
+		at := b.upper
+		at.Events = w.hi
+		out.timeline.PrevBatch = at.String()
 	}
 
 	if w.onlyOwn {

@@ -17,14 +17,18 @@ func TestSyncTokenRoundTrip(t *testing.T) {
 		{"s0_0", SyncToken{}},
 		{"s12_34", SyncToken{Events: 12, AccountData: 34}},
 		{"s12", SyncToken{Events: 12}},                           // older: missing streams read as 0
-		{"s12_34_56_78", SyncToken{Events: 12, AccountData: 34}}, // newer: unknown streams ignored
+		{"s12_34_56_78", SyncToken{Events: 12, AccountData: 34, Receipts: 56, Typing: 78}},
+		{"s1_2_3_4_5_6_7_8_9", SyncToken{1, 2, 3, 4, 5, 6, 7, 8}}, // newer: unknown streams ignored
 	} {
 		got, err := ParseSyncToken(c.in)
 		if err != nil || got != c.want {
 			t.Errorf("ParseSyncToken(%q) = %+v, %v; want %+v", c.in, got, err, c.want)
 		}
 	}
-	tok := SyncToken{Events: 7, AccountData: 9}
+	tok := SyncToken{Events: 7, AccountData: 9, ToDevice: 3, Notifications: 11}
+	if tok.String() != "s7_9_0_0_0_3_0_11" {
+		t.Errorf("String() = %q", tok.String())
+	}
 	if back, err := ParseSyncToken(tok.String()); err != nil || back != tok {
 		t.Errorf("round trip of %+v: %+v %v", tok, back, err)
 	}
