@@ -29,7 +29,6 @@ const publishTimeout = 5 * time.Second
 // caller answers it with what it made then.
 var errInputDone = errors.New("input already handled")
 
-
 // pending is a built event waiting to be committed.
 type pending struct {
 	pdu gomatrixserverlib.PDU

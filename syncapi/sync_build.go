@@ -20,9 +20,9 @@ type syncBuilder struct {
 	since, upper SyncToken
 	// next is the response's next_batch: upper, less where a section
 	// served only part of its window (to-device messages come in pages).
-	next SyncToken
-	initial      bool
-	ignored      map[string]bool
+	next    SyncToken
+	initial bool
+	ignored map[string]bool
 	// roomData is the room account data written in (since, upper], by
 	// room; allRoomData every room's, loaded when a room needs all of it.
 	roomData    map[string][]sql.AccountData

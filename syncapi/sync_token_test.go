@@ -16,7 +16,7 @@ func TestSyncTokenRoundTrip(t *testing.T) {
 	}{
 		{"s0_0", SyncToken{}},
 		{"s12_34", SyncToken{Events: 12, AccountData: 34}},
-		{"s12", SyncToken{Events: 12}},                           // older: missing streams read as 0
+		{"s12", SyncToken{Events: 12}}, // older: missing streams read as 0
 		{"s12_34_56_78", SyncToken{Events: 12, AccountData: 34, Receipts: 56, Typing: 78}},
 		{"s1_2_3_4_5_6_7_8_9", SyncToken{1, 2, 3, 4, 5, 6, 7, 8}}, // newer: unknown streams ignored
 	} {
