@@ -75,6 +75,12 @@ func (a *API) Routes(r *mux.Router) {
 	a.roomExtrasRoutes(r)
 	a.pushRuleRoutes(r)
 	a.keyRoutes(r)
+	a.typingRoutes(r)
+	a.receiptRoutes(r)
+	a.tagRoutes(r)
+	a.presenceRoutes(r)
+	a.toDeviceRoutes(r)
+	a.dehydratedDeviceRoutes(r)
 }
 
 // handle registers h for path under the stable client prefixes (v3, and r0

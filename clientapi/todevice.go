@@ -1,0 +1,5 @@
+package clientapi
+
+import "github.com/gorilla/mux"
+
+func (a *API) toDeviceRoutes(r *mux.Router) {}
