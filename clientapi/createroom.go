@@ -165,9 +165,18 @@ func (a *API) checkCreateRoom(ctx context.Context, creator string, req createRoo
 		if u == creator {
 			return nil, mxhttp.InvalidParam("The room creator cannot invite themselves")
 		}
-		if !slices.Contains(nr.invites, u) {
-			nr.invites = append(nr.invites, u)
+		if slices.Contains(nr.invites, u) {
+			continue
 		}
+		// An invitee who blocks invites fails the request before the room
+		// exists: the spec lets the room be made without them, but a
+		// client told 403 would not learn its id.
+		if localpart, err := a.users.LocalpartOf(u); err == nil {
+			if err := a.checkInvitable(ctx, localpart, u); err != nil {
+				return nil, err
+			}
+		}
+		nr.invites = append(nr.invites, u)
 	}
 	if len(req.Invite3PID) > 0 {
 		// Third-party invites need an identity server, which Weft does not

@@ -16,6 +16,7 @@ import (
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
+	"github.com/weft-chat/weft/syncapi/view"
 	"github.com/weft-chat/weft/userapi"
 )
 
@@ -44,12 +45,9 @@ func (a *API) membershipRoutes(r *mux.Router) {
 	handle(r, "/rooms/{roomId}/joined_members", a.authedJSON(a.joinedMembers), http.MethodGet)
 }
 
-// The member event field naming a restricted join's authoriser, and the
-// account data type of invite blocking.
-const (
-	fieldAuthorisedVia   = "join_authorised_via_users_server"
-	invitePermissionType = "m.invite_permission_config"
-)
+// fieldAuthorisedVia is the member event field naming a restricted join's
+// authoriser.
+const fieldAuthorisedVia = "join_authorised_via_users_server"
 
 // joinedRoomResponse answers join and knock.
 type joinedRoomResponse struct {
@@ -487,10 +485,8 @@ func (a *API) invite(r *http.Request, dev *userapi.Device) (any, error) {
 	if err != nil {
 		return nil, mxhttp.InvalidParam("Invalid user_id %q", target)
 	}
-	if blocked, err := a.invitesBlocked(ctx, localpart); err != nil {
+	if err := a.checkInvitable(ctx, localpart, target); err != nil {
 		return nil, err
-	} else if blocked {
-		return nil, mxhttp.Errorf(http.StatusForbidden, "M_INVITE_BLOCKED", "%s does not accept invites", target)
 	}
 	current, err := a.rooms.Membership(ctx, roomID, target)
 	if err != nil {
@@ -512,22 +508,17 @@ func (a *API) invite(r *http.Request, dev *userapi.Device) (any, error) {
 	return struct{}{}, nil
 }
 
-// invitesBlocked reads the user's m.invite_permission_config: a
-// default_action of "block" refuses every invite; anything else, or no
-// config, lets invites through.
-func (a *API) invitesBlocked(ctx context.Context, localpart string) (bool, error) {
-	raw, err := a.db.AccountDataContent(ctx, localpart, "", invitePermissionType)
-	if errors.Is(err, sql.ErrNotFound) {
-		return false, nil
-	}
+// checkInvitable refuses an invite to a local user who blocks invites
+// (403 M_INVITE_BLOCKED, spec v1.18 Invite permission).
+func (a *API) checkInvitable(ctx context.Context, localpart, userID string) error {
+	blocked, err := view.InvitesBlocked(ctx, a.db, localpart)
 	if err != nil {
-		return false, err
+		return err
 	}
-	var c struct {
-		DefaultAction any `json:"default_action"`
+	if blocked {
+		return mxhttp.Errorf(http.StatusForbidden, "M_INVITE_BLOCKED", "%s does not accept invites", userID)
 	}
-	_ = json.Unmarshal(raw, &c)
-	return c.DefaultAction == "block", nil
+	return nil
 }
 
 // requireJoined answers 403 unless the user is joined to the room.

@@ -16,6 +16,7 @@ import (
 	"github.com/weft-chat/weft/internal/testclient"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/sql/sqltest"
+	"github.com/weft-chat/weft/syncapi/view"
 )
 
 // mhs is a whole test homeserver (guests allowed) for the membership
@@ -760,5 +761,54 @@ func TestPrivilegedCreators(t *testing.T) {
 		memberOK(alice.LeaveRoom(ctx, rid))(t)
 		memberOK(alice.JoinRoomByID(ctx, rid))(t)
 		memberOK(alice.UnbanUser(ctx, rid, &mautrix.ReqUnbanUser{UserID: eve.UserID}))(t)
+	})
+}
+
+// TestInviteBlockingEverywhere: a user who blocks invites (spec v1.18,
+// Invite permission, "Server behaviour") is refused on createRoom's invite
+// list and on a PUT of an invite member event, as on /invite, and /sync
+// does not serve invites already in the database while the block holds.
+func TestInviteBlockingEverywhere(t *testing.T) {
+	forEachMembershipServer(t, func(t *testing.T, h mhs) {
+		ctx := context.Background()
+		alice, dave := h.user("alice"), h.user("dave")
+		roomID := h.createRoom(alice, map[string]any{"preset": "private_chat"})
+		// An invite from before the block.
+		memberOK(alice.InviteUser(ctx, id.RoomID(roomID), &mautrix.ReqInviteUser{UserID: dave.UserID}))(t)
+		if err := dave.SetAccountData(ctx, view.InvitePermissionType, map[string]any{"default_action": "block"}); err != nil {
+			t.Fatal(err)
+		}
+
+		before := len(h.joinedRooms(alice))
+		h.call("POST", "/createRoom", alice, map[string]any{"invite": []string{string(dave.UserID)}}).
+			expectError(t, 403, "M_INVITE_BLOCKED")
+		if after := len(h.joinedRooms(alice)); after != before {
+			t.Fatalf("a refused createRoom made a room: %d rooms, had %d", after, before)
+		}
+		other := h.createRoom(alice, map[string]any{"preset": "private_chat"})
+		h.call("PUT", memberRoomPath(other, "/state/m.room.member/"+url.PathEscape(string(dave.UserID))), alice,
+			map[string]any{"membership": "invite"}).expectError(t, 403, "M_INVITE_BLOCKED")
+		if m := h.membership(alice, other, dave.UserID); m != "" {
+			t.Fatalf("blocked state invite left membership %q", m)
+		}
+
+		resp, err := dave.SyncRequest(ctx, 0, "", "", true, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Rooms.Invite) != 0 {
+			t.Fatalf("sync served invites while blocked: %v", resp.Rooms.Invite)
+		}
+		// Lifting the block serves the invite again.
+		if err := dave.SetAccountData(ctx, view.InvitePermissionType, map[string]any{}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err = dave.SyncRequest(ctx, 0, "", "", true, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := resp.Rooms.Invite[id.RoomID(roomID)]; !ok || len(resp.Rooms.Invite) != 1 {
+			t.Fatalf("sync after lifting the block: invites %v", resp.Rooms.Invite)
+		}
 	})
 }

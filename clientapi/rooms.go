@@ -227,6 +227,13 @@ func (a *API) putState(r *http.Request, dev *userapi.Device) (any, error) {
 			return nil, err
 		}
 	}
+	if eventType == spec.MRoomMember && membershipOf(content) == spec.Invite {
+		if localpart, err := a.users.LocalpartOf(stateKey); err == nil {
+			if err := a.checkInvitable(ctx, localpart, stateKey); err != nil {
+				return nil, err
+			}
+		}
+	}
 	// Setting state to what the same user already set it to sends nothing
 	// and answers the event that holds it, as Synapse does: a client
 	// retrying a state PUT, which has no transaction id, makes no
@@ -562,4 +569,14 @@ func txnIDVar(r *http.Request) (string, error) {
 func isNotFound(err error) bool {
 	var me *mxhttp.Error
 	return errors.As(err, &me) && me.Status == http.StatusNotFound
+}
+
+// membershipOf reads the membership of m.room.member content ("" when it
+// has none).
+func membershipOf(content json.RawMessage) string {
+	var c struct {
+		Membership string `json:"membership"`
+	}
+	_ = json.Unmarshal(content, &c)
+	return c.Membership
 }

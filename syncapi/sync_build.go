@@ -23,6 +23,9 @@ type syncBuilder struct {
 	next    SyncToken
 	initial bool
 	ignored map[string]bool
+	// invitesBlocked: the caller blocks invites, which sync then never
+	// serves (spec v1.18, Invite permission).
+	invitesBlocked bool
 	// roomData is the room account data written in (since, upper], by
 	// room; allRoomData every room's, loaded when a room needs all of it.
 	roomData    map[string][]sql.AccountData
@@ -62,6 +65,9 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 	if b.ignored, err = view.IgnoredUsers(ctx, a.db, req.dev.UserID); err != nil {
 		return nil, err
 	}
+	if b.invitesBlocked, err = view.InvitesBlocked(ctx, a.db, req.dev.Localpart); err != nil {
+		return nil, err
+	}
 	if err := b.accountData(ctx); err != nil {
 		return nil, err
 	}
@@ -88,6 +94,9 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 		if err := b.room(ctx, m); err != nil {
 			return nil, fmt.Errorf("sync room %s: %w", m.RoomID, err)
 		}
+	}
+	if err := b.fillUnreadCounts(ctx, mems); err != nil {
+		return nil, err
 	}
 	if err := b.presence(ctx); err != nil {
 		return nil, err

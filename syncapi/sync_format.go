@@ -40,7 +40,7 @@ func (b *syncBuilder) stripped(ctx context.Context, m sql.SyncMembership, eventN
 		return err
 	}
 	own := evs[0]
-	if membership == spec.Invite && b.ignored[own.Sender] {
+	if membership == spec.Invite && (b.invitesBlocked || b.ignored[own.Sender]) {
 		return nil
 	}
 	vals, err := b.a.db.SnapshotKeys(ctx, own.StateBeforeNID, strippedStateKeys)

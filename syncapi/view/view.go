@@ -128,6 +128,28 @@ func IgnoredUsers(ctx context.Context, data AccountData, userID string) (map[str
 	return out, nil
 }
 
+// InvitePermissionType is the account data with which a user blocks
+// invites (spec v1.18, Invite permission).
+const InvitePermissionType = "m.invite_permission_config"
+
+// InvitesBlocked reads the user's m.invite_permission_config: a
+// default_action of "block" refuses every invite; anything else, or no
+// config, lets invites through.
+func InvitesBlocked(ctx context.Context, data AccountData, localpart string) (bool, error) {
+	raw, err := data.AccountDataContent(ctx, localpart, "", InvitePermissionType)
+	if errors.Is(err, sql.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var c struct {
+		DefaultAction any `json:"default_action"`
+	}
+	_ = json.Unmarshal(raw, &c)
+	return c.DefaultAction == "block", nil
+}
+
 // Sees applies history visibility to one event of the room.
 func (v *Viewer) Sees(ctx context.Context, ev sql.Event) (bool, error) {
 	special := ev.StateKey != nil && ((ev.Type == spec.MRoomMember && *ev.StateKey == v.UserID) ||
