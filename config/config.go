@@ -57,6 +57,20 @@ type Federation struct {
 	TLSCert         string `yaml:"tls_cert"`
 	TLSKey          string `yaml:"tls_key"`
 	WellKnownServer string `yaml:"well_known_server"`
+	// KeyNotaries are servers asked for other servers' keys when a direct
+	// fetch fails. Empty by default (Synapse defaults to matrix.org) so that
+	// a fresh server never contacts anyone it was not asked to.
+	KeyNotaries []string `yaml:"key_notaries"`
+	// TrustedCAFile is a PEM file of extra certificate authorities trusted
+	// for outgoing federation, on top of the system's.
+	TrustedCAFile string `yaml:"trusted_ca_file"`
+	// TLSInsecureSkipVerify accepts any certificate from remote servers:
+	// for test setups only.
+	TLSInsecureSkipVerify bool `yaml:"tls_insecure_skip_verify"`
+	// AllowPrivateNetworks lists CIDRs exempt from the rule that outgoing
+	// federation never connects to private, loopback or link-local
+	// addresses.
+	AllowPrivateNetworks []string `yaml:"allow_private_networks"`
 }
 
 // Database chooses the storage engine by URL.

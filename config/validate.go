@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -49,6 +50,16 @@ func (c *Config) Validate() error {
 	}
 	if (c.Federation.TLSCert == "") != (c.Federation.TLSKey == "") {
 		return optionError("federation.tls_cert", c.Federation.TLSCert, fmt.Errorf("tls_cert and tls_key go together"))
+	}
+	for _, n := range c.Federation.KeyNotaries {
+		if err := ValidateServerName(n); err != nil {
+			return optionError("federation.key_notaries", n, err)
+		}
+	}
+	for _, cidr := range c.Federation.AllowPrivateNetworks {
+		if _, err := netip.ParsePrefix(cidr); err != nil {
+			return optionError("federation.allow_private_networks", cidr, fmt.Errorf("must be a CIDR like 10.0.0.0/8"))
+		}
 	}
 	if _, _, err := ParseDatabaseURL(c.Database.URL); err != nil {
 		return optionError("database.url", c.Database.URL, err)

@@ -45,6 +45,9 @@ type Server struct {
 	bus *bus.Bus
 	key serverkey.Key
 
+	fedClient *federation.Client
+	keyRing   *federation.KeyRing
+
 	servers []*listener
 	closers []func() error
 	once    sync.Once
@@ -128,6 +131,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 
 	fedRouter := mxhttp.NewRouter()
 	keys.Routes(fedRouter)
+	if err := s.federation(fedRouter, keys, log.With("component", "federation")); err != nil {
+		return nil, err
+	}
 	federation.WellKnownRoutes(fedRouter, cfg.Federation.WellKnownServer)
 	healthRoute(fedRouter)
 
@@ -157,6 +163,36 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	}
 	return s, nil
 }
+
+// federation builds the outbound client and the key ring, and registers
+// the notary and the authenticated federation endpoints on r (after the
+// key server's open routes).
+func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, log *slog.Logger) error {
+	f := s.cfg.Federation
+	var err error
+	s.fedClient, err = federation.NewClient(federation.ClientConfig{ServerName: keys.ServerName, Key: s.key,
+		TrustedCAFile: f.TrustedCAFile, InsecureSkipVerify: f.TLSInsecureSkipVerify, AllowNetworks: f.AllowPrivateNetworks})
+	if err != nil {
+		return fmt.Errorf("federation: %w", err)
+	}
+	notaries := make([]spec.ServerName, len(f.KeyNotaries))
+	for i, n := range f.KeyNotaries {
+		notaries[i] = spec.ServerName(n)
+	}
+	s.keyRing = federation.NewKeyRing(federation.KeyRingConfig{DB: s.db, ServerName: keys.ServerName, Key: s.key,
+		OldKeys: s.cfg.OldSigningKeys, Client: s.fedClient, Notaries: notaries, Log: log})
+	(&federation.Notary{Keys: keys, DB: s.db, Fetch: s.keyRing, Log: log}).Routes(r)
+	authed := (&federation.Authenticator{ServerName: keys.ServerName, Keys: s.keyRing}).Router(r)
+	(&federation.Query{DB: s.db, ServerName: keys.ServerName}).Routes(authed)
+	return nil
+}
+
+// FederationClient is the outbound federation client, signing as this
+// server.
+func (s *Server) FederationClient() *federation.Client { return s.fedClient }
+
+// KeyRing is the key ring that verifies other servers' signatures.
+func (s *Server) KeyRing() *federation.KeyRing { return s.keyRing }
 
 func healthRoute(r *mux.Router) {
 	r.Handle("/health", mxhttp.Handler(func(w http.ResponseWriter, _ *http.Request) error {

@@ -5,12 +5,15 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/weft-chat/weft/config"
 	"github.com/weft-chat/weft/homeserver"
+	"github.com/weft-chat/weft/internal/serverkey"
 	"github.com/weft-chat/weft/sql/sqltest"
 )
 
@@ -64,6 +67,57 @@ func Start(t testing.TB, cfg config.Config) *Server {
 	return &Server{Server: srv, Config: cfg,
 		ClientURL:     "http://" + srv.Addr("client"),
 		FederationURL: "https://" + srv.Addr("federation")}
+}
+
+// FederationConfig is Config for a server that federates on loopback: its
+// server name is "127.0.0.1:<port>" of its federation listener (an IP
+// literal with a port needs no DNS or well-known), and it may connect to
+// loopback addresses. Its self-signed certificate is made now, in its
+// data directory, so that peers can trust it (see StartFederated).
+func FederationConfig(t testing.TB, engine config.Engine) config.Config {
+	t.Helper()
+	cfg := Config(t, engine)
+	// The port is chosen before the server starts because the server name
+	// carries it; the kernel does not hand a just-closed port out again at
+	// once.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg.ServerName = addr
+	cfg.Federation.Listen = addr
+	cfg.Federation.AllowPrivateNetworks = []string{"127.0.0.0/8", "::1/128"}
+	if _, err := serverkey.LoadOrMakeCertificate("", "", cfg.DataDir, "127.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// StartFederated starts one server per config (from FederationConfig), each
+// trusting the others' certificates through federation.trusted_ca_file, so
+// their TLS is verified as in production.
+func StartFederated(t testing.TB, cfgs ...config.Config) []*Server {
+	t.Helper()
+	var pems []byte
+	for _, c := range cfgs {
+		pem, err := os.ReadFile(filepath.Join(c.DataDir, "federation.crt"))
+		if err != nil {
+			t.Fatalf("certificate of %s: %v", c.ServerName, err)
+		}
+		pems = append(pems, pem...)
+	}
+	caFile := filepath.Join(t.TempDir(), "federation-ca.pem")
+	if err := os.WriteFile(caFile, pems, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := make([]*Server, len(cfgs))
+	for i, c := range cfgs {
+		c.Federation.TrustedCAFile = caFile
+		out[i] = Start(t, c)
+	}
+	return out
 }
 
 // StartEngine is Start(t, Config(t, engine)).
