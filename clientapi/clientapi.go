@@ -30,6 +30,9 @@ type API struct {
 	// wake wakes the long-polling syncs a write concerns (nil: nobody to
 	// tell, as in tests of the client API alone).
 	wake *wake.Publisher
+
+	// typing holds this process's typing expiry timers (typing.go).
+	typing typingTimers
 }
 
 // Option tunes the client API at construction.
