@@ -11,11 +11,10 @@ import (
 	"github.com/weft-chat/weft/userapi"
 )
 
-// keyRoutes registers the end-to-end encryption endpoints. GET
-// /keys/changes needs device-list streams and stays unregistered until
-// they exist.
+// keyRoutes registers the end-to-end encryption endpoints (GET
+// /keys/changes: KeyChangesRoute).
 func (a *API) keyRoutes(r *mux.Router) {
-	k := &keyHandlers{API: a, keys: e2ee.New(a.db, a.users.ServerName())}
+	k := &keyHandlers{API: a, keys: e2ee.New(a.db, a.users.ServerName(), e2ee.WithWake(a.wake))}
 	handle(r, "/keys/upload", a.authedJSON(k.upload), http.MethodPost)
 	handle(r, "/keys/query", a.authedJSON(k.query), http.MethodPost)
 	handle(r, "/keys/claim", a.authedJSON(k.claim), http.MethodPost)

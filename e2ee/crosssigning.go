@@ -132,14 +132,24 @@ func (s *Service) UploadCrossSigningKeys(ctx context.Context, c Caller, up Cross
 			return err
 		}
 	}
-	return s.db.WithTx(ctx, func(q *sql.Queries) error {
+	var change *sql.DeviceListChange
+	err = s.db.WithTx(ctx, func(q *sql.Queries) error {
 		for _, k := range keys {
 			if err := q.SetCrossSigningKey(ctx, c.Localpart, k); err != nil {
 				return fmt.Errorf("store %s key: %w", k.Type, err)
 			}
 		}
-		return nil
+		// Others verify the user's devices through these keys: they
+		// must fetch them again.
+		var err error
+		change, err = q.AddDeviceListChange(ctx, c.UserID)
+		return err
 	})
+	if err != nil {
+		return err
+	}
+	WakeDeviceList(s.wake, change)
+	return nil
 }
 
 // UploadSignatures verifies and stores the caller's signatures over keys:
@@ -161,6 +171,7 @@ func (s *Service) UploadSignatures(ctx context.Context, c Caller, body map[strin
 	if err != nil {
 		return nil, fmt.Errorf("read cross-signing keys: %w", err)
 	}
+	ownSigned, othersSigned := false, []string(nil)
 	for userID, objs := range body {
 		local, err := s.localpart(userID)
 		for keyID, obj := range objs {
@@ -180,12 +191,36 @@ func (s *Service) UploadSignatures(ctx context.Context, c Caller, body map[strin
 				fail(userID, keyID, f)
 				continue
 			}
+			if len(sigs) == 0 {
+				continue // nothing new: no change to announce
+			}
 			for _, sg := range sigs {
 				if err := s.db.AddKeySignature(ctx, local, sg); err != nil {
 					return nil, fmt.Errorf("store signature: %w", err)
 				}
 			}
+			if userID == c.UserID {
+				ownSigned = true
+			} else if !slices.Contains(othersSigned, userID) {
+				othersSigned = append(othersSigned, userID)
+			}
 		}
+	}
+	// As Synapse: signatures over the caller's own keys change their
+	// device list for everyone; signatures over other users' keys concern
+	// only the caller's devices, which show those users as changed.
+	if ownSigned {
+		change, err := s.db.AddDeviceListChange(ctx, c.UserID)
+		if err != nil {
+			return nil, err
+		}
+		WakeDeviceList(s.wake, change)
+	}
+	if len(othersSigned) > 0 {
+		if err := s.db.AddSignatureChange(ctx, c.UserID, othersSigned); err != nil {
+			return nil, err
+		}
+		s.wake.Users(c.UserID)
 	}
 	return failures, nil
 }
@@ -244,9 +279,14 @@ func (s *Service) checkSignatureUpload(ctx context.Context, c Caller, own map[st
 	}
 	_ = json.Unmarshal(storedKey, &storedSigs)
 	var out []sql.KeySignature
+	known := 0
 	for sigKeyID, sig := range signed.Signatures[c.UserID] {
 		if storedSigs.Signatures[c.UserID][sigKeyID] == sig {
-			continue // already part of the key as uploaded
+			// Already part of the key as uploaded: sending it again is no
+			// error (mautrix signs its master key with the device at
+			// upload and then once more, and Synapse accepts both).
+			known++
+			continue
 		}
 		pub, err := s.signerKey(ctx, c, signer, sigKeyID)
 		if err != nil {
@@ -260,8 +300,8 @@ func (s *Service) checkSignatureUpload(ctx context.Context, c Caller, own map[st
 		}
 		out = append(out, sql.KeySignature{TargetKeyID: keyID, SignerUserID: c.UserID, SignerKeyID: sigKeyID, Signature: sig})
 	}
-	if len(out) == 0 {
-		return nil, failure("M_INVALID_SIGNATURE", "No new signature by %s over %s", c.UserID, keyID), nil
+	if len(out) == 0 && known == 0 {
+		return nil, failure("M_INVALID_SIGNATURE", "No signature by %s over %s", c.UserID, keyID), nil
 	}
 	return out, nil, nil
 }

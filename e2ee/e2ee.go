@@ -20,6 +20,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/internal/wake"
 	"github.com/weft-chat/weft/sql"
 )
 
@@ -27,11 +28,36 @@ import (
 type Service struct {
 	db         *sql.DB
 	serverName string
+	// wake wakes the syncs that a device-list change concerns (nil: none).
+	wake *wake.Publisher
+}
+
+// Option tunes the service at construction.
+type Option func(*Service)
+
+// WithWake makes the service wake, through p, the syncs of the users who
+// track a device list it changes.
+func WithWake(p *wake.Publisher) Option {
+	return func(s *Service) { s.wake = p }
 }
 
 // New makes the service for the users of serverName.
-func New(db *sql.DB, serverName string) *Service {
-	return &Service{db: db, serverName: serverName}
+func New(db *sql.DB, serverName string, opts ...Option) *Service {
+	s := &Service{db: db, serverName: serverName}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// WakeDeviceList wakes the syncs of the users tracking a changed device
+// list (ch nil: nothing changed). Call it after the change commits.
+func WakeDeviceList(p *wake.Publisher, ch *sql.DeviceListChange) {
+	if ch == nil {
+		return
+	}
+	p.Users(ch.UserID)
+	p.Rooms(ch.Rooms...)
 }
 
 // errRemote marks a user id of another server.

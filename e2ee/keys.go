@@ -71,64 +71,86 @@ func parseKeyID(id string) (algorithm string, err error) {
 // M_INVALID_PARAM): a device's identity keys are fixed for its lifetime,
 // and a repeat of the same keys is fine. So is a one-time key id uploaded
 // again with another key. Fallback keys replace the previous key of their
-// algorithm and start unused.
+// algorithm and start unused. A device's first device keys change its
+// owner's device list, which wakes the syncs tracking it.
 func (s *Service) UploadKeys(ctx context.Context, c Caller, up Upload) (map[string]int, error) {
-	var devKeys []byte
-	if len(up.DeviceKeys) > 0 && string(up.DeviceKeys) != "null" {
-		var err error
-		if devKeys, err = checkDeviceKeys(c, up.DeviceKeys); err != nil {
-			return nil, err
-		}
-	}
-	otks, err := parseKeys(up.OneTimeKeys, "one_time_keys")
-	if err != nil {
-		return nil, err
-	}
-	fallbacks, err := parseKeys(up.FallbackKeys, "fallback_keys")
-	if err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	for _, k := range fallbacks {
-		if seen[k.Algorithm] {
-			return nil, mxhttp.InvalidParam("fallback_keys holds more than one %s key", k.Algorithm)
-		}
-		seen[k.Algorithm] = true
-	}
 	var counts map[string]int
-	err = s.db.WithTx(ctx, func(q *sql.Queries) error {
-		if devKeys != nil {
-			old, err := q.SetDeviceKeys(ctx, c.Localpart, c.DeviceID, devKeys)
-			if errors.Is(err, sql.ErrExists) {
-				if !sameKey(old, devKeys) {
-					return mxhttp.InvalidParam("Device key already exists for device %s; it cannot be changed", c.DeviceID)
-				}
-			} else if err != nil {
-				return err
-			}
-		}
-		for _, k := range otks {
-			old, err := q.AddOneTimeKey(ctx, c.Localpart, c.DeviceID, k)
-			if errors.Is(err, sql.ErrExists) {
-				if !sameKey(old, k.JSON) {
-					return mxhttp.InvalidParam("One-time key %s already exists with another value", k.KeyID)
-				}
-			} else if err != nil {
-				return err
-			}
-		}
-		for _, k := range fallbacks {
-			if err := q.SetFallbackKey(ctx, c.Localpart, c.DeviceID, k); err != nil {
-				return err
-			}
-		}
-		counts, err = q.OneTimeKeyCounts(ctx, c.Localpart, c.DeviceID)
+	var change *sql.DeviceListChange
+	err := s.db.WithTx(ctx, func(q *sql.Queries) error {
+		var err error
+		counts, change, err = s.UploadKeysIn(ctx, q, c, up)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	WakeDeviceList(s.wake, change)
 	return counts, nil
+}
+
+// UploadKeysIn is UploadKeys inside the caller's transaction q, for
+// writes that store a device and its keys together (a dehydrated device).
+// The caller wakes change's syncs (WakeDeviceList) once q commits; change
+// is nil when the device list did not change.
+func (s *Service) UploadKeysIn(ctx context.Context, q *sql.Queries, c Caller, up Upload) (map[string]int, *sql.DeviceListChange, error) {
+	var devKeys []byte
+	if len(up.DeviceKeys) > 0 && string(up.DeviceKeys) != "null" {
+		var err error
+		if devKeys, err = checkDeviceKeys(c, up.DeviceKeys); err != nil {
+			return nil, nil, err
+		}
+	}
+	otks, err := parseKeys(up.OneTimeKeys, "one_time_keys")
+	if err != nil {
+		return nil, nil, err
+	}
+	fallbacks, err := parseKeys(up.FallbackKeys, "fallback_keys")
+	if err != nil {
+		return nil, nil, err
+	}
+	seen := map[string]bool{}
+	for _, k := range fallbacks {
+		if seen[k.Algorithm] {
+			return nil, nil, mxhttp.InvalidParam("fallback_keys holds more than one %s key", k.Algorithm)
+		}
+		seen[k.Algorithm] = true
+	}
+	var change *sql.DeviceListChange
+	if devKeys != nil {
+		old, err := q.SetDeviceKeys(ctx, c.Localpart, c.DeviceID, devKeys)
+		switch {
+		case errors.Is(err, sql.ErrExists):
+			if !sameKey(old, devKeys) {
+				return nil, nil, mxhttp.InvalidParam("Device key already exists for device %s; it cannot be changed", c.DeviceID)
+			}
+		case err != nil:
+			return nil, nil, err
+		default:
+			if change, err = q.AddDeviceListChange(ctx, c.UserID); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	for _, k := range otks {
+		old, err := q.AddOneTimeKey(ctx, c.Localpart, c.DeviceID, k)
+		if errors.Is(err, sql.ErrExists) {
+			if !sameKey(old, k.JSON) {
+				return nil, nil, mxhttp.InvalidParam("One-time key %s already exists with another value", k.KeyID)
+			}
+		} else if err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, k := range fallbacks {
+		if err := q.SetFallbackKey(ctx, c.Localpart, c.DeviceID, k); err != nil {
+			return nil, nil, err
+		}
+	}
+	counts, err := q.OneTimeKeyCounts(ctx, c.Localpart, c.DeviceID)
+	if err != nil {
+		return nil, nil, err
+	}
+	return counts, change, nil
 }
 
 // parseKeys checks and canonicalizes uploaded one-time or fallback keys,

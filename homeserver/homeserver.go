@@ -123,6 +123,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"),
 		clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))))
 	capi.Routes(clientRouter)
+	capi.KeyChangesRoute(clientRouter, syncapi.ParseSyncPositions)
 	stopTyping := capi.StartTypingExpiry()
 	s.closers = append(s.closers, func() error { stopTyping(); return nil })
 	sapi := syncapi.New(s.db, rooms, capi.Authed, log.With("component", "syncapi"))

@@ -59,6 +59,11 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 		b.since = req.since.clamp(b.upper)
 	}
 	b.resp.NextBatch = b.upper.String()
+	// Before the shortcut: a sync with nothing new still acknowledges
+	// the to-device messages the previous one served.
+	if err := b.ackToDevice(ctx); err != nil {
+		return nil, err
+	}
 	if !b.initial && !req.fullState && b.since == b.upper {
 		return b.resp, nil
 	}

@@ -125,6 +125,7 @@ func (s *Service) ChangePassword(ctx context.Context, localpart, newPassword str
 		return err
 	}
 	var revoked [][]byte
+	var change *sql.DeviceListChange
 	err = s.db.WithTx(ctx, func(q *sql.Queries) error {
 		if err := q.SetPasswordHash(ctx, localpart, hash); err != nil {
 			return err
@@ -142,7 +143,10 @@ func (s *Service) ChangePassword(ctx context.Context, localpart, newPassword str
 				ids = append(ids, d.DeviceID)
 			}
 		}
-		revoked, err = q.DeleteDevices(ctx, localpart, ids)
+		if revoked, err = q.DeleteDevices(ctx, localpart, ids); err != nil || len(ids) == 0 {
+			return err
+		}
+		change, err = q.DevicesDeleted(ctx, s.UserID(localpart), localpart, ids)
 		return err
 	})
 	if errors.Is(err, sql.ErrNotFound) {
@@ -152,6 +156,7 @@ func (s *Service) ChangePassword(ctx context.Context, localpart, newPassword str
 		return internal("change password", err)
 	}
 	s.revoked(revoked)
+	s.wakeDeviceList(change)
 	return nil
 }
 
@@ -161,12 +166,16 @@ func (s *Service) ChangePassword(ctx context.Context, localpart, newPassword str
 // Afterwards login answers 403 M_USER_DEACTIVATED.
 func (s *Service) Deactivate(ctx context.Context, localpart string, erase bool) error {
 	var revoked [][]byte
+	var change *sql.DeviceListChange
 	err := s.db.WithTx(ctx, func(q *sql.Queries) error {
 		if err := q.Deactivate(ctx, localpart); err != nil {
 			return err
 		}
 		var err error
 		if revoked, err = q.DeleteUserSessions(ctx, localpart); err != nil {
+			return err
+		}
+		if change, err = q.DevicesDeleted(ctx, s.UserID(localpart), localpart, nil); err != nil {
 			return err
 		}
 		if erase {
@@ -181,5 +190,6 @@ func (s *Service) Deactivate(ctx context.Context, localpart string, erase bool) 
 		return internal("deactivate account", err)
 	}
 	s.revoked(revoked)
+	s.wakeDeviceList(change)
 	return nil
 }

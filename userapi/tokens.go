@@ -163,19 +163,34 @@ func (s *Service) Refresh(ctx context.Context, refreshToken string) (Session, er
 	return sess, nil
 }
 
-// DeleteDevices removes devices with all their tokens.
+// DeleteDevices removes devices with all their tokens, keys and to-device
+// messages; the user's device list changes.
 func (s *Service) DeleteDevices(ctx context.Context, localpart string, deviceIDs []string) error {
 	var revoked [][]byte
+	var change *sql.DeviceListChange
 	err := s.db.WithTx(ctx, func(q *sql.Queries) error {
 		var err error
-		revoked, err = q.DeleteDevices(ctx, localpart, deviceIDs)
+		if revoked, err = q.DeleteDevices(ctx, localpart, deviceIDs); err != nil || len(deviceIDs) == 0 {
+			return err
+		}
+		change, err = q.DevicesDeleted(ctx, s.UserID(localpart), localpart, deviceIDs)
 		return err
 	})
 	if err != nil {
 		return internal("delete devices", err)
 	}
 	s.revoked(revoked)
+	s.wakeDeviceList(change)
 	return nil
+}
+
+// wakeDeviceList wakes the syncs that track a changed device list (nil:
+// none changed).
+func (s *Service) wakeDeviceList(ch *sql.DeviceListChange) {
+	if ch != nil {
+		s.wake.Users(ch.UserID)
+		s.wake.Rooms(ch.Rooms...)
+	}
 }
 
 // Logout ends the caller's session: its device and tokens are deleted.

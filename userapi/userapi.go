@@ -17,6 +17,7 @@ import (
 
 	"github.com/weft-chat/weft/config"
 	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/internal/wake"
 	"github.com/weft-chat/weft/sql"
 )
 
@@ -36,12 +37,15 @@ type Service struct {
 	lastSeen lastSeen
 	sub      *nats.Subscription
 	now      func() time.Time
+	// wake wakes the syncs that track a device list when devices go.
+	wake *wake.Publisher
 }
 
 // New makes the service. With nc set, token revocations are broadcast to
 // and received from the other processes sharing the database.
 func New(db *sql.DB, serverName string, cfg config.Auth, nc *nats.Conn, log *slog.Logger) (*Service, error) {
-	s := &Service{db: db, serverName: serverName, cfg: cfg, log: log, nc: nc, tokens: newTokenCache(), now: time.Now}
+	s := &Service{db: db, serverName: serverName, cfg: cfg, log: log, nc: nc, tokens: newTokenCache(), now: time.Now,
+		wake: wake.NewPublisher(nc, log)}
 	if nc != nil {
 		sub, err := nc.Subscribe(revokedSubject, func(m *nats.Msg) { s.tokens.evict(m.Data) })
 		if err != nil {
