@@ -33,6 +33,7 @@ type Config struct {
 	Registration   Registration    `yaml:"registration"`
 	Auth           Auth            `yaml:"auth"`
 	RateLimits     RateLimits      `yaml:"rate_limits"`
+	Presence       Presence        `yaml:"presence"`
 	ShutdownGrace  time.Duration   `yaml:"shutdown_grace"`
 }
 
@@ -117,6 +118,14 @@ type RateLimits struct {
 	Login        Bucket `yaml:"login"`
 	Registration Bucket `yaml:"registration"`
 	Message      Bucket `yaml:"message"`
+}
+
+// Presence configures users' presence (online, unavailable, offline).
+type Presence struct {
+	// Enabled tracks and shares presence; off, /sync has no presence
+	// section and the presence endpoints answer as Synapse's do with
+	// presence disabled.
+	Enabled bool `yaml:"enabled"`
 }
 
 // Bucket is a token bucket: Rate tokens per second, up to Burst at once.

@@ -29,6 +29,7 @@ import (
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/internal/serverkey"
 	"github.com/weft-chat/weft/internal/wake"
+	"github.com/weft-chat/weft/presence"
 	"github.com/weft-chat/weft/push"
 	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
@@ -126,7 +127,14 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	capi.KeyChangesRoute(clientRouter, syncapi.ParseSyncPositions)
 	stopTyping := capi.StartTypingExpiry()
 	s.closers = append(s.closers, func() error { stopTyping(); return nil })
-	sapi := syncapi.New(s.db, rooms, capi.Authed, log.With("component", "syncapi"))
+	var syncOpts []syncapi.Option
+	if cfg.Presence.Enabled {
+		pres := presence.New(s.db, wake.NewPublisher(s.bus.Conn(), log.With("component", "wake")), log.With("component", "presence"))
+		stopPresence := pres.Start(runCtx)
+		s.closers = append(s.closers, func() error { stopPresence(); return nil })
+		syncOpts = append(syncOpts, syncapi.WithPresence(pres))
+	}
+	sapi := syncapi.New(s.db, rooms, capi.Authed, log.With("component", "syncapi"), syncOpts...)
 	sapi.Routes(clientRouter)
 	sapi.SyncRoutes(clientRouter, notifier)
 	federation.WellKnownRoutes(clientRouter, cfg.Federation.WellKnownServer)

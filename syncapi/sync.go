@@ -48,6 +48,8 @@ type syncRequest struct {
 	fullState     bool
 	useStateAfter bool
 	filter        *syncFilter
+	// setPresence is the set_presence parameter ("" when absent).
+	setPresence string
 }
 
 // sync is GET /sync: what changed for the caller since the since token,
@@ -60,6 +62,7 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request, dev *userapi.Device, 
 		return err
 	}
 	wait := req.since != nil && !req.fullState && req.timeout > 0
+	a.syncedPresence(ctx, req, wait)
 	var timer <-chan time.Time
 	if wait {
 		t := time.NewTimer(req.timeout)
@@ -155,8 +158,7 @@ func (a *API) parseSyncRequest(ctx context.Context, r *http.Request, dev *userap
 	if req.useStateAfter, err = syncQueryBool(r, "use_state_after"); err != nil {
 		return nil, err
 	}
-	// Presence comes later; until then the value is checked and ignored.
-	switch q.Get("set_presence") {
+	switch req.setPresence = q.Get("set_presence"); req.setPresence {
 	case "", "online", "offline", "unavailable":
 	default:
 		return nil, mxhttp.InvalidParam(`set_presence must be "online", "offline" or "unavailable"`)

@@ -381,14 +381,14 @@ func containsType(evs []json.RawMessage, typ string) bool {
 
 // TestSyncOmitsUnbuiltFeatures: sections of features that do not exist
 // yet are left out rather than filled with empty data a client would read
-// as "nothing changed" (presence, to-device, device lists, unread counts);
+// as "nothing changed" (to-device, device lists);
 // the one-time key counts are in every response, empty long-polls too.
 func TestSyncOmitsUnbuiltFeatures(t *testing.T) {
 	h := hs{hstest.StartEngine(t, sqltest.Engines()[0])}
 	alice := h.user(t, "alice")
 	roomID := createRoom(t, alice, &mautrix.ReqCreateRoom{})
 	raw := h.get(t, alice, "/_matrix/client/v3/sync", nil)
-	for _, key := range []string{`"presence"`, `"to_device"`, `"device_lists"`, `"unread_notifications"`} {
+	for _, key := range []string{`"to_device"`, `"device_lists"`} {
 		if strings.Contains(string(raw.body), key) {
 			t.Errorf("sync has %s: %s", key, raw.body)
 		}

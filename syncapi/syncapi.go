@@ -41,11 +41,20 @@ type API struct {
 	rooms  Rooms
 	authed Authed
 	log    *slog.Logger
+	// presence is nil when presence is off.
+	presence Presence
 }
 
+// Option tunes the sync API at construction.
+type Option func(*API)
+
 // New makes the sync API.
-func New(db *sql.DB, rooms Rooms, authed Authed, log *slog.Logger) *API {
-	return &API{db: db, rooms: rooms, authed: authed, log: log}
+func New(db *sql.DB, rooms Rooms, authed Authed, log *slog.Logger, opts ...Option) *API {
+	a := &API{db: db, rooms: rooms, authed: authed, log: log}
+	for _, o := range opts {
+		o(a)
+	}
+	return a
 }
 
 // Routes registers the endpoints built so far on the client router.

@@ -79,6 +79,4 @@ CREATE TABLE dehydrated_devices (
 );
 
 -- Device-list tracking reads the membership changes of a window of the
--- event stream in a user's rooms; without this index each such read
--- would scan every member of the rooms.
-CREATE INDEX room_members_room_stream ON room_members (room_nid, stream_pos);
+-- event stream in a user's rooms through room_members_room_pos (0011).
