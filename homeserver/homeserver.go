@@ -109,7 +109,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	rooms := roomserver.API{Client: roomserver.NewClient(s.bus), Roomserver: rs}
 	// Notification counts follow room.output on their own durable
 	// consumer, so counting never holds up room input.
-	counter := push.NewCounter(s.db, rooms, cfg.ServerName, log.With("component", "push"))
+	counter := push.NewCounter(s.db, rooms, cfg.ServerName, log.With("component", "push"),
+		push.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))))
 	stopCounts, err := counter.Serve(runCtx, s.bus)
 	if err != nil {
 		return nil, fmt.Errorf("push counts: %w", err)

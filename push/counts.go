@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/weft-chat/weft/internal/bus"
 	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/internal/wake"
 	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 )
@@ -49,13 +51,35 @@ type Counter struct {
 	log        *slog.Logger
 	rules      *Cache
 	names      nameCache
+	// wake wakes the syncs of the users whose counts changed (nil: none).
+	wake *wake.Publisher
+}
+
+// CounterOption configures a Counter.
+type CounterOption func(*Counter)
+
+// WithWake makes the counter wake the long-polling syncs of the users
+// whose counts it changed, after each commit: the syncs that served an
+// event before it was counted then send the counts at once, not at their
+// timeout.
+func WithWake(p *wake.Publisher) CounterOption {
+	return func(c *Counter) { c.wake = p }
 }
 
 // NewCounter makes a counter for the local users of serverName.
-func NewCounter(db *sql.DB, rooms Rooms, serverName string, log *slog.Logger) *Counter {
-	return &Counter{db: db, rooms: rooms, serverName: serverName, log: log,
+func NewCounter(db *sql.DB, rooms Rooms, serverName string, log *slog.Logger, opts ...CounterOption) *Counter {
+	c := &Counter{db: db, rooms: rooms, serverName: serverName, log: log,
 		rules: NewCache(db.PushRules), names: nameCache{m: make(map[int64]string)}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
+
+// wakeBatch bounds the users of one wake-up message, which a room of
+// tens of thousands of notified members would otherwise push past the
+// NATS payload limit.
+const wakeBatch = 1000
 
 // Serve consumes room.output with the durable consumer push-counts, one
 // event at a time in stream order, until ctx ends or stop is called.
@@ -107,7 +131,13 @@ func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 		}
 	}
 	sender := string(pdu.SenderID())
-	return c.db.WithTx(ctx, func(q *sql.Queries) error {
+	// changed collects the users whose counts this event changes: the
+	// notifications stream tells their next sync to send the counts again.
+	var changed []string
+	for _, n := range notes {
+		changed = append(changed, n.UserID)
+	}
+	err = c.db.WithTx(ctx, func(q *sql.Queries) error {
 		if err := q.AddPushNotifications(ctx, stored.RoomNID, stored.NID, stored.StreamPos, notes); err != nil {
 			return err
 		}
@@ -115,11 +145,25 @@ func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 			// Sending an event reads everything before it (spec: "When
 			// the user updates their read receipt (either by using the API
 			// or by sending an event) ...").
+			had, err := q.HasPushNotificationsUpTo(ctx, sender, stored.RoomNID, thread, stored.StreamPos)
+			if err != nil {
+				return err
+			}
+			// The sender's own membership event reads the room in the
+			// counts /sync serves as soon as it commits (see
+			// sql.UnreadCountsInRooms): no change to send for it, and no
+			// second sync for every join.
+			ownMember := pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil && *pdu.StateKey() == sender
+			if had && !ownMember {
+				changed = append(changed, sender)
+			}
 			if err := q.ResetCountsNID(ctx, sender, stored.RoomNID, thread, stored.StreamPos); err != nil {
 				return err
 			}
 		}
 		if sk := pdu.StateKey(); pdu.Type() == spec.MRoomMember && sk != nil && c.isLocal(*sk) {
+			// No count change to note: the room leaves the user's joined
+			// rooms, which alone carry counts.
 			if m, _ := pdu.Membership(); m == spec.Leave || m == spec.Ban {
 				if err := q.DeleteRoomPushNotifications(ctx, *sk, stored.RoomNID); err != nil {
 					return err
@@ -127,12 +171,33 @@ func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 			}
 		}
 		if redactedNID != 0 {
+			users, err := q.EventPushNotificationUsers(ctx, redactedNID)
+			if err != nil {
+				return err
+			}
+			changed = append(changed, users...)
 			if err := q.DeleteEventPushNotifications(ctx, redactedNID); err != nil {
 				return err
 			}
 		}
-		return q.SetPushCounted(ctx, stored.RoomNID, stored.StreamPos)
+		if err := q.SetPushCounted(ctx, stored.RoomNID, stored.StreamPos); err != nil {
+			return err
+		}
+		// Last: the stream position locks its counter until the commit.
+		_, err := q.NoteCountChanges(ctx, stored.RoomNID, changed)
+		return err
 	})
+	if err != nil {
+		return err
+	}
+	slices.Sort(changed)
+	changed = slices.Compact(changed)
+	for len(changed) > 0 {
+		batch := changed[:min(len(changed), wakeBatch)]
+		changed = changed[len(batch):]
+		c.wake.Users(batch...)
+	}
+	return nil
 }
 
 // evaluate runs every eligible member's rules against the event: what the

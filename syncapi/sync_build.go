@@ -100,6 +100,9 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 			return nil, fmt.Errorf("sync room %s: %w", m.RoomID, err)
 		}
 	}
+	if err := b.fillUnreadCounts(ctx, mems); err != nil {
+		return nil, err
+	}
 	if err := b.presence(ctx); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,145 @@
+package sql
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Unread notification counts as /sync serves them: the notifications
+// stream of count changes (migration 0012_notification_stream.sql) and the
+// counts of the rooms of one response.
+
+// pushCountChangeBatch bounds the rows of one upsert of count changes.
+const pushCountChangeBatch = 500
+
+// NoteCountChanges records that the unread counts of the given users in a
+// room changed: it takes one position of the notifications stream for all
+// of them, so call it last in the transaction that changed the counts (the
+// stream's counter row stays locked until that transaction ends). It
+// returns the position, 0 when there was nobody to record.
+func (t *Queries) NoteCountChanges(ctx context.Context, roomNID int64, userIDs []string) (int64, error) {
+	users := slices.Clone(userIDs)
+	slices.Sort(users)
+	users = slices.Compact(users)
+	if len(users) == 0 {
+		return 0, nil
+	}
+	var pos int64
+	err := t.ensureTx(ctx, func(q *Queries) error {
+		var err error
+		if pos, err = q.AllocStreamPos(ctx, NotificationsStream); err != nil {
+			return err
+		}
+		for len(users) > 0 {
+			batch := users[:min(len(users), pushCountChangeBatch)]
+			users = users[len(batch):]
+			var b strings.Builder
+			b.WriteString(`INSERT INTO push_count_changes (user_id, room_nid, stream_pos) VALUES `)
+			args := make([]any, 0, 2+len(batch))
+			args = append(args, roomNID, pos)
+			for i, u := range batch {
+				if i > 0 {
+					b.WriteString(", ")
+				}
+				fmt.Fprintf(&b, "($%d, $1, $2)", 3+i)
+				args = append(args, u)
+			}
+			b.WriteString(` ON CONFLICT (user_id, room_nid) DO UPDATE SET stream_pos = excluded.stream_pos`)
+			if _, err := q.q.ExecContext(ctx, b.String(), args...); err != nil {
+				return fmt.Errorf("note count changes: %w", err)
+			}
+		}
+		return nil
+	})
+	return pos, err
+}
+
+// CountChanges returns the rooms (by id) where the user's unread counts
+// changed at a notifications stream position in (after, upTo]: one query
+// for a whole sync.
+func (t *Queries) CountChanges(ctx context.Context, userID string, after, upTo int64) ([]string, error) {
+	rows, err := t.q.QueryContext(ctx, `SELECT r.room_id FROM push_count_changes c JOIN rooms r ON r.room_nid = c.room_nid
+		WHERE c.user_id = $1 AND c.stream_pos > $2 AND c.stream_pos <= $3`, userID, after, upTo)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var roomID string
+		if err := rows.Scan(&roomID); err != nil {
+			return nil, err
+		}
+		out = append(out, roomID)
+	}
+	return out, rows.Err()
+}
+
+// HasPushNotificationsUpTo reports whether the user has a notification in
+// a room's thread at or before stream position upTo, which reading the
+// thread up to there would clear.
+func (t *Queries) HasPushNotificationsUpTo(ctx context.Context, userID string, roomNID int64, threadID string, upTo int64) (bool, error) {
+	var n int
+	err := t.q.QueryRowContext(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM push_notifications
+		WHERE user_id = $1 AND room_nid = $2 AND thread_id = $3 AND stream_pos <= $4 LIMIT 1) x`,
+		userID, roomNID, threadID, upTo).Scan(&n)
+	return n > 0, err
+}
+
+// EventPushNotificationUsers lists the users an event notifies (those
+// whose counts dropping its notifications changes).
+func (t *Queries) EventPushNotificationUsers(ctx context.Context, eventNID int64) ([]string, error) {
+	rows, err := t.q.QueryContext(ctx, `SELECT user_id FROM push_notifications WHERE event_nid = $1`, eventNID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// unreadRoomsBatch bounds the rooms of one count query.
+const unreadRoomsBatch = 500
+
+// UnreadCountsInRooms returns the user's unread notification counts in the
+// given rooms (by NID), counting only the events at or before room stream
+// position upTo, by room id; rooms without any are absent. It costs one
+// query per 500 rooms.
+//
+// The user's current membership event reads the main timeline up to it,
+// as the push counter will record once it counts that event (a join is
+// always the user's own event): so the invite stops counting the moment
+// the join commits, not when the counter gets to it, and the counter need
+// not send the counts again for it.
+func (t *Queries) UnreadCountsInRooms(ctx context.Context, userID string, roomNIDs []int64, upTo int64) (map[string]UnreadCounts, error) {
+	out := make(map[string]UnreadCounts)
+	for len(roomNIDs) > 0 {
+		batch := roomNIDs[:min(len(roomNIDs), unreadRoomsBatch)]
+		roomNIDs = roomNIDs[len(batch):]
+		args := make([]any, 0, 2+len(batch))
+		args = append(args, userID, upTo)
+		for _, nid := range batch {
+			args = append(args, nid)
+		}
+		m, err := t.unreadCounts(ctx, fmt.Sprintf(unreadQuery,
+			"AND n.stream_pos <= $2 AND n.room_nid IN ("+placeholders(3, len(batch))+`)
+			AND NOT (n.thread_id = 'main' AND EXISTS (SELECT 1 FROM room_members rm
+				WHERE rm.room_nid = n.room_nid AND rm.user_id = n.user_id AND rm.stream_pos >= n.stream_pos))`), args...)
+		if err != nil {
+			return nil, err
+		}
+		for roomID, c := range m {
+			out[roomID] = c
+		}
+	}
+	return out, nil
+}

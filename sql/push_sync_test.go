@@ -1,0 +1,148 @@
+package sql_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"github.com/weft-chat/weft/sql"
+	"github.com/weft-chat/weft/sql/sqltest"
+)
+
+func TestPushCountChanges(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		r1, err := db.CreateRoom(ctx, "!a:hs", "12")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r2, err := db.CreateRoom(ctx, "!b:hs", "12")
+		if err != nil {
+			t.Fatal(err)
+		}
+		const u, v = "@alice:hs", "@bob:hs"
+		note := func(room int64, users ...string) int64 {
+			t.Helper()
+			pos, err := db.NoteCountChanges(ctx, room, users)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return pos
+		}
+		changes := func(user string, after, upTo int64) []string {
+			t.Helper()
+			rooms, err := db.CountChanges(ctx, user, after, upTo)
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(rooms)
+			return rooms
+		}
+		start, err := db.SyncPositions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pos := note(r1); pos != 0 {
+			t.Fatalf("nobody to note took position %d", pos)
+		}
+		p1 := note(r1, u, v, u) // a user twice is one row
+		p2 := note(r2, u)
+		if p1 != start.Notifications+1 || p2 != p1+1 {
+			t.Fatalf("positions %d, %d after %d", p1, p2, start.Notifications)
+		}
+		if now, _ := db.SyncPositions(ctx); now.Notifications != p2 {
+			t.Fatalf("stream at %d, want %d", now.Notifications, p2)
+		}
+		if got := changes(u, start.Notifications, p2); !slices.Equal(got, []string{"!a:hs", "!b:hs"}) {
+			t.Fatalf("alice's changes %v", got)
+		}
+		if got := changes(u, p1, p2); !slices.Equal(got, []string{"!b:hs"}) {
+			t.Fatalf("alice's changes after %d: %v", p1, got)
+		}
+		if got := changes(u, start.Notifications, p1); !slices.Equal(got, []string{"!a:hs"}) {
+			t.Fatalf("alice's changes up to %d: %v", p1, got)
+		}
+		if got := changes(v, p1, p2); len(got) != 0 {
+			t.Fatalf("bob's changes after %d: %v", p1, got)
+		}
+		// A later change moves the room's row: it is in the later window
+		// only (the counts read then are the newest anyway).
+		p3 := note(r1, v)
+		if got := changes(v, start.Notifications, p2); len(got) != 0 {
+			t.Fatalf("bob's changes up to %d: %v", p2, got)
+		}
+		if got := changes(v, p2, p3); !slices.Equal(got, []string{"!a:hs"}) {
+			t.Fatalf("bob's changes up to %d: %v", p3, got)
+		}
+	})
+}
+
+func TestUnreadCountsInRooms(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		var rooms []int64
+		for _, id := range []string{"!a:hs", "!b:hs", "!c:hs"} {
+			nid, err := db.CreateRoom(ctx, id, "12")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rooms = append(rooms, nid)
+		}
+		const u = "@alice:hs"
+		add := func(room, pos int64, thread string, hl bool) {
+			t.Helper()
+			if err := db.AddPushNotifications(ctx, room, pos, pos, []sql.PushNotification{{UserID: u, ThreadID: thread, Highlight: hl}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		add(rooms[0], 1, "main", false)
+		add(rooms[0], 2, "$root", true)
+		add(rooms[1], 3, "main", true)
+		add(rooms[2], 4, "main", false)
+		add(rooms[0], 5, "main", false)
+		nc := func(n, h int64) sql.NotificationCounts {
+			return sql.NotificationCounts{NotificationCount: n, HighlightCount: h}
+		}
+
+		got, err := db.UnreadCountsInRooms(ctx, u, rooms[:2], 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Room c was not asked for; the event at 5 lies beyond upTo.
+		if len(got) != 2 || got["!a:hs"].NotificationCounts != nc(2, 1) || got["!a:hs"].Main != nc(1, 0) ||
+			got["!a:hs"].Threads["$root"] != nc(1, 1) || got["!b:hs"].NotificationCounts != nc(1, 1) {
+			t.Fatalf("counts %+v", got)
+		}
+		// Read markers apply as in UnreadCounts.
+		if err := db.ResetCounts(ctx, u, "!a:hs", "main", 5); err != nil {
+			t.Fatal(err)
+		}
+		if got, err = db.UnreadCountsInRooms(ctx, u, rooms, 5); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 3 || got["!a:hs"].NotificationCounts != nc(1, 1) || got["!a:hs"].Main != nc(0, 0) || got["!c:hs"].NotificationCounts != nc(1, 0) {
+			t.Fatalf("after the receipt: %+v", got)
+		}
+		// The user's membership event reads the main timeline up to it
+		// (their join, before the counter gets to it): the invite at 6
+		// no longer counts once they join at 7; a thread does.
+		add(rooms[1], 6, "main", false)
+		add(rooms[1], 7, "$t", false)
+		if err := db.SetMembership(ctx, rooms[1], u, "invite", 6, 6); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.SetMembership(ctx, rooms[1], u, "join", 8, 8); err != nil {
+			t.Fatal(err)
+		}
+		add(rooms[1], 9, "main", false)
+		if got, err = db.UnreadCountsInRooms(ctx, u, rooms[1:2], 9); err != nil {
+			t.Fatal(err)
+		}
+		if got["!b:hs"].NotificationCounts != nc(2, 0) || got["!b:hs"].Main != nc(1, 0) || got["!b:hs"].Threads["$t"] != nc(1, 0) {
+			t.Fatalf("after joining: %+v", got)
+		}
+		if got, err = db.UnreadCountsInRooms(ctx, u, nil, 5); err != nil || len(got) != 0 {
+			t.Fatalf("no rooms: %+v %v", got, err)
+		}
+	})
+}
