@@ -5,6 +5,7 @@
 //	weft config example            print the documented example config
 //	weft version                   print the version
 //	weft admin ...                 administration commands
+//	weft bench SCENARIO ...        load-test a homeserver
 package main
 
 import (
@@ -46,6 +47,7 @@ func commands() []command {
 		{"config", "config example: print the documented example configuration", configCmd},
 		{"version", "print the version", printVersion},
 		{"admin", "administration commands (see weft admin --help)", admin},
+		{"bench", "load-test a homeserver's client API (see weft bench --help)", benchCmd},
 	}
 }
 
