@@ -33,6 +33,10 @@ type API struct {
 
 	// typing holds this process's typing expiry timers (typing.go).
 	typing typingTimers
+
+	// remoteToDevice queues to-device messages for other servers
+	// (todevice.go); nil: they are dropped.
+	remoteToDevice RemoteToDevice
 }
 
 // Option tunes the client API at construction.
@@ -84,6 +88,7 @@ func (a *API) Routes(r *mux.Router) {
 	a.presenceRoutes(r)
 	a.toDeviceRoutes(r)
 	a.dehydratedDeviceRoutes(r)
+	a.openIDRoutes(r)
 }
 
 // handle registers h for path under the stable client prefixes (v3, and r0

@@ -14,6 +14,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/internal/roomsummary"
 	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/userapi"
@@ -23,12 +24,13 @@ import (
 // room directory (spec "Published room directory").
 type directory struct {
 	*API
-	// summaries caches what /publicRooms shows of each published room.
-	summaries summaryCache
+	// list pages through the published rooms, caching what /publicRooms
+	// shows of each.
+	list *roomsummary.Directory
 }
 
 func (a *API) directoryRoutes(r *mux.Router) {
-	d := &directory{API: a, summaries: summaryCache{m: make(map[string]roomSummary)}}
+	d := &directory{API: a, list: roomsummary.NewDirectory(a.summaries())}
 	// Resolving an alias and reading a room's directory visibility need no
 	// access token (directory.yaml and list_public_rooms.yaml give them no
 	// security), nor does GET /publicRooms.

@@ -1,7 +1,6 @@
 package clientapi
 
 import (
-	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -9,9 +8,8 @@ import (
 	"slices"
 	"strconv"
 
-	"github.com/matrix-org/gomatrixserverlib/spec"
-
 	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/internal/roomsummary"
 	"github.com/weft-chat/weft/userapi"
 )
 
@@ -31,23 +29,10 @@ const (
 	hierarchyMaxDepth     = 20
 )
 
-// spaceChild is an m.space.child event as /hierarchy lists it: a stripped
-// state event with its origin_server_ts (StrippedChildStateEvent).
-type spaceChild struct {
-	Type           string          `json:"type"`
-	StateKey       string          `json:"state_key"`
-	Content        json.RawMessage `json:"content"`
-	Sender         string          `json:"sender"`
-	OriginServerTS int64           `json:"origin_server_ts"`
-
-	order     string // a valid order, or "" without one
-	suggested bool
-}
-
 // hierarchyRoom is one room of a /hierarchy page (SpaceHierarchyRoomsChunk).
 type hierarchyRoom struct {
-	roomPreview
-	ChildrenState []spaceChild `json:"children_state"`
+	roomsummary.Preview
+	ChildrenState []roomsummary.SpaceChild `json:"children_state"`
 }
 
 type hierarchyResponse struct {
@@ -185,9 +170,9 @@ func (a *API) walkHierarchy(ctx context.Context, userID, roomID string, q hierar
 			}
 			continue
 		}
-		children := []spaceChild{}
-		if acc.roomType == "m.space" {
-			if children, err = a.spaceChildren(ctx, e.roomID, q.suggestedOnly); err != nil {
+		children := []roomsummary.SpaceChild{}
+		if acc.RoomType == "m.space" {
+			if children, err = a.summaries().SpaceChildren(ctx, e.roomID, q.suggestedOnly); err != nil {
 				return resp, err
 			}
 		}
@@ -196,7 +181,7 @@ func (a *API) walkHierarchy(ctx context.Context, userID, roomID string, q hierar
 			if err != nil {
 				return resp, err
 			}
-			resp.Rooms = append(resp.Rooms, hierarchyRoom{roomPreview: p, ChildrenState: children})
+			resp.Rooms = append(resp.Rooms, hierarchyRoom{Preview: p, ChildrenState: children})
 		}
 		listed++
 		if e.depth < q.maxDepth {
@@ -210,85 +195,4 @@ func (a *API) walkHierarchy(ctx context.Context, userID, roomID string, q hierar
 		resp.NextBatch = hierarchyToken{Room: roomID, SuggestedOnly: q.suggestedOnly, MaxDepth: q.maxDepth, Skip: listed}.String()
 	}
 	return resp, nil
-}
-
-// spaceChildren returns a space's valid m.space.child events (suggested
-// ones only when asked) in the spec's order ("Ordering of children within
-// a space"): children with a valid order first, by order, then the rest;
-// ties by origin_server_ts, then by room id.
-func (a *API) spaceChildren(ctx context.Context, roomID string, suggestedOnly bool) ([]spaceChild, error) {
-	evs, err := a.db.CurrentStateEventsOfType(ctx, roomID, spec.MSpaceChild)
-	if err != nil {
-		return nil, err
-	}
-	out := []spaceChild{}
-	for _, ev := range evs {
-		if ev.StateKey == nil || !isRoomID(*ev.StateKey) {
-			continue
-		}
-		var e struct {
-			Content json.RawMessage `json:"content"`
-		}
-		if json.Unmarshal(ev.JSON, &e) != nil {
-			continue
-		}
-		var c struct {
-			Via       any `json:"via"`
-			Order     any `json:"order"`
-			Suggested any `json:"suggested"`
-		}
-		if json.Unmarshal(e.Content, &c) != nil || !validVia(c.Via) {
-			// Without a valid via the room is not a child (m.space.child):
-			// this is how children are removed.
-			continue
-		}
-		child := spaceChild{Type: ev.Type, StateKey: *ev.StateKey, Content: e.Content, Sender: ev.Sender, OriginServerTS: ev.OriginServerTS}
-		child.suggested, _ = c.Suggested.(bool)
-		if o, ok := c.Order.(string); ok && validChildOrder(o) {
-			child.order = o
-		}
-		if suggestedOnly && !child.suggested {
-			continue
-		}
-		out = append(out, child)
-	}
-	slices.SortFunc(out, func(x, y spaceChild) int {
-		if (x.order == "") != (y.order == "") {
-			if x.order != "" {
-				return -1
-			}
-			return 1
-		}
-		return cmp.Or(cmp.Compare(x.order, y.order), cmp.Compare(x.OriginServerTS, y.OriginServerTS), cmp.Compare(x.StateKey, y.StateKey))
-	})
-	return out, nil
-}
-
-// validVia reports whether an m.space.child via is a non-empty list of
-// strings.
-func validVia(v any) bool {
-	list, ok := v.([]any)
-	if !ok || len(list) == 0 {
-		return false
-	}
-	for _, s := range list {
-		if _, ok := s.(string); !ok {
-			return false
-		}
-	}
-	return true
-}
-
-// validChildOrder reports whether an order is valid (m.space.child): 1 to
-// 50 characters between \x20 and \x7E.
-func validChildOrder(o string) bool {
-	if o == "" || len(o) > 50 {
-		return false
-	}
-	for i := 0; i < len(o); i++ {
-		if o[i] < 0x20 || o[i] > 0x7E {
-			return false
-		}
-	}
-	return true
 }

@@ -87,12 +87,20 @@ func (a *API) sendToDevice(r *http.Request, dev *userapi.Device) (any, error) {
 	slices.SortFunc(local, func(x, y sql.ToDeviceDelivery) int { return strings.Compare(x.Localpart, y.Localpart) })
 	fresh := false
 	var woken []string
+	var wakeRemote func()
 	err = a.db.WithTx(r.Context(), func(q *sql.Queries) error {
 		var err error
 		if fresh, err = q.ClaimToDeviceTxn(r.Context(), dev.Localpart, dev.DeviceID, eventType, txnID); err != nil || !fresh {
 			return err
 		}
-		woken, err = q.DeliverToDevice(r.Context(), dev.UserID, eventType, local, maxToDeviceMessages)
+		if woken, err = q.DeliverToDevice(r.Context(), dev.UserID, eventType, local, maxToDeviceMessages); err != nil {
+			return err
+		}
+		// In the same transaction: a retry after a failure sends the
+		// remote messages too, and a retry after success sends nothing.
+		if len(remote) > 0 && a.remoteToDevice != nil {
+			wakeRemote, err = a.remoteToDevice.QueueToDevice(r.Context(), q, dev.UserID, eventType, remote)
+		}
 		return err
 	})
 	if errors.Is(err, sql.ErrTooManyToDevice) {
@@ -109,15 +117,35 @@ func (a *API) sendToDevice(r *http.Request, dev *userapi.Device) (any, error) {
 		userIDs = append(userIDs, localUsers[l])
 	}
 	a.wake.Users(userIDs...)
-	a.sendRemoteToDevice(r.Context(), dev.UserID, eventType, remote)
+	if wakeRemote != nil {
+		wakeRemote()
+	}
+	if a.remoteToDevice == nil {
+		a.dropRemoteToDevice(r.Context(), dev.UserID, eventType, remote)
+	}
 	return struct{}{}, nil
 }
 
-// sendRemoteToDevice hands the messages for users of other servers to
-// federation: this is where the federation sender's m.direct_to_device
-// EDU (one per destination server, with a message_id) plugs in. Until
-// federation exists they are dropped, with a log line.
-func (a *API) sendRemoteToDevice(ctx context.Context, sender, eventType string, msgs map[string]map[string]json.RawMessage) {
+// RemoteToDevice queues to-device messages for users of other servers:
+// federation's queue, as m.direct_to_device EDUs.
+type RemoteToDevice interface {
+	// QueueToDevice queues, in the caller's transaction tx, sender's
+	// messages of eventType (user id -> device id or "*" -> content) and
+	// returns what wakes the senders, to call after the commit. Its
+	// errors are Matrix errors where the client is at fault (413 for a
+	// user's messages too large to send).
+	QueueToDevice(ctx context.Context, tx *sql.Queries, sender, eventType string, messages map[string]map[string]json.RawMessage) (func(), error)
+}
+
+// WithRemoteToDevice sends to-device messages for users of other servers
+// through f; without it they are dropped.
+func WithRemoteToDevice(f RemoteToDevice) Option {
+	return func(a *API) { a.remoteToDevice = f }
+}
+
+// dropRemoteToDevice logs the messages for users of other servers that
+// nothing can send (no federation).
+func (a *API) dropRemoteToDevice(ctx context.Context, sender, eventType string, msgs map[string]map[string]json.RawMessage) {
 	if len(msgs) == 0 {
 		return
 	}

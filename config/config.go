@@ -72,6 +72,10 @@ type Federation struct {
 	// federation never connects to private, loopback or link-local
 	// addresses.
 	AllowPrivateNetworks []string `yaml:"allow_private_networks"`
+	// AllowPublicRooms serves this server's published room directory to
+	// other servers (GET/POST /_matrix/federation/v1/publicRooms). Off by
+	// default, as Synapse's allow_public_rooms_over_federation.
+	AllowPublicRooms bool `yaml:"allow_public_rooms"`
 }
 
 // Database chooses the storage engine by URL.

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -24,9 +25,11 @@ import (
 
 	"github.com/weft-chat/weft/clientapi"
 	"github.com/weft-chat/weft/config"
+	"github.com/weft-chat/weft/e2ee"
 	"github.com/weft-chat/weft/federation"
 	"github.com/weft-chat/weft/internal/bus"
 	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/internal/roomsummary"
 	"github.com/weft-chat/weft/internal/serverkey"
 	"github.com/weft-chat/weft/internal/wake"
 	"github.com/weft-chat/weft/presence"
@@ -48,6 +51,7 @@ type Server struct {
 
 	fedClient *federation.Client
 	keyRing   *federation.KeyRing
+	fedQueue  *federation.Queue
 
 	servers []*listener
 	closers []func() error
@@ -122,8 +126,20 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 		return nil, err
 	}
 	s.closers = append(s.closers, func() error { notifier.Close(); return nil })
+	// Federation before the client API, which sends through its queue.
+	fedRouter := mxhttp.NewRouter()
+	keys.Routes(fedRouter)
+	if err := s.federation(fedRouter, keys, rooms, log.With("component", "federation")); err != nil {
+		return nil, err
+	}
+	stopQueue, err := s.fedQueue.Start(runCtx)
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() error { stopQueue(); return nil })
 	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"),
-		clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))))
+		clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))),
+		clientapi.WithRemoteToDevice(s.fedQueue))
 	capi.Routes(clientRouter)
 	capi.KeyChangesRoute(clientRouter, syncapi.ParseSyncPositions)
 	stopTyping := capi.StartTypingExpiry()
@@ -141,11 +157,6 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	federation.WellKnownRoutes(clientRouter, cfg.Federation.WellKnownServer)
 	healthRoute(clientRouter)
 
-	fedRouter := mxhttp.NewRouter()
-	keys.Routes(fedRouter)
-	if err := s.federation(fedRouter, keys, log.With("component", "federation")); err != nil {
-		return nil, err
-	}
 	federation.WellKnownRoutes(fedRouter, cfg.Federation.WellKnownServer)
 	healthRoute(fedRouter)
 
@@ -164,7 +175,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	)
 	if cfg.Metrics.Listen != "" {
 		s.servers = append(s.servers, &listener{name: "metrics", srv: &http.Server{Addr: cfg.Metrics.Listen,
-			Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})}})
+			Handler: metricsHandler(reg)}})
 	}
 	// Long-polling syncs answer as soon as shutdown begins, rather than
 	// hold it for their timeout.
@@ -179,7 +190,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 // federation builds the outbound client and the key ring, and registers
 // the notary and the authenticated federation endpoints on r (after the
 // key server's open routes).
-func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, log *slog.Logger) error {
+func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roomserver.API, log *slog.Logger) error {
 	f := s.cfg.Federation
 	var err error
 	s.fedClient, err = federation.NewClient(federation.ClientConfig{ServerName: keys.ServerName, Key: s.key,
@@ -194,8 +205,30 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, log *slog
 	s.keyRing = federation.NewKeyRing(federation.KeyRingConfig{DB: s.db, ServerName: keys.ServerName, Key: s.key,
 		OldKeys: s.cfg.OldSigningKeys, Client: s.fedClient, Notaries: notaries, Log: log})
 	(&federation.Notary{Keys: keys, DB: s.db, Fetch: s.keyRing, Log: log}).Routes(r)
+	// Services, not servers, call userinfo, unsigned: it stays outside
+	// the authenticated routes.
+	(&federation.OpenID{DB: s.db}).Routes(r)
 	authed := (&federation.Authenticator{ServerName: keys.ServerName, Keys: s.keyRing}).Router(r)
 	(&federation.Query{DB: s.db, ServerName: keys.ServerName}).Routes(authed)
+	s.fedQueue, err = federation.NewQueue(federation.QueueConfig{DB: s.db, Client: s.fedClient, Key: s.key,
+		Origin: keys.ServerName, Log: log.With("part", "queue")})
+	if err != nil {
+		return fmt.Errorf("federation: %w", err)
+	}
+	// Inbound EDUs by type; each feature registers its types here.
+	edus := federation.NewEDURegistry()
+	toDevice := &federation.ToDeviceReceiver{DB: s.db, ServerName: keys.ServerName,
+		Wake: wake.NewPublisher(s.bus.Conn(), log.With("component", "wake")), Log: log}
+	if err := edus.Register(federation.ToDeviceEDUType, toDevice.Handle); err != nil {
+		return err
+	}
+	(&federation.Transactions{DB: s.db, EDUs: edus, Queue: s.fedQueue, Log: log}).Routes(authed)
+	(&federation.Events{DB: s.db, ServerName: keys.ServerName}).Routes(authed)
+	summaries := &roomsummary.Reader{DB: s.db, Rooms: rooms}
+	(&federation.RoomDirectory{DB: s.db, ServerName: keys.ServerName, Summaries: summaries,
+		List: roomsummary.NewDirectory(summaries), AllowPublicRooms: f.AllowPublicRooms}).Routes(authed)
+	(&federation.UserKeys{DB: s.db, Keys: e2ee.New(s.db, s.cfg.ServerName), ServerName: keys.ServerName}).Routes(authed)
+	(&federation.ThirdPartyInvites{DB: s.db}).Routes(authed)
 	return nil
 }
 
@@ -205,6 +238,17 @@ func (s *Server) FederationClient() *federation.Client { return s.fedClient }
 
 // KeyRing is the key ring that verifies other servers' signatures.
 func (s *Server) KeyRing() *federation.KeyRing { return s.keyRing }
+
+// metricsHandler serves /metrics and, for profiling a running server,
+// Go's /debug/pprof/ (the metrics listener is for operators only).
+func metricsHandler(reg *prometheus.Registry) http.Handler {
+	m := http.NewServeMux()
+	m.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	m.HandleFunc("/debug/pprof/", pprof.Index)
+	m.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return m
+}
 
 func healthRoute(r *mux.Router) {
 	r.Handle("/health", mxhttp.Handler(func(w http.ResponseWriter, _ *http.Request) error {
