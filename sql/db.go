@@ -65,7 +65,8 @@ func Open(ctx context.Context, rawURL string, maxConns int) (*DB, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open sqlite: %w", err)
 		}
-		d.Queries.q = d.db
+		d.Queries.stmts = newStmtCache(d.db)
+		d.Queries.q = cachedDB{d.db, d.Queries.stmts}
 		// WAL lets readers run beside the one writer; more connections than
 		// this only queue on SQLite's single write lock.
 		d.db.SetMaxOpenConns(min(maxConns, 8))
@@ -100,6 +101,9 @@ func (d *DB) Engine() config.Engine { return d.engine }
 
 // Close closes every connection.
 func (d *DB) Close() error {
+	if d.stmts != nil {
+		d.stmts.close()
+	}
 	err := d.db.Close()
 	if d.pool != nil {
 		d.pool.Close()
@@ -119,6 +123,8 @@ type querier interface {
 // WithTx hands one over a transaction, so each query is written once.
 type Queries struct {
 	q querier
+	// stmts is SQLite's statement cache (nil on PostgreSQL).
+	stmts *stmtCache
 }
 
 // WithTx runs fn in one transaction, committing when fn returns nil and
@@ -130,7 +136,11 @@ func (d *DB) WithTx(ctx context.Context, fn func(*Queries) error) error {
 // ensureTx runs fn in the current transaction, or in a new one when t runs
 // over the pool, for writes whose statements must commit together.
 func (t *Queries) ensureTx(ctx context.Context, fn func(*Queries) error) error {
-	db, ok := t.q.(*stdsql.DB)
+	// The pool (plain or through the statement cache) begins
+	// transactions; a transaction does not.
+	db, ok := t.q.(interface {
+		BeginTx(context.Context, *stdsql.TxOptions) (*stdsql.Tx, error)
+	})
 	if !ok {
 		return fn(t)
 	}
@@ -138,7 +148,11 @@ func (t *Queries) ensureTx(ctx context.Context, fn func(*Queries) error) error {
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	if err := fn(&Queries{q: tx}); err != nil {
+	var q querier = tx
+	if t.stmts != nil {
+		q = cachedTx{tx, t.stmts}
+	}
+	if err := fn(&Queries{q: q, stmts: t.stmts}); err != nil {
 		_ = tx.Rollback()
 		return err
 	}
