@@ -46,19 +46,10 @@ type roomCommit struct {
 	evs    []pending
 	inputs []sql.InputRecord
 
-	after       *roomView // the view once committed
-	nids        []int64   // of evs
-	stateBefore []int64   // snapshot before each of evs
-	outputs     []OutputEvent
-	members     []memberChange
-	redacted    []int64
-}
-
-// memberChange is a membership event waiting for its stream position.
-type memberChange struct {
-	userID, membership string
-	nid                int64
-	event              int // index in evs
+	after    *roomView // the view once committed
+	nids     []int64   // of evs
+	outputs  []OutputEvent
+	redacted []int64
 }
 
 // commit stores the events of rcs in one transaction, shared with other
@@ -95,124 +86,170 @@ func (rs *Roomserver) commit(ctx context.Context, rcs []*roomCommit) error {
 	return nil
 }
 
-// commitTx writes rcs in transaction q, in a few statements for all the
-// rooms together: the input ids, the events, then each room's state
-// changes and the client transactions. Stream positions come last, with what
-// needs them (the events' positions, memberships, the rooms' rows): the
-// counter row's lock is held from their allocation to the commit, so the
-// less the transaction does after it, the less the other writers wait.
-func (rs *Roomserver) commitTx(ctx context.Context, q *sql.Queries, rcs []*roomCommit) error {
-	// The input ids first: an input handled already (redelivered, or
-	// retried while it was in flight) must not make a second event.
-	var inputs []sql.InputRecord
-	for _, rc := range rcs {
-		inputs = append(inputs, rc.inputs...)
-	}
-	already, err := q.RecordInputs(ctx, inputs)
-	if err != nil {
-		return fmt.Errorf("record inputs: %w", err)
-	}
-	if len(already) > 0 {
-		return fmt.Errorf("inputs %v: %w", already, errInputDone)
-	}
+// groupTx is what commitTx knows of the whole transaction while it
+// stages each room's share.
+type groupTx struct {
+	// byID finds the events of the transaction, for redactions of them.
+	byID map[string]*freshEvent
+	// redacted holds the events the transaction redacts.
+	redacted map[int64]bool
+	// What the statements of the transaction write.
+	events   []sql.PendingEvent
+	snaps    []sql.Snapshot
+	current  []sql.StateChange
+	members  []sql.MemberChange
+	rels     []sql.EventRelation
+	txns     []sql.EventTransaction
+	rooms    []sql.RoomMove
+	redacts  []redactionRow
+	snapNIDs []int64
+}
 
-	var rows []sql.Event
-	for _, rc := range rcs {
-		info := rc.v.info
-		info.Extremities = slices.Clone(info.Extremities)
-		if info.NID == 0 {
-			nid, err := q.CreateRoom(ctx, info.RoomID, info.Version)
-			if err != nil {
-				return fmt.Errorf("create room row: %w", err)
-			}
-			info.NID = nid
-		}
-		rc.after = &roomView{info: info, state: rc.v.state}
-		for _, p := range rc.evs {
-			ev := p.pdu
-			// The state before is set with the stream position: for
-			// events after a state event of the same commit it is a
-			// snapshot not written yet.
-			rows = append(rows, sql.Event{
-				RoomNID: info.NID, EventID: ev.EventID(), Type: ev.Type(), StateKey: ev.StateKey(),
-				Sender: string(ev.SenderID()), Depth: ev.Depth(), OriginServerTS: int64(ev.OriginServerTS()),
-				StateBeforeNID: info.SnapshotNID, JSON: ev.JSON(),
-			})
-		}
-	}
-	nids, err := q.InsertEvents(ctx, rows)
-	if err != nil {
-		return fmt.Errorf("insert events: %w", err)
-	}
-	// Events of this transaction, which the event cache must not learn
-	// before the commit: a rolled back NID may be handed out again.
-	fresh := make(map[int64]gomatrixserverlib.PDU, len(nids))
-	var txns []sql.EventTransaction
-	for _, rc := range rcs {
-		rc.nids, nids = nids[:len(rc.evs):len(rc.evs)], nids[len(rc.evs):]
-		for i, p := range rc.evs {
-			fresh[rc.nids[i]] = p.pdu
-			if p.ne != nil && p.ne.TxnID != "" {
-				txns = append(txns, sql.EventTransaction{EventNID: rc.nids[i], UserID: p.ne.Sender, DeviceID: p.ne.DeviceID, TxnID: p.ne.TxnID})
-			}
-		}
-		if err := rs.stage(ctx, q, rc, fresh); err != nil {
-			return err
-		}
-	}
-	if err := q.AddEventTransactions(ctx, txns); err != nil {
-		return fmt.Errorf("event transactions: %w", err)
-	}
+// freshEvent is an event of the transaction.
+type freshEvent struct {
+	nid, roomNID int64
+	pdu          gomatrixserverlib.PDU
+}
 
-	first, err := q.AllocStreamPositions(ctx, sql.EventsStream, len(rows))
+// redactionRow is a redacted event's new JSON.
+type redactionRow struct {
+	nid      int64
+	stripped []byte
+	by       string
+}
+
+// commitTx writes rcs in one transaction, as one pipeline of statements
+// for all the rooms together (see sql.Pipeline): on PostgreSQL one round
+// trip, which commits. Everything the statements need is worked out
+// first, NIDs included. The stream positions are taken last but for
+// what needs them (the events themselves, memberships, the rooms' rows):
+// the counter row's lock is held from their allocation to the commit,
+// which, with no round trip in between, is as short as it gets.
+func (rs *Roomserver) commitTx(ctx context.Context, rcs []*roomCommit) error {
+	var last int64
+	err := rs.db.RunPipeline(ctx, func(p *sql.Pipeline) error {
+		return rs.stageTx(ctx, p, rcs, &last)
+	})
+	if errors.Is(err, sql.ErrInputRecorded) {
+		// An input handled already (redelivered, or retried while it was
+		// in flight) must not make a second event.
+		return fmt.Errorf("%w: %w", errInputDone, err)
+	}
 	if err != nil {
 		return err
 	}
-	positions := make([]sql.EventPosition, 0, len(rows))
-	updates := make([]sql.RoomUpdate, 0, len(rcs))
-	pos := first
 	for _, rc := range rcs {
 		for i := range rc.outputs {
-			positions = append(positions, sql.EventPosition{NID: rc.nids[i], StreamPos: pos, StateBeforeNID: rc.stateBefore[i]})
-			rc.outputs[i].StreamPos = pos
-			pos++
+			// Until now StreamPos held how far before the last
+			// position allocated the event's is.
+			rc.outputs[i].StreamPos = last - rc.outputs[i].StreamPos
 		}
-		rc.after.info.LastStreamPos = pos - 1
-		updates = append(updates, sql.RoomUpdate{Info: rc.after.info, PrevStreamPos: rc.v.info.LastStreamPos})
-	}
-	if err := q.SetEventPositions(ctx, positions); err != nil {
-		return fmt.Errorf("event positions: %w", err)
-	}
-	for _, rc := range rcs {
-		for _, m := range rc.members {
-			if err := q.SetMembership(ctx, rc.after.info.NID, m.userID, m.membership, m.nid, rc.outputs[m.event].StreamPos); err != nil {
-				return err
-			}
-		}
-	}
-	// Only if no other writer moved the rooms since their views were
-	// read, which makes a stale cached view harmless.
-	if err := q.UpdateRoomsFrom(ctx, updates); err != nil {
-		return fmt.Errorf("update rooms: %w", err)
+		rc.after.info.LastStreamPos = rc.outputs[len(rc.outputs)-1].StreamPos
 	}
 	return nil
 }
 
-// stage applies one room's inserted events in order: relations, state
-// snapshots, current state, redactions, extremities and depth, leaving
-// memberships for when stream positions are known. It fills rc.after (set
-// up by commitTx), rc.stateBefore, rc.outputs, rc.members and rc.redacted.
-func (rs *Roomserver) stage(ctx context.Context, q *sql.Queries, rc *roomCommit, fresh map[int64]gomatrixserverlib.PDU) error {
+// stageTx queues the statements of the transaction on p. *last receives
+// the last stream position allocated.
+func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomCommit, last *int64) error {
+	var inputs []sql.InputRecord
+	total, states, newRooms := 0, 0, 0
+	for _, rc := range rcs {
+		inputs = append(inputs, rc.inputs...)
+		total += len(rc.evs)
+		for _, e := range rc.evs {
+			if e.pdu.StateKey() != nil {
+				states++
+			}
+		}
+		if rc.v.info.NID == 0 {
+			newRooms++
+		}
+	}
+	if err := p.RecordInputs(inputs); err != nil {
+		return err
+	}
+	nids, err := p.EventNIDs(total)
+	if err != nil {
+		return err
+	}
+	g := &groupTx{byID: make(map[string]*freshEvent, total), redacted: make(map[int64]bool)}
+	if g.snapNIDs, err = p.SnapshotNIDs(states); err != nil {
+		return err
+	}
+	roomNIDs, err := p.RoomNIDs(newRooms)
+	if err != nil {
+		return err
+	}
+	for _, rc := range rcs {
+		info := rc.v.info
+		info.Extremities = slices.Clone(info.Extremities)
+		if info.NID == 0 {
+			info.NID, roomNIDs = roomNIDs[0], roomNIDs[1:]
+			p.CreateRoom(info.NID, info.RoomID, info.Version)
+		}
+		rc.after = &roomView{info: info, state: rc.v.state}
+		rc.nids, nids = nids[:len(rc.evs):len(rc.evs)], nids[len(rc.evs):]
+		for i, e := range rc.evs {
+			g.byID[e.pdu.EventID()] = &freshEvent{nid: rc.nids[i], roomNID: info.NID, pdu: e.pdu}
+		}
+	}
+	back := int64(total)
+	for _, rc := range rcs {
+		if err := rs.stage(ctx, g, rc, &back); err != nil {
+			return err
+		}
+	}
+	// What does not need stream positions goes before they are taken.
+	p.AddSnapshots(g.snaps)
+	p.SetCurrentState(g.current)
+	p.IndexRelations(g.rels)
+	p.AddEventTransactions(g.txns)
+	p.AllocEventPositions(total, last)
+	// The rooms first: only if no other writer moved them since their
+	// views were read, which makes a stale cached view harmless. An event
+	// built on a stale view may even be one the other writer stored
+	// already (the same sender, content, prev events and millisecond
+	// make the same event id): that is staleness too, not a duplicate.
+	if err := p.UpdateRooms(g.rooms); err != nil {
+		return err
+	}
+	p.InsertEvents(g.events)
+	for _, r := range g.redacts {
+		// After the events: the redacted event may be one of them.
+		p.RedactEvent(r.nid, r.stripped, r.by)
+	}
+	p.SetMemberships(g.members)
+	return nil
+}
+
+// stage works out one room's share of the transaction, its events in
+// order: their rows, relations, state snapshots, current state,
+// memberships, redactions, and the room's new extremities and depth. It
+// fills rc.after (set up by stageTx), rc.outputs and rc.redacted. *back
+// counts down the events' distances from the last stream position the
+// transaction allocates; outputs carry theirs in StreamPos until the
+// commit.
+func (rs *Roomserver) stage(ctx context.Context, g *groupTx, rc *roomCommit, back *int64) error {
 	info := &rc.after.info
 	state, cloned := rc.v.state, false
-	rc.stateBefore, rc.outputs, rc.members, rc.redacted = rc.stateBefore[:0], rc.outputs[:0], rc.members[:0], rc.redacted[:0]
+	rc.outputs, rc.redacted = rc.outputs[:0], rc.redacted[:0]
 	for i, p := range rc.evs {
 		ev, nid := p.pdu, rc.nids[i]
-		rc.stateBefore = append(rc.stateBefore, info.SnapshotNID)
-		if err := q.IndexRelation(ctx, nid, info.NID, ev.Content()); err != nil {
-			return fmt.Errorf("index relation of %s: %w", ev.EventID(), err)
+		*back--
+		g.events = append(g.events, sql.PendingEvent{Event: sql.Event{
+			NID: nid, RoomNID: info.NID, EventID: ev.EventID(), Type: ev.Type(), StateKey: ev.StateKey(),
+			Sender: string(ev.SenderID()), Depth: ev.Depth(), OriginServerTS: int64(ev.OriginServerTS()),
+			StateBeforeNID: info.SnapshotNID, JSON: ev.JSON(),
+		}, Back: *back})
+		if p.ne != nil && p.ne.TxnID != "" {
+			g.txns = append(g.txns, sql.EventTransaction{EventNID: nid, UserID: p.ne.Sender, DeviceID: p.ne.DeviceID, TxnID: p.ne.TxnID})
 		}
-		out := OutputEvent{RoomID: info.RoomID, EventID: ev.EventID(), Type: ev.Type(), StateKey: ev.StateKey(), Sender: string(ev.SenderID())}
+		if rel, ok := sql.RelationOf(ev.Content()); ok {
+			g.rels = append(g.rels, sql.EventRelation{EventNID: nid, RoomNID: info.NID, DeclaredRelation: rel})
+		}
+		out := OutputEvent{RoomID: info.RoomID, EventID: ev.EventID(), Type: ev.Type(), StateKey: ev.StateKey(), Sender: string(ev.SenderID()),
+			StreamPos: *back}
 		if sk := ev.StateKey(); sk != nil {
 			k := sql.StateKey{Type: ev.Type(), StateKey: *sk}
 			if !cloned {
@@ -223,28 +260,26 @@ func (rs *Roomserver) stage(ctx context.Context, q *sql.Queries, rc *roomCommit,
 			state[k] = nid
 			base, entries := info.SnapshotNID, sql.StateMap{k: nid}
 			if info.ChainLength >= maxSnapshotChain || base == 0 {
-				base, entries, info.ChainLength = 0, state, 0
+				// A full snapshot holds the state as it is now: a copy,
+				// since state goes on changing.
+				base, entries, info.ChainLength = 0, maps.Clone(state), 0
 			} else {
 				info.ChainLength++
 			}
-			var err error
-			if info.SnapshotNID, err = q.AddSnapshot(ctx, info.NID, base, info.ChainLength, entries); err != nil {
-				return fmt.Errorf("state snapshot: %w", err)
-			}
-			if err := q.SetCurrentState(ctx, info.NID, k, nid); err != nil {
-				return err
-			}
+			info.SnapshotNID, g.snapNIDs = g.snapNIDs[0], g.snapNIDs[1:]
+			g.snaps = append(g.snaps, sql.Snapshot{NID: info.SnapshotNID, RoomNID: info.NID, Base: base, ChainLength: info.ChainLength, Entries: entries})
+			g.current = append(g.current, sql.StateChange{RoomNID: info.NID, Key: k, EventNID: nid})
 			if ev.Type() == spec.MRoomMember {
 				m, err := ev.Membership()
 				if err != nil {
 					return fmt.Errorf("membership of %s: %w", ev.EventID(), err)
 				}
-				rc.members = append(rc.members, memberChange{userID: *sk, membership: m, nid: nid, event: i})
+				g.members = append(g.members, sql.MemberChange{RoomNID: info.NID, UserID: *sk, Membership: m, EventNID: nid, Back: *back})
 				out.Membership = m
 			}
 		}
 		if ev.Type() == spec.MRoomRedaction {
-			target, err := rs.applyRedaction(ctx, q, *info, state, fresh, ev)
+			target, err := rs.applyRedaction(ctx, g, *info, state, ev)
 			if err != nil {
 				return err
 			}
@@ -257,6 +292,7 @@ func (rs *Roomserver) stage(ctx context.Context, q *sql.Queries, rc *roomCommit,
 		rc.outputs = append(rc.outputs, out)
 	}
 	rc.after.state = state
+	g.rooms = append(g.rooms, sql.RoomMove{Info: *info, PrevStreamPos: rc.v.info.LastStreamPos, Back: *back})
 	return nil
 }
 
@@ -276,22 +312,30 @@ func nextExtremities(ext []string, ev gomatrixserverlib.PDU) []string {
 // applyRedaction strips the redacted event, if the redaction is effective:
 // the spec lets a redaction into the room on its auth rules, but the target
 // is only redacted when the redacter sent it or has the power to redact.
-// It returns the NID of the event it redacted, or 0.
-// fresh holds the events of the transaction, by NID.
-func (rs *Roomserver) applyRedaction(ctx context.Context, q *sql.Queries, info sql.RoomInfo, state sql.StateMap, fresh map[int64]gomatrixserverlib.PDU,
-	redaction gomatrixserverlib.PDU) (int64, error) {
-	target, err := q.EventByID(ctx, redaction.Redacts())
-	if errors.Is(err, sql.ErrNotFound) {
-		return 0, nil // the spec allows redacting events this server has not seen
+// It returns the NID of the event it redacts, or 0.
+//
+// The target is read outside the transaction, unless it is one of the
+// transaction's: it lies in the room being written (a target elsewhere is
+// left alone), whose only writer holds the room's lock through the commit.
+func (rs *Roomserver) applyRedaction(ctx context.Context, g *groupTx, info sql.RoomInfo, state sql.StateMap, redaction gomatrixserverlib.PDU) (int64, error) {
+	var target sql.Event
+	if f, ok := g.byID[redaction.Redacts()]; ok {
+		target = sql.Event{NID: f.nid, RoomNID: f.roomNID, EventID: f.pdu.EventID(), Sender: string(f.pdu.SenderID()), JSON: f.pdu.JSON()}
+	} else {
+		var err error
+		target, err = rs.db.EventByID(ctx, redaction.Redacts())
+		if errors.Is(err, sql.ErrNotFound) {
+			return 0, nil // the spec allows redacting events this server has not seen
+		}
+		if err != nil {
+			return 0, err
+		}
 	}
-	if err != nil {
-		return 0, err
-	}
-	if target.RoomNID != info.NID || target.RedactedBy != "" {
+	if target.RoomNID != info.NID || target.RedactedBy != "" || g.redacted[target.NID] {
 		return 0, nil
 	}
 	if target.Sender != string(redaction.SenderID()) {
-		allowed, err := rs.canRedactOthers(ctx, q, state, fresh, redaction)
+		allowed, err := rs.canRedactOthers(ctx, g, state, redaction)
 		if err != nil || !allowed {
 			return 0, err
 		}
@@ -304,19 +348,21 @@ func (rs *Roomserver) applyRedaction(ctx context.Context, q *sql.Queries, info s
 	if err != nil {
 		return 0, fmt.Errorf("redact %s: %w", target.EventID, err)
 	}
-	if err := q.RedactEvent(ctx, target.NID, stripped, redaction.EventID()); err != nil {
-		return 0, err
-	}
+	g.redacted[target.NID] = true
+	g.redacts = append(g.redacts, redactionRow{nid: target.NID, stripped: stripped, by: redaction.EventID()})
 	return target.NID, nil
 }
 
 // canRedactOthers reports whether the redaction's sender has the redact
 // power level in the room's current state.
-func (rs *Roomserver) canRedactOthers(ctx context.Context, q *sql.Queries, state sql.StateMap, fresh map[int64]gomatrixserverlib.PDU,
-	redaction gomatrixserverlib.PDU) (bool, error) {
+func (rs *Roomserver) canRedactOthers(ctx context.Context, g *groupTx, state sql.StateMap, redaction gomatrixserverlib.PDU) (bool, error) {
 	var plEvent, createEvent gomatrixserverlib.PDU
 	nids := []int64{}
 	var evs []gomatrixserverlib.PDU
+	fresh := make(map[int64]gomatrixserverlib.PDU)
+	for _, f := range g.byID {
+		fresh[f.nid] = f.pdu
+	}
 	for _, k := range []sql.StateKey{{Type: spec.MRoomPowerLevels}, {Type: spec.MRoomCreate}} {
 		if n, ok := state[k]; !ok {
 			continue
@@ -326,7 +372,7 @@ func (rs *Roomserver) canRedactOthers(ctx context.Context, q *sql.Queries, state
 			nids = append(nids, n)
 		}
 	}
-	stored, err := rs.pdus(ctx, q, nids)
+	stored, err := rs.pdus(ctx, &rs.db.Queries, nids)
 	if err != nil {
 		return false, err
 	}
@@ -347,9 +393,11 @@ func (rs *Roomserver) canRedactOthers(ctx context.Context, q *sql.Queries, state
 
 // publish announces committed events on room.output. The database already
 // holds them, so a failure here only delays consumers, which catch up from
-// the database; it is logged, not returned. The events go out at once and
-// their acks are awaited together: one wait per batch, not per event, and
-// still in order, since they travel on one connection.
+// the database; it is logged, not returned. The events go out at once, in
+// order since they travel on one connection, and publish returns without
+// waiting for the stream's acks: the inputs' replies need not wait for
+// them, and nor do the room's next inputs. The acks are checked on the
+// side; the client bounds how many may be outstanding.
 func (rs *Roomserver) publish(ctx context.Context, outputs []OutputEvent) {
 	if rs.bus == nil || len(outputs) == 0 {
 		return
@@ -371,18 +419,23 @@ func (rs *Roomserver) publish(ctx context.Context, outputs []OutputEvent) {
 		}
 		rs.log.Warn("publish room output", "room_id", o.RoomID, "event_id", o.EventID, "err", err)
 	}
-	timeout := time.NewTimer(publishTimeout)
-	defer timeout.Stop()
-	for _, p := range pending {
-		select {
-		case <-p.f.Ok():
-		case err := <-p.f.Err():
-			rs.log.Warn("publish room output", "room_id", p.o.RoomID, "event_id", p.o.EventID, "err", err)
-		case <-timeout.C:
-			rs.log.Warn("publish room output: no ack", "room_id", p.o.RoomID, "event_id", p.o.EventID)
-			return
-		case <-ctx.Done():
-			return
-		}
+	if len(pending) == 0 {
+		return
 	}
+	go func() {
+		timeout := time.NewTimer(publishTimeout)
+		defer timeout.Stop()
+		for _, p := range pending {
+			select {
+			case <-p.f.Ok():
+			case err := <-p.f.Err():
+				rs.log.Warn("publish room output", "room_id", p.o.RoomID, "event_id", p.o.EventID, "err", err)
+			case <-timeout.C:
+				rs.log.Warn("publish room output: no ack", "room_id", p.o.RoomID, "event_id", p.o.EventID)
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 }

@@ -3,8 +3,6 @@ package roomserver
 import (
 	"context"
 	"sync"
-
-	"github.com/weft-chat/weft/sql"
 )
 
 // maxGroupEvents bounds the events of one group transaction.
@@ -17,9 +15,9 @@ const maxGroupEvents = 512
 //
 // Every transaction that adds events takes the one lock on the event
 // stream's position counter and holds it through its commit (that is what
-// keeps positions committing in order). It takes it last, so the rest of
-// several transactions can run at once; slots says how many may (more
-// only queue on the lock, and SQLite has one writer anyway).
+// keeps positions committing in order). It takes it as late as it can
+// (see commitTx); slots says how many transactions may run at once (see
+// commitSlots).
 //
 // There are no committer goroutines to own: a submitter that finds a free
 // slot commits everything queued, its own work included, then hands its
@@ -127,10 +125,10 @@ func (rs *Roomserver) commitUnits(ctx context.Context, batch []*commitUnit) {
 	for _, u := range batch {
 		all = append(all, u.rcs...)
 	}
-	err := rs.db.WithTx(ctx, func(q *sql.Queries) error { return rs.commitTx(ctx, q, all) })
+	err := rs.commitTx(ctx, all)
 	if err != nil && len(batch) > 1 {
 		for _, u := range batch {
-			u.err = rs.db.WithTx(ctx, func(q *sql.Queries) error { return rs.commitTx(ctx, q, u.rcs) })
+			u.err = rs.commitTx(ctx, u.rcs)
 			u.done = true
 		}
 		return

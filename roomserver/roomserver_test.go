@@ -237,3 +237,121 @@ func TestRedaction(t *testing.T) {
 		}
 	})
 }
+
+// Inputs in flight when the shard consumers stop are handed back and
+// handled by the consumers that start next: every waiting sender gets its
+// answer, and every input made exactly one event.
+func TestStopHandsInputsOver(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		log := slog.New(slog.NewTextHandler(io.Discard, nil))
+		b, err := bus.Open(ctx, bus.Config{StoreDir: t.TempDir()}, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		key, err := serverkey.Generate()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs := roomserver.New(db, b, "test.local", key, log)
+		stop, err := rs.Serve(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := harness{rs: rs, client: roomserver.NewClient(b), db: db}
+		rooms := make([]string, 8)
+		for i := range rooms {
+			id := fmt.Sprint("stop-room-", i)
+			resp, err := h.client.Input(ctx, roomserver.InputRequest{InputID: id, CreateRoom: uniqueCreate(id)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rooms[i] = resp.RoomID
+		}
+
+		const senders, each = 16, 10
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		ids := make(map[string]string)
+		errs := make(chan error, senders*each)
+		for s := range senders {
+			wg.Go(func() {
+				for i := range each {
+					txn := fmt.Sprintf("stop%d-%d", s, i)
+					id, err := send(ctx, h, rooms[(s+i)%len(rooms)], alice, txn, txn)
+					if err != nil {
+						errs <- fmt.Errorf("%s: %w", txn, err)
+						continue
+					}
+					mu.Lock()
+					ids[txn] = id
+					mu.Unlock()
+				}
+			})
+		}
+		// Stop in the middle of it, and start again: a restart, or the
+		// shards moving to another process.
+		answered := func() int {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(ids)
+		}
+		for answered() < senders {
+			time.Sleep(time.Millisecond)
+		}
+		stop()
+		if answered() == senders*each {
+			t.Fatal("every input was answered before the stop: nothing was in flight")
+		}
+		again := roomserver.New(db, b, "test.local", key, log)
+		stop2, err := again.Serve(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stop2()
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		seen := make(map[string]bool)
+		for txn, id := range ids {
+			stored, pdu, err := again.Event(ctx, id)
+			if err != nil {
+				t.Fatalf("%s: event %s: %v", txn, id, err)
+			}
+			var c struct{ Body string }
+			if err := json.Unmarshal(pdu.Content(), &c); err != nil || c.Body != txn || stored.StreamPos == 0 {
+				t.Fatalf("%s got event %s with body %q at %d", txn, id, c.Body, stored.StreamPos)
+			}
+			seen[id] = true
+		}
+		if len(seen) != senders*each {
+			t.Fatalf("%d inputs made %d distinct events", senders*each, len(seen))
+		}
+		// No input made a second event: the rooms hold exactly the
+		// events answered, after their five initial ones.
+		for _, roomID := range rooms {
+			info, err := db.Room(ctx, roomID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for id := info.Extremities[0]; id != ""; n++ {
+				_, pdu, err := again.Event(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				id = ""
+				if prev := pdu.PrevEventIDs(); len(prev) == 1 {
+					id = prev[0]
+				}
+			}
+			if want := 5 + senders*each/len(rooms); n != want {
+				t.Fatalf("room %s holds %d events, want %d", roomID, n, want)
+			}
+		}
+	})
+}

@@ -156,6 +156,9 @@ func (rs *Roomserver) buildInto(ctx context.Context, w *roomWork, inputID string
 		if !ok {
 			return nil, nil
 		}
+		if e, ok := rs.events.get(nid); ok {
+			return e, nil
+		}
 		evs, err := rs.pdus(ctx, &rs.db.Queries, []int64{nid})
 		return evs[nid], err
 	}
@@ -221,7 +224,11 @@ func (rs *Roomserver) buildEvent(ctx context.Context, verImpl gomatrixserverlib.
 	if err := builder.AddAuthEvents(provider); err != nil {
 		return nil, mxhttp.BadJSON("Cannot build event: %v", err)
 	}
-	ev, err := builder.Build(rs.now(), rs.serverName, rs.key.ID, rs.key.Private)
+	now := rs.now()
+	ev, fast, err := buildFast(builder, verImpl, now, rs.serverName, rs.key.ID, rs.key.Private)
+	if !fast {
+		ev, err = builder.Build(now, rs.serverName, rs.key.ID, rs.key.Private)
+	}
 	var invalid gomatrixserverlib.EventValidationError
 	if errors.As(err, &invalid) && invalid.Code == gomatrixserverlib.EventValidationTooLarge {
 		// Build checks the size limits itself (spec: Size limits).

@@ -19,18 +19,23 @@ import (
 // durable consumer, which makes its process the writer of the shard's
 // rooms. Every process of a deployment must use the same number.
 //
-// A consumer takes up to maxInputBatch inputs at a time, so with several
-// processes two of them may hold inputs of one shard at once. The room
+// A consumer takes up to maxShardInFlight inputs at a time, so with
+// several processes two of them may hold inputs of one shard at once. The room
 // row's check at commit (sql.ErrStale) keeps one writer per room in the
 // database all the same: the later writer's events are built again on the
 // room as the earlier one left it. Pinning each consumer to one process
 // (JetStream priority groups) would spare those rebuilds.
 const Shards = 16
 
-// maxInputBatch is how many queued inputs of a shard are handled together,
-// in one transaction. Batches form only under load: a lone input is
-// handled at once.
+// maxInputBatch is how many queued inputs of a room are handled
+// together, in one transaction. Batches form only under load: a lone
+// input is handled at once.
 const maxInputBatch = 32
+
+// maxShardInFlight is how many inputs of a shard may be taken from the
+// bus and not yet handled: a room's next batch queues up while its
+// current one commits, and other rooms' inputs meanwhile.
+const maxShardInFlight = 4 * maxInputBatch
 
 // envelope is an input on the ROOM_INPUT stream with the inbox that waits
 // for its result.
@@ -46,20 +51,22 @@ type reply struct {
 }
 
 // Serve starts one consumer per shard. It returns a stop function that
-// waits for the consumers to finish their current input.
+// waits for the inputs taken to be handled.
 func (rs *Roomserver) Serve(ctx context.Context) (stop func(), err error) {
+	d := newDispatcher(rs.handleEnvelopes)
 	var stops []func()
 	stopAll := func() {
 		for _, s := range stops {
 			s()
 		}
+		d.stop()
 	}
 	for shard := range Shards {
 		subject := "room.input." + strconv.Itoa(shard)
-		s, err := bus.ConsumeBatch(ctx, rs.bus, bus.StreamRoomInput, "roomserver-"+strconv.Itoa(shard), subject, maxInputBatch, rs.handleEnvelopes,
+		s, err := bus.ConsumeAsync(ctx, rs.bus, bus.StreamRoomInput, "roomserver-"+strconv.Itoa(shard), subject, maxInputBatch, d.handle,
 			// The inputs are a work queue, and the database, not the
 			// consumer's position, says what was done (the input ids).
-			bus.MemoryState())
+			bus.MemoryState(), bus.MaxAckPending(maxShardInFlight))
 		if err != nil {
 			stopAll()
 			return nil, fmt.Errorf("roomserver shard %d: %w", shard, err)

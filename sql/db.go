@@ -29,6 +29,8 @@ type DB struct {
 	engine  config.Engine
 	pool    *pgxpool.Pool // PostgreSQL only
 	dialect dialect
+	// nids are the NIDs reserved for pipelines, per table (PostgreSQL).
+	nids [len(nidColumns)]nidBlock
 }
 
 // ErrNotFound is returned by lookups that match no row.

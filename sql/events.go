@@ -42,63 +42,6 @@ func (t *Queries) InsertEvent(ctx context.Context, e Event) (int64, error) {
 	return nid, err
 }
 
-// InsertEvents stores events in as few statements as it can and returns
-// their NIDs, in the order of events. Their stream positions are left
-// unset (see SetEventPositions); the rest is as with InsertEvent.
-func (t *Queries) InsertEvents(ctx context.Context, events []Event) ([]int64, error) {
-	const chunk = 200 // rows per statement, well under both engines' parameter limits
-	nids := make([]int64, 0, len(events))
-	for len(events) > 0 {
-		n := min(len(events), chunk)
-		part := events[:n]
-		events = events[n:]
-		rows := make([]string, n)
-		args := make([]any, 0, 11*n)
-		for i, e := range part {
-			rows[i] = "(" + placeholders(11*i+1, 11) + ")"
-			args = append(args, e.RoomNID, e.EventID, e.Type, e.StateKey, e.Sender, e.Depth, e.OriginServerTS,
-				e.StateBeforeNID, string(e.JSON), e.Outlier, e.Rejected)
-		}
-		res, err := t.q.QueryContext(ctx, `INSERT INTO events (room_nid, event_id, type, state_key, sender, depth, origin_server_ts,
-				state_before_nid, json, outlier, rejected)
-			VALUES `+strings.Join(rows, ", ")+` RETURNING event_nid, event_id`, args...)
-		if isUniqueViolation(err) {
-			return nil, ErrExists
-		}
-		if err != nil {
-			return nil, err
-		}
-		// Neither engine promises RETURNING rows in VALUES order: match
-		// them by event id.
-		byID := make(map[string]int64, n)
-		for res.Next() {
-			var nid int64
-			var id string
-			if err := res.Scan(&nid, &id); err != nil {
-				res.Close()
-				return nil, err
-			}
-			byID[id] = nid
-		}
-		err = res.Err()
-		res.Close()
-		if isUniqueViolation(err) {
-			return nil, ErrExists
-		}
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range part {
-			nid, ok := byID[e.EventID]
-			if !ok {
-				return nil, fmt.Errorf("insert events: no NID returned for %s", e.EventID)
-			}
-			nids = append(nids, nid)
-		}
-	}
-	return nids, nil
-}
-
 const eventColumns = `e.event_nid, e.room_nid, r.room_id, r.room_version, e.event_id, e.type, e.state_key, e.sender, e.depth,
 	e.origin_server_ts, e.stream_pos, e.state_before_nid, e.json, e.outlier, e.rejected, e.redacted_by`
 
@@ -165,44 +108,6 @@ func (t *Queries) queryEvents(ctx context.Context, query string, args ...any) ([
 	return out, rows.Err()
 }
 
-// EventPosition is where a newly stored event stands: its stream position
-// and the state snapshot before it.
-type EventPosition struct {
-	NID, StreamPos, StateBeforeNID int64
-}
-
-// SetEventPositions sets the stream position and state before of each
-// event in one statement. Events are inserted without a position and given
-// one at the end of their transaction, just after the positions are
-// allocated, so the stream's lock is held briefly; the state before comes
-// along because it is only known once the events before it in the same
-// transaction have their NIDs.
-func (t *Queries) SetEventPositions(ctx context.Context, positions []EventPosition) error {
-	if len(positions) == 0 {
-		return nil
-	}
-	var stream, before strings.Builder
-	in := make([]string, len(positions))
-	args := make([]any, 0, 3*len(positions))
-	for i, p := range positions {
-		fmt.Fprintf(&stream, " WHEN $%d THEN CAST($%d AS BIGINT)", 3*i+1, 3*i+2)
-		fmt.Fprintf(&before, " WHEN $%d THEN CAST($%d AS BIGINT)", 3*i+1, 3*i+3)
-		in[i] = "$" + strconv.Itoa(3*i+1)
-		args = append(args, p.NID, p.StreamPos, p.StateBeforeNID)
-	}
-	res, err := t.q.ExecContext(ctx, `UPDATE events SET stream_pos = CASE event_nid`+stream.String()+` END,
-		state_before_nid = CASE event_nid`+before.String()+` END WHERE event_nid IN (`+strings.Join(in, ", ")+`)`, args...)
-	if err != nil {
-		return err
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return err
-	} else if n != int64(len(positions)) {
-		return fmt.Errorf("set event positions: %d rows changed, want %d", n, len(positions))
-	}
-	return nil
-}
-
 // RedactEvent replaces an event's JSON with its redacted form.
 func (t *Queries) RedactEvent(ctx context.Context, eventNID int64, redactedJSON []byte, redactedBy string) error {
 	return expectRow(t.q.ExecContext(ctx, `UPDATE events SET json = $1, redacted_by = $2 WHERE event_nid = $3`,
@@ -220,4 +125,63 @@ func placeholders(from, n int) string {
 		b.WriteString(strconv.Itoa(from + i))
 	}
 	return b.String()
+}
+
+// PendingEvent is an event a pipeline inserts: its NID comes from EventNIDs
+// and its stream position is Back positions before the last one the
+// transaction allocated (see AllocEventPositions); Event.StreamPos is
+// not used.
+type PendingEvent struct {
+	Event
+	Back int64
+}
+
+// InsertEvents stores events, each written once with its NID, stream
+// position and state before; the pipeline fails with ErrExists if one is
+// stored already.
+func (p *Pipeline) InsertEvents(events []PendingEvent) {
+	for _, n := range chunkSizes(len(events), 64) {
+		part := events[:n]
+		events = events[n:]
+		args := make([]any, 0, 13*n)
+		for _, e := range part {
+			args = append(args, e.NID, e.RoomNID, e.EventID, e.Type, e.StateKey, e.Sender, e.Depth, e.OriginServerTS,
+				e.Back, e.StateBeforeNID, string(e.JSON), e.Outlier, e.Rejected)
+		}
+		p.exec(func(err error) error {
+			if isUniqueViolation(err) {
+				return ErrExists
+			}
+			return fmt.Errorf("insert events: %w", err)
+		}, `INSERT INTO events (event_nid, room_nid, event_id, type, state_key, sender, depth, origin_server_ts,
+				stream_pos, state_before_nid, json, outlier, rejected)
+			VALUES `+valuesRows("?, ?, ?, ?, ?, ?, ?, ?, "+headPos+"?, ?, ?, ?, ?", 1, n), args...)
+	}
+}
+
+// RedactEvent is Queries.RedactEvent in a pipeline.
+func (p *Pipeline) RedactEvent(eventNID int64, redactedJSON []byte, redactedBy string) {
+	p.exec(errPipelineStmt("redact event"), `UPDATE events SET json = $1, redacted_by = $2 WHERE event_nid = $3`,
+		string(redactedJSON), redactedBy, eventNID)
+}
+
+// EventRelation is the relation an event declares (see RelationOf).
+type EventRelation struct {
+	EventNID, RoomNID int64
+	DeclaredRelation
+}
+
+// IndexRelations is Queries.IndexRelation for several events whose
+// relations are parsed already.
+func (p *Pipeline) IndexRelations(rels []EventRelation) {
+	for _, n := range chunkSizes(len(rels), 64) {
+		part := rels[:n]
+		rels = rels[n:]
+		args := make([]any, 0, 5*n)
+		for _, r := range part {
+			args = append(args, r.EventNID, r.RoomNID, r.RelatesTo, r.RelType, r.Key)
+		}
+		p.exec(errPipelineStmt("index relations"), `INSERT INTO event_relations (event_nid, room_nid, relates_to_id, rel_type, aggregation_key)
+			VALUES `+valuesRows("?, ?, ?, ?, ?", 1, n)+` ON CONFLICT (event_nid) DO NOTHING`, args...)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -63,56 +64,6 @@ func (t *Queries) UpdateRoom(ctx context.Context, r RoomInfo) error {
 		WHERE room_nid = $5`, r.SnapshotNID, string(ext), r.MaxDepth, r.LastStreamPos, r.NID))
 }
 
-// RoomUpdate is a room's new row, to be written only if the room's
-// last_stream_pos is still PrevStreamPos.
-type RoomUpdate struct {
-	Info          RoomInfo
-	PrevStreamPos int64
-}
-
-// UpdateRoomsFrom records the new current state, extremities, depth and
-// last stream position of each room in one statement, if every room's
-// last_stream_pos is still its PrevStreamPos, and returns ErrStale
-// otherwise: a writer's view of a room was out of date, and the caller
-// must roll back. The rows stay locked until the transaction ends, so a
-// concurrent writer of the same room waits and then finds it changed.
-func (t *Queries) UpdateRoomsFrom(ctx context.Context, rooms []RoomUpdate) error {
-	if len(rooms) == 0 {
-		return nil
-	}
-	// The CASTs give PostgreSQL types for the parameters of the CASEs,
-	// which it cannot infer.
-	var snap, ext, depth, pos strings.Builder
-	where := make([]string, len(rooms))
-	args := make([]any, 0, 6*len(rooms))
-	for i, r := range rooms {
-		e, err := json.Marshal(r.Info.Extremities)
-		if err != nil {
-			return err
-		}
-		n := 6*i + 1
-		fmt.Fprintf(&snap, " WHEN $%d THEN CAST($%d AS BIGINT)", n, n+1)
-		fmt.Fprintf(&ext, " WHEN $%d THEN CAST($%d AS TEXT)", n, n+2)
-		fmt.Fprintf(&depth, " WHEN $%d THEN CAST($%d AS BIGINT)", n, n+3)
-		fmt.Fprintf(&pos, " WHEN $%d THEN CAST($%d AS BIGINT)", n, n+4)
-		where[i] = fmt.Sprintf("(room_nid = $%d AND last_stream_pos = $%d)", n, n+5)
-		args = append(args, r.Info.NID, r.Info.SnapshotNID, string(e), r.Info.MaxDepth, r.Info.LastStreamPos, r.PrevStreamPos)
-	}
-	res, err := t.q.ExecContext(ctx, `UPDATE rooms SET state_snapshot_nid = CASE room_nid`+snap.String()+` END,
-		forward_extremities = CASE room_nid`+ext.String()+` END, max_depth = CASE room_nid`+depth.String()+` END,
-		last_stream_pos = CASE room_nid`+pos.String()+` END
-		WHERE `+strings.Join(where, " OR "), args...)
-	if err != nil {
-		return err
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return err
-	} else if n != int64(len(rooms)) {
-		return fmt.Errorf("%d of %d rooms: %w", int64(len(rooms))-n, len(rooms), ErrStale)
-	}
-	return nil
-}
-
 // AllocStreamPos takes the next position of a stream. The counter row is
 // locked until the transaction ends, so positions commit in order: a
 // reader that sees position N has seen every position below it.
@@ -145,65 +96,11 @@ func (t *Queries) StreamPos(ctx context.Context, stream string) (int64, error) {
 	return pos, noRows(err)
 }
 
-// RecordInput remembers the events an input made, for idempotent retries.
-func (t *Queries) RecordInput(ctx context.Context, inputID, roomID string, eventIDs []string) error {
-	ids, err := json.Marshal(eventIDs)
-	if err != nil {
-		return err
-	}
-	_, err = t.q.ExecContext(ctx, `INSERT INTO room_inputs (input_id, room_id, event_ids, created_ts) VALUES ($1, $2, $3, $4)`,
-		inputID, roomID, string(ids), nowMillis())
-	return err
-}
-
 // InputRecord is an input handled and the events it made.
 type InputRecord struct {
 	InputID  string
 	RoomID   string
 	EventIDs []string
-}
-
-// RecordInputs is RecordInput for several inputs in one statement, except
-// that an input already recorded is left as it is: it returns the ids of
-// those, for the caller to roll back.
-func (t *Queries) RecordInputs(ctx context.Context, inputs []InputRecord) (already []string, err error) {
-	if len(inputs) == 0 {
-		return nil, nil
-	}
-	now := nowMillis()
-	args := make([]any, 0, 4*len(inputs))
-	rows := make([]string, len(inputs))
-	for i, in := range inputs {
-		ids, err := json.Marshal(in.EventIDs)
-		if err != nil {
-			return nil, err
-		}
-		rows[i] = "(" + placeholders(4*i+1, 4) + ")"
-		args = append(args, in.InputID, in.RoomID, string(ids), now)
-	}
-	res, err := t.q.QueryContext(ctx, `INSERT INTO room_inputs (input_id, room_id, event_ids, created_ts) VALUES `+strings.Join(rows, ", ")+`
-		ON CONFLICT (input_id) DO NOTHING RETURNING input_id`, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer res.Close()
-	inserted := make(map[string]bool, len(inputs))
-	for res.Next() {
-		var id string
-		if err := res.Scan(&id); err != nil {
-			return nil, err
-		}
-		inserted[id] = true
-	}
-	if err := res.Err(); err != nil {
-		return nil, err
-	}
-	for _, in := range inputs {
-		if !inserted[in.InputID] {
-			already = append(already, in.InputID)
-		}
-	}
-	return already, nil
 }
 
 // InputResults returns the inputs among ids already handled, by input id.
@@ -245,14 +142,6 @@ func (t *Queries) InputResult(ctx context.Context, inputID string) (roomID strin
 	return roomID, eventIDs, json.Unmarshal([]byte(ids), &eventIDs)
 }
 
-// AddEventTransaction links a local event to the client transaction that
-// sent it.
-func (t *Queries) AddEventTransaction(ctx context.Context, eventNID int64, userID, deviceID, txnID string) error {
-	_, err := t.q.ExecContext(ctx, `INSERT INTO event_transactions (event_nid, user_id, device_id, txn_id) VALUES ($1, $2, $3, $4)`,
-		eventNID, userID, deviceID, txnID)
-	return err
-}
-
 // EventTransaction links a local event to the client transaction that
 // sent it.
 type EventTransaction struct {
@@ -260,25 +149,172 @@ type EventTransaction struct {
 	UserID, DeviceID, TxnID string
 }
 
-// AddEventTransactions is AddEventTransaction for several events in one
-// statement.
-func (t *Queries) AddEventTransactions(ctx context.Context, txns []EventTransaction) error {
-	if len(txns) == 0 {
-		return nil
-	}
-	args := make([]any, 0, 4*len(txns))
-	rows := make([]string, len(txns))
-	for i, x := range txns {
-		rows[i] = "(" + placeholders(4*i+1, 4) + ")"
-		args = append(args, x.EventNID, x.UserID, x.DeviceID, x.TxnID)
-	}
-	_, err := t.q.ExecContext(ctx, `INSERT INTO event_transactions (event_nid, user_id, device_id, txn_id) VALUES `+strings.Join(rows, ", "), args...)
-	return err
-}
-
 // EventTransaction returns the transaction behind an event, or ErrNotFound.
 func (t *Queries) EventTransaction(ctx context.Context, eventNID int64) (userID, deviceID, txnID string, err error) {
 	err = t.q.QueryRowContext(ctx, `SELECT user_id, device_id, txn_id FROM event_transactions WHERE event_nid = $1`, eventNID).
 		Scan(&userID, &deviceID, &txnID)
 	return userID, deviceID, txnID, noRows(err)
+}
+
+// ErrInputRecorded fails a pipeline that records an input already
+// recorded: the input was handled before (or is being handled by a
+// transaction that committed first).
+var ErrInputRecorded = errors.New("input already recorded")
+
+// headPos is the SQL of a position on the events stream counted back from
+// the last one the transaction allocated (see AllocEventPositions): a
+// pipeline cannot pass the allocated positions to the statements after
+// it, so they read them from the counter row, which they see as their own
+// transaction left it.
+const headPos = `(SELECT pos FROM stream_positions WHERE stream = '` + EventsStream + `') - `
+
+// RecordInputs records inputs as handled; if one was recorded before, the
+// pipeline fails with ErrInputRecorded.
+func (p *Pipeline) RecordInputs(inputs []InputRecord) error {
+	now := nowMillis()
+	for _, n := range chunkSizes(len(inputs), 64) {
+		part := inputs[:n]
+		inputs = inputs[n:]
+		args := make([]any, 0, 4*n)
+		for _, in := range part {
+			ids, err := json.Marshal(in.EventIDs)
+			if err != nil {
+				return err
+			}
+			args = append(args, in.InputID, in.RoomID, string(ids), now)
+		}
+		p.exec(func(err error) error {
+			if isUniqueViolation(err) {
+				return ErrInputRecorded
+			}
+			return fmt.Errorf("record inputs: %w", err)
+		}, `INSERT INTO room_inputs (input_id, room_id, event_ids, created_ts) VALUES `+valuesRows("?, ?, ?, ?", 1, n), args...)
+	}
+	return nil
+}
+
+// CreateRoom adds a room with a NID from RoomNIDs; the pipeline fails with
+// ErrExists when the room id is taken.
+func (p *Pipeline) CreateRoom(nid int64, roomID, version string) {
+	p.exec(func(err error) error {
+		if isUniqueViolation(err) {
+			return ErrExists
+		}
+		return fmt.Errorf("create room %s: %w", roomID, err)
+	}, `INSERT INTO rooms (room_nid, room_id, room_version) VALUES ($1, $2, $3)`, nid, roomID, version)
+}
+
+// AllocEventPositions takes the next n positions of the events stream and
+// sets *last to the last of them once the pipeline has run. It locks the
+// counter row until the transaction ends, so positions commit in order:
+// queue it after every statement that does not need positions, which
+// then run before the lock is taken.
+func (p *Pipeline) AllocEventPositions(n int, last *int64) {
+	p.queryRow([]any{last}, errPipelineStmt("allocate event positions"),
+		`UPDATE stream_positions SET pos = pos + $1 WHERE stream = '`+EventsStream+`' RETURNING pos`, n)
+}
+
+// AddEventTransactions links local events to the client transactions
+// that sent them (see Queries.EventTransaction).
+func (p *Pipeline) AddEventTransactions(txns []EventTransaction) {
+	for _, n := range chunkSizes(len(txns), 64) {
+		part := txns[:n]
+		txns = txns[n:]
+		args := make([]any, 0, 4*n)
+		for _, x := range part {
+			args = append(args, x.EventNID, x.UserID, x.DeviceID, x.TxnID)
+		}
+		p.exec(errPipelineStmt("event transactions"),
+			`INSERT INTO event_transactions (event_nid, user_id, device_id, txn_id) VALUES `+valuesRows("?, ?, ?, ?", 1, n), args...)
+	}
+}
+
+// MemberChange is a membership set by a membership event at a position
+// Back positions before the last one the transaction allocated.
+type MemberChange struct {
+	RoomNID    int64
+	UserID     string
+	Membership string
+	EventNID   int64
+	Back       int64
+}
+
+// SetMemberships records the users' new memberships; of several changes
+// of one user in one room, the last wins.
+func (p *Pipeline) SetMemberships(changes []MemberChange) {
+	type key struct {
+		room int64
+		user string
+	}
+	last := make(map[key]int, len(changes))
+	for i, c := range changes {
+		last[key{c.RoomNID, c.UserID}] = i
+	}
+	rows := make([]MemberChange, 0, len(last))
+	for i, c := range changes {
+		if last[key{c.RoomNID, c.UserID}] == i {
+			rows = append(rows, c)
+		}
+	}
+	for _, n := range chunkSizes(len(rows), 64) {
+		part := rows[:n]
+		rows = rows[n:]
+		args := make([]any, 0, 5*n)
+		for _, c := range part {
+			args = append(args, c.RoomNID, c.UserID, c.Membership, c.EventNID, c.Back)
+		}
+		p.exec(errPipelineStmt("memberships"),
+			`INSERT INTO room_members (room_nid, user_id, membership, event_nid, stream_pos) VALUES `+valuesRows("?, ?, ?, ?, "+headPos+"?", 1, n)+`
+			ON CONFLICT (room_nid, user_id) DO UPDATE SET membership = excluded.membership, event_nid = excluded.event_nid,
+				stream_pos = excluded.stream_pos, forgotten = FALSE`, args...)
+	}
+}
+
+// RoomMove is a room's new row: Info without its LastStreamPos, which is
+// Back positions before the last one the transaction allocated, written
+// only if the room's last_stream_pos is still PrevStreamPos.
+type RoomMove struct {
+	Info          RoomInfo
+	PrevStreamPos int64
+	Back          int64
+}
+
+// UpdateRooms records the rooms' new current state, extremities, depth
+// and last stream position. A room moved by another writer since its
+// PrevStreamPos fails the pipeline with ErrStale: its last_stream_pos
+// would be set to NULL, which the column refuses, so the check rolls the
+// transaction back without a round trip to the caller.
+func (p *Pipeline) UpdateRooms(rooms []RoomMove) error {
+	for _, n := range chunkSizes(len(rooms), 64) {
+		part := rooms[:n]
+		rooms = rooms[n:]
+		// The CASTs give PostgreSQL types for the parameters of the
+		// CASEs, which it cannot infer.
+		var snap, ext, depth, pos strings.Builder
+		in := make([]string, n)
+		args := make([]any, 0, 6*n)
+		for i, r := range part {
+			e, err := json.Marshal(r.Info.Extremities)
+			if err != nil {
+				return err
+			}
+			k := 6*i + 1
+			fmt.Fprintf(&snap, " WHEN $%d THEN CAST($%d AS BIGINT)", k, k+1)
+			fmt.Fprintf(&ext, " WHEN $%d THEN CAST($%d AS TEXT)", k, k+2)
+			fmt.Fprintf(&depth, " WHEN $%d THEN CAST($%d AS BIGINT)", k, k+3)
+			fmt.Fprintf(&pos, " WHEN $%d THEN CASE WHEN last_stream_pos = $%d THEN %s$%d END", k, k+4, headPos, k+5)
+			in[i] = "$" + strconv.Itoa(k)
+			args = append(args, r.Info.NID, r.Info.SnapshotNID, string(e), r.Info.MaxDepth, r.PrevStreamPos, r.Back)
+		}
+		p.exec(func(err error) error {
+			if isNotNullViolation(err) {
+				return fmt.Errorf("update rooms: %w", ErrStale)
+			}
+			return fmt.Errorf("update rooms: %w", err)
+		}, `UPDATE rooms SET state_snapshot_nid = CASE room_nid`+snap.String()+` END,
+			forward_extremities = CASE room_nid`+ext.String()+` END, max_depth = CASE room_nid`+depth.String()+` END,
+			last_stream_pos = CASE room_nid`+pos.String()+` END
+			WHERE room_nid IN (`+strings.Join(in, ", ")+`)`, args...)
+	}
+	return nil
 }

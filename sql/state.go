@@ -103,14 +103,6 @@ func (t *Queries) snapshot(ctx context.Context, nid int64, query string, args ..
 	return state, rows.Err()
 }
 
-// SetCurrentState records the event that now holds a piece of a room's
-// current state.
-func (t *Queries) SetCurrentState(ctx context.Context, roomNID int64, k StateKey, eventNID int64) error {
-	_, err := t.q.ExecContext(ctx, `INSERT INTO current_state (room_nid, type, state_key, event_nid) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (room_nid, type, state_key) DO UPDATE SET event_nid = excluded.event_nid`, roomNID, k.Type, k.StateKey, eventNID)
-	return err
-}
-
 // CurrentState returns a room's current state.
 func (t *Queries) CurrentState(ctx context.Context, roomNID int64) (StateMap, error) {
 	rows, err := t.q.QueryContext(ctx, `SELECT type, state_key, event_nid FROM current_state WHERE room_nid = $1`, roomNID)
@@ -143,4 +135,86 @@ func (t *Queries) CurrentStateEvent(ctx context.Context, roomID string, k StateK
 func (t *Queries) CurrentStateEvents(ctx context.Context, roomID string) ([]Event, error) {
 	return t.queryEvents(ctx, `SELECT `+eventColumns+eventFrom+`
 		JOIN current_state c ON c.event_nid = e.event_nid WHERE r.room_id = $1`, roomID)
+}
+
+// Snapshot is a state snapshot a pipeline adds: NID from SnapshotNIDs,
+// made of Base plus Entries (Base 0 with all entries makes a full one).
+type Snapshot struct {
+	NID, RoomNID, Base int64
+	ChainLength        int
+	Entries            StateMap
+}
+
+// AddSnapshots is Queries.AddSnapshot for several snapshots.
+func (p *Pipeline) AddSnapshots(snaps []Snapshot) {
+	rest := snaps
+	for _, n := range chunkSizes(len(rest), 64) {
+		part := rest[:n]
+		rest = rest[n:]
+		args := make([]any, 0, 4*n)
+		for _, s := range part {
+			args = append(args, s.NID, s.RoomNID, s.Base, s.ChainLength)
+		}
+		p.exec(errPipelineStmt("state snapshots"),
+			`INSERT INTO state_snapshots (snapshot_nid, room_nid, base_nid, chain_length) VALUES `+valuesRows("?, ?, ?, ?", 1, n), args...)
+	}
+	type entry struct {
+		snap int64
+		k    StateKey
+		ev   int64
+	}
+	var entries []entry
+	for _, s := range snaps {
+		for k, ev := range s.Entries {
+			entries = append(entries, entry{s.NID, k, ev})
+		}
+	}
+	// Full snapshots of big rooms have thousands of entries.
+	for _, n := range chunkSizes(len(entries), 256) {
+		part := entries[:n]
+		entries = entries[n:]
+		args := make([]any, 0, 4*n)
+		for _, e := range part {
+			args = append(args, e.snap, e.k.Type, e.k.StateKey, e.ev)
+		}
+		p.exec(errPipelineStmt("state snapshot entries"),
+			`INSERT INTO state_snapshot_entries (snapshot_nid, type, state_key, event_nid) VALUES `+valuesRows("?, ?, ?, ?", 1, n), args...)
+	}
+}
+
+// StateChange is an event that now holds a piece of a room's current
+// state.
+type StateChange struct {
+	RoomNID  int64
+	Key      StateKey
+	EventNID int64
+}
+
+// SetCurrentState records the events that now hold pieces of rooms'
+// current state; of several changes of one piece, the last wins.
+func (p *Pipeline) SetCurrentState(changes []StateChange) {
+	type key struct {
+		room int64
+		k    StateKey
+	}
+	last := make(map[key]int, len(changes))
+	for i, c := range changes {
+		last[key{c.RoomNID, c.Key}] = i
+	}
+	rows := make([]StateChange, 0, len(last))
+	for i, c := range changes {
+		if last[key{c.RoomNID, c.Key}] == i {
+			rows = append(rows, c)
+		}
+	}
+	for _, n := range chunkSizes(len(rows), 64) {
+		part := rows[:n]
+		rows = rows[n:]
+		args := make([]any, 0, 4*n)
+		for _, c := range part {
+			args = append(args, c.RoomNID, c.Key.Type, c.Key.StateKey, c.EventNID)
+		}
+		p.exec(errPipelineStmt("current state"), `INSERT INTO current_state (room_nid, type, state_key, event_nid) VALUES `+valuesRows("?, ?, ?, ?", 1, n)+`
+			ON CONFLICT (room_nid, type, state_key) DO UPDATE SET event_nid = excluded.event_nid`, args...)
+	}
 }

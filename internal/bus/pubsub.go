@@ -327,46 +327,15 @@ func stopIterator(it jetstream.MessagesContext) {
 // returns the messages of a batch that failed because consuming is
 // stopping, for the caller to hand back.
 func handleBatch[T any](ctx context.Context, log *slog.Logger, batch []jetstream.Msg, handle func(context.Context, []T) error, nakDelay time.Duration) []jetstream.Msg {
-	vals := make([]T, 0, len(batch))
-	msgs := batch[:0]
-	for _, msg := range batch {
-		var v T
-		if err := json.Unmarshal(msg.Data(), &v); err != nil {
-			log.Error("dropping undecodable message", "subject", msg.Subject(), "err", err)
-			_ = msg.Term()
-			continue
-		}
-		vals, msgs = append(vals, v), append(msgs, msg)
-	}
+	vals, msgs := decodeBatch[T](log, batch)
 	if len(msgs) == 0 {
 		return nil
 	}
-	if err := handle(ctx, vals); err != nil {
-		if ctx.Err() != nil {
-			return msgs
-		}
-		log.Warn("batch handler failed, will redeliver", "messages", len(msgs), "err", err)
-		for _, msg := range msgs {
-			if err := msg.NakWithDelay(nakDelay); err != nil {
-				log.Warn("nak failed", "err", err)
-			}
-		}
-		return nil
+	err := handle(ctx, vals)
+	if err != nil && ctx.Err() != nil {
+		return msgs
 	}
-	// The acks travel in order on one connection and the server handles
-	// them in order, so the confirmed ack of the last message confirms the
-	// ones before it: one round trip per batch.
-	last := len(msgs) - 1
-	for _, msg := range msgs[:last] {
-		if err := msg.Ack(); err != nil {
-			log.Warn("ack failed, message may be redelivered", "subject", msg.Subject(), "err", err)
-		}
-	}
-	ackCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ackTimeout)
-	defer cancel()
-	if err := msgs[last].DoubleAck(ackCtx); err != nil {
-		log.Warn("ack failed, message may be redelivered", "subject", msgs[last].Subject(), "err", err)
-	}
+	finishBatch(ctx, log, msgs, err, nakDelay)
 	return nil
 }
 
