@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -17,7 +18,29 @@ import (
 // and commits them all in one transaction: a room exists completely or not
 // at all.
 func (rs *Roomserver) createRoom(ctx context.Context, inputID string, cr *CreateRoom) (InputResponse, error) {
-	rc, err := rs.buildRoom(ctx, cr)
+	for attempt := 0; ; attempt++ {
+		// Room version 12 derives the room id from the create event: the
+		// same creator creating rooms with the same content in the same
+		// millisecond makes one id. A later timestamp makes another.
+		resp, err := rs.createRoomOnce(ctx, inputID, cr, rs.now().Add(time.Duration(attempt)*time.Millisecond))
+		var me *mxhttp.Error
+		if attempt < 8 && errors.As(err, &me) && me.Code == "M_ROOM_IN_USE" && domainless(cr.RoomVersion) {
+			continue
+		}
+		return resp, err
+	}
+}
+
+// domainless reports whether a room version derives room ids from the
+// create event (room version 12 on).
+func domainless(version string) bool {
+	v, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+	return err == nil && v.DomainlessRoomIDs()
+}
+
+// createRoomOnce is one attempt of createRoom.
+func (rs *Roomserver) createRoomOnce(ctx context.Context, inputID string, cr *CreateRoom, now time.Time) (InputResponse, error) {
+	rc, err := rs.buildRoom(ctx, cr, now)
 	if err != nil {
 		return rs.unlessDone(ctx, inputID, err)
 	}
@@ -43,8 +66,9 @@ func (rs *Roomserver) createRoom(ctx context.Context, inputID string, cr *Create
 	return InputResponse{RoomID: roomID, EventIDs: ids}, nil
 }
 
-// buildRoom builds a new room's initial events, ready to commit.
-func (rs *Roomserver) buildRoom(ctx context.Context, cr *CreateRoom) (*roomCommit, error) {
+// buildRoom builds a new room's initial events, ready to commit, all
+// stamped now.
+func (rs *Roomserver) buildRoom(ctx context.Context, cr *CreateRoom, now time.Time) (*roomCommit, error) {
 	verImpl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(cr.RoomVersion))
 	if err != nil {
 		return nil, mxhttp.Errorf(400, "M_UNSUPPORTED_ROOM_VERSION", "Unsupported room version %q", cr.RoomVersion)
@@ -63,7 +87,7 @@ func (rs *Roomserver) buildRoom(ctx context.Context, cr *CreateRoom) (*roomCommi
 	var prev []string
 	for i := range cr.Events {
 		ne := &cr.Events[i]
-		ev, err := rs.buildEvent(ctx, verImpl, roomID, prev, int64(i+1), lookup, ne)
+		ev, err := rs.buildEvent(ctx, verImpl, roomID, prev, int64(i+1), lookup, ne, now)
 		if err != nil {
 			return nil, err
 		}

@@ -221,11 +221,11 @@ func TestGroupCommitIsolatesFailures(t *testing.T) {
 			{Sender: pAlice, Type: "m.room.create", StateKey: ptr(""), Content: js(map[string]any{"creator": pAlice, "room_version": "10"})},
 			{Sender: pAlice, Type: "m.room.member", StateKey: ptr(pAlice), Content: js(map[string]any{"membership": "join"})},
 		}}
-		good, err := rs.buildRoom(ctx, create)
+		good, err := rs.buildRoom(ctx, create, rs.now())
 		if err != nil {
 			t.Fatal(err)
 		}
-		clash, err := rs.buildRoom(ctx, create)
+		clash, err := rs.buildRoom(ctx, create, rs.now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -469,4 +469,34 @@ func TestOutputsInOrder(t *testing.T) {
 		}
 		stopOut()
 	}
+}
+
+// TestIdenticalCreatesInOneMillisecond: room version 12 derives the room
+// id from the create event, so the same creator creating two rooms with
+// the same content at the same instant would make one id; each request
+// still gets a room of its own (the clock is frozen here).
+func TestIdenticalCreatesInOneMillisecond(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		rs := newPipeline(t, db)
+		frozen := time.UnixMilli(1_800_000_000_000)
+		rs.now = func() time.Time { return frozen }
+		create := func(id string) string {
+			t.Helper()
+			resp, err := rs.HandleInput(context.Background(), InputRequest{InputID: id, CreateRoom: &CreateRoom{RoomVersion: "12", Events: []NewEvent{
+				{Sender: pAlice, Type: "m.room.create", StateKey: ptr(""), Content: js(map[string]any{"room_version": "12"})},
+				{Sender: pAlice, Type: "m.room.member", StateKey: ptr(pAlice), Content: js(map[string]any{"membership": "join"})},
+			}}})
+			if err != nil {
+				t.Fatalf("create %s: %v", id, err)
+			}
+			return resp.RoomID
+		}
+		a, b := create("first"), create("second")
+		if a == b {
+			t.Fatalf("two creates made one room %s", a)
+		}
+		if again := create("first"); again != a {
+			t.Fatalf("a retried input made room %s, first time %s", again, a)
+		}
+	})
 }

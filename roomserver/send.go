@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -162,7 +163,7 @@ func (rs *Roomserver) buildInto(ctx context.Context, w *roomWork, inputID string
 		evs, err := rs.pdus(ctx, &rs.db.Queries, []int64{nid})
 		return evs[nid], err
 	}
-	ev, err := rs.buildEvent(ctx, verImpl, roomID, slices.Clone(prev), w.tip.MaxDepth+1, lookup, ne)
+	ev, err := rs.buildEvent(ctx, verImpl, roomID, slices.Clone(prev), w.tip.MaxDepth+1, lookup, ne, rs.now())
 	if err != nil {
 		return "", err
 	}
@@ -184,7 +185,7 @@ type stateLookup func(context.Context, sql.StateKey) (gomatrixserverlib.PDU, err
 // buildEvent builds and signs an event on the given prev events and
 // checks it against the auth rules with the state that lookup sees.
 func (rs *Roomserver) buildEvent(ctx context.Context, verImpl gomatrixserverlib.IRoomVersion, roomID string, prev []string, depth int64,
-	lookup stateLookup, ne *NewEvent) (gomatrixserverlib.PDU, error) {
+	lookup stateLookup, ne *NewEvent, now time.Time) (gomatrixserverlib.PDU, error) {
 	if len(ne.Content) == 0 {
 		ne.Content = json.RawMessage("{}")
 	}
@@ -224,7 +225,6 @@ func (rs *Roomserver) buildEvent(ctx context.Context, verImpl gomatrixserverlib.
 	if err := builder.AddAuthEvents(provider); err != nil {
 		return nil, mxhttp.BadJSON("Cannot build event: %v", err)
 	}
-	now := rs.now()
 	ev, fast, err := buildFast(builder, verImpl, now, rs.serverName, rs.key.ID, rs.key.Private)
 	if !fast {
 		ev, err = builder.Build(now, rs.serverName, rs.key.ID, rs.key.Private)
