@@ -10,10 +10,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// ConsumeAsync is ConsumeBatch for handlers that finish messages later
-// than they receive them and in any order, so that a message whose work
-// waits (on a database commit, say) does not hold up the messages behind
-// it. handle is called on the consumer's goroutine with each batch as it
+// ConsumeAsync is Consume for handlers that do better with several
+// messages at once (one database transaction for many inputs) and that
+// finish them later than they receive them and in any order, so that a
+// message whose work waits (on a database commit, say) does not hold up
+// the messages behind it. handle is called on the consumer's goroutine with each batch as it
 // forms (the first message waiting and every one already arrived, at most
 // maxBatch) and must return without waiting for the work: it calls
 // finish once for the batch when the work is done, nil to ack the batch,
@@ -23,13 +24,13 @@ import (
 // back after the AckWait, as a crash would, which the handler must bear
 // anyway.
 //
-// Up to MaxAckPending messages (default maxBatch, capped as with
-// ConsumeBatch) are unfinished at a time: the server hands out no more
+// Up to MaxAckPending messages (default maxBatch; maxBatch is capped at
+// the client-side prefetch limit) are unfinished at a time: the server hands out no more
 // until some are acked. Order is the handler's business: messages are
 // handed over in delivery order, but a NAKed one comes back after later
 // ones. Stopping waits for every batch handed over to be finished; those
 // finished with an error while stopping, and those not handed over yet,
-// are handed back. Everything else is as with ConsumeBatch.
+// are handed back. Everything else is as with Consume.
 func ConsumeAsync[T any](ctx context.Context, b *Bus, stream, durable, subject string, maxBatch int,
 	handle func(ctx context.Context, vals []T, finish func(error)), opts ...ConsumeOption) (stop func(), err error) {
 	maxBatch = min(max(maxBatch, 1), maxPrefetch)
@@ -71,7 +72,9 @@ func ConsumeAsync[T any](ctx context.Context, b *Bus, stream, durable, subject s
 	}()
 
 	// Batches handed over and not finished yet, and the messages to hand
-	// back once the iterator no longer listens (see ConsumeBatch).
+	// back (NAK) once the iterator no longer listens: the server
+	// redelivers a NAKed message at once, to any pull request still
+	// waiting, and one of ours would take it with it.
 	var (
 		inFlight sync.WaitGroup
 		mu       sync.Mutex

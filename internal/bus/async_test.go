@@ -161,3 +161,117 @@ func TestConsumeAsyncStop(t *testing.T) {
 		}
 	}
 }
+
+// waitEmpty waits until the work queue has no message left: every one was
+// acked.
+func waitEmpty(t *testing.T, b *Bus, stream string) {
+	t.Helper()
+	s, err := b.JetStream().Stream(t.Context(), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		info, err := s.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still holds %d messages", stream, info.State.Msgs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// With MemoryState, a consumer that dies with messages taken but not acked
+// finds them again when it is back, and not the ones it acked; a durable
+// that kept its state on disk before is taken over.
+func TestConsumeAsyncMemoryStateAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	subj := RoomInputSubject("!memstate:example.org", 4)
+	b := openTest(t, Config{StoreDir: dir})
+	// A durable from before MemoryState, with its state on disk.
+	stopOld, err := ConsumeAsync(t.Context(), b, StreamRoomInput, "memstate", subj, 4, func(_ context.Context, _ []testEvent, finish func(error)) { finish(nil) })
+	if err != nil {
+		t.Fatalf("ConsumeAsync: %v", err)
+	}
+	stopOld()
+	publish := func(from, to int) {
+		for i := from; i <= to; i++ {
+			if err := Publish(t.Context(), b, subj, testEvent{N: i}); err != nil {
+				t.Fatalf("Publish: %v", err)
+			}
+		}
+	}
+	publish(1, 2)
+	acked := make(chan int, 10)
+	_, err = ConsumeAsync(t.Context(), b, StreamRoomInput, "memstate", subj, 2, func(_ context.Context, evs []testEvent, finish func(error)) {
+		if evs[0].N >= 3 {
+			return // dies with these taken: never finished
+		}
+		for _, ev := range evs {
+			acked <- ev.N
+		}
+		finish(nil)
+	}, MemoryState())
+	if err != nil {
+		t.Fatalf("ConsumeAsync with MemoryState over a durable with disk state: %v", err)
+	}
+	var got []int
+	for len(got) < 2 {
+		got = append(got, recv(t, acked))
+	}
+	publish(3, 6)
+	waitAcked := time.Now().Add(5 * time.Second)
+	for {
+		s, err := b.JetStream().Stream(t.Context(), StreamRoomInput)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 4 {
+			break
+		}
+		if time.Now().After(waitAcked) {
+			t.Fatalf("%d messages left, want 4", info.State.Msgs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The process dies: the bus goes without the consumer acking.
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	b = openTest(t, Config{StoreDir: dir})
+	again := make(chan int, 10)
+	stop, err := ConsumeAsync(t.Context(), b, StreamRoomInput, "memstate", subj, 8, func(_ context.Context, evs []testEvent, finish func(error)) {
+		for _, ev := range evs {
+			again <- ev.N
+		}
+		finish(nil)
+	}, MemoryState())
+	if err != nil {
+		t.Fatalf("ConsumeAsync after restart: %v", err)
+	}
+	defer stop()
+	var after []int
+	deadline := time.After(10 * time.Second)
+	for len(after) < 4 {
+		select {
+		case n := <-again:
+			after = append(after, n)
+		case <-deadline:
+			t.Fatalf("after restart got %v, want 3 4 5 6", after)
+		}
+	}
+	if !slices.Equal(after, []int{3, 4, 5, 6}) {
+		t.Fatalf("after restart got %v, want 3 4 5 6", after)
+	}
+	none(t, again)
+}

@@ -212,101 +212,6 @@ func next(ctx context.Context, log *slog.Logger, it jetstream.MessagesContext) (
 	}
 }
 
-// ConsumeBatch is Consume for handlers that do better with several
-// messages at once, such as one database transaction for many inputs.
-// handle gets the messages in delivery order, at most maxBatch at a time:
-// the first one waiting plus every one that has already arrived, so a lone
-// message is handled at once and batches only grow with the load. When
-// handle returns nil the whole batch is acked, when it returns an error
-// the whole batch is NAKed and redelivered. Everything else is as with
-// Consume.
-//
-// MaxAckPending defaults to maxBatch, since a batch can only be as large
-// as what the server hands out before acks (Ordered would make every batch
-// one message); maxBatch is capped at the client-side prefetch limit.
-func ConsumeBatch[T any](ctx context.Context, b *Bus, stream, durable, subject string, maxBatch int, handle func(context.Context, []T) error, opts ...ConsumeOption) (stop func(), err error) {
-	maxBatch = min(max(maxBatch, 1), maxPrefetch)
-	cfg := consumeConfig{
-		maxAckPending: maxBatch,
-		ackWait:       defaultAckWait,
-		nakDelay:      defaultNakDelay,
-	}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	it, err := messages(ctx, b, stream, durable, subject, cfg)
-	if err != nil {
-		return nil, err
-	}
-
-	log := b.log.With("stream", stream, "durable", durable)
-	ctx, cancel := context.WithCancel(ctx)
-	// The reader moves messages from the iterator into arrived, where the
-	// handler can see without blocking what is already there.
-	arrived := make(chan jetstream.Msg, maxBatch)
-	readerDone := make(chan struct{})
-	go func() {
-		defer close(readerDone)
-		defer close(arrived)
-		for {
-			msg, ok := next(ctx, log, it)
-			if !ok {
-				break
-			}
-			arrived <- msg // never blocks for long: at most maxBatch are unacked
-		}
-		// Stopping: what the iterator holds already goes to the handler,
-		// to be handed back, rather than be dropped and wait for AckWait.
-		it.Drain()
-		for {
-			msg, err := it.Next(jetstream.NextMaxWait(time.Second))
-			if err != nil {
-				return
-			}
-			arrived <- msg
-		}
-	}()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// Messages taken but not handled when consuming stops. They are
-		// handed back (NAKed) only once the iterator no longer listens:
-		// the server redelivers a NAKed message at once, to any pull
-		// request still waiting, and one of ours would take it with it.
-		var handBack []jetstream.Msg
-		for first := range arrived {
-			batch := []jetstream.Msg{first}
-		more:
-			for len(batch) < maxBatch {
-				select {
-				case m, ok := <-arrived:
-					if !ok {
-						break more
-					}
-					batch = append(batch, m)
-				default:
-					break more
-				}
-			}
-			if ctx.Err() != nil {
-				handBack = append(handBack, batch...)
-				continue
-			}
-			handBack = append(handBack, handleBatch(ctx, log, batch, handle, cfg.nakDelay)...)
-		}
-		<-readerDone
-		stopIterator(it)
-		for _, m := range handBack {
-			_ = m.Nak()
-		}
-	}()
-
-	return func() {
-		cancel()
-		<-done
-	}, nil
-}
-
 // stopIterator stops it and waits, briefly, until it has unsubscribed.
 func stopIterator(it jetstream.MessagesContext) {
 	it.Stop()
@@ -321,22 +226,6 @@ func stopIterator(it jetstream.MessagesContext) {
 		default:
 		}
 	}
-}
-
-// handleBatch decodes, handles and acks or NAKs a batch of messages. It
-// returns the messages of a batch that failed because consuming is
-// stopping, for the caller to hand back.
-func handleBatch[T any](ctx context.Context, log *slog.Logger, batch []jetstream.Msg, handle func(context.Context, []T) error, nakDelay time.Duration) []jetstream.Msg {
-	vals, msgs := decodeBatch[T](log, batch)
-	if len(msgs) == 0 {
-		return nil
-	}
-	err := handle(ctx, vals)
-	if err != nil && ctx.Err() != nil {
-		return msgs
-	}
-	finishBatch(ctx, log, msgs, err, nakDelay)
-	return nil
 }
 
 // handleMsg decodes, handles and acks or NAKs one message.
