@@ -287,3 +287,19 @@ func isNotNullViolation(err error) bool {
 func errPipelineStmt(what string) func(error) error {
 	return func(err error) error { return fmt.Errorf("%s: %w", what, err) }
 }
+
+// lastOfEach keeps, of the elements of xs with the same key, the last,
+// in the order of xs.
+func lastOfEach[T any, K comparable](xs []T, key func(T) K) []T {
+	last := make(map[K]int, len(xs))
+	for i, x := range xs {
+		last[key(x)] = i
+	}
+	out := make([]T, 0, len(last))
+	for i, x := range xs {
+		if last[key(x)] == i {
+			out = append(out, x)
+		}
+	}
+	return out
+}

@@ -246,16 +246,7 @@ func (p *Pipeline) SetMemberships(changes []MemberChange) {
 		room int64
 		user string
 	}
-	last := make(map[key]int, len(changes))
-	for i, c := range changes {
-		last[key{c.RoomNID, c.UserID}] = i
-	}
-	rows := make([]MemberChange, 0, len(last))
-	for i, c := range changes {
-		if last[key{c.RoomNID, c.UserID}] == i {
-			rows = append(rows, c)
-		}
-	}
+	rows := lastOfEach(changes, func(c MemberChange) key { return key{c.RoomNID, c.UserID} })
 	for _, n := range chunkSizes(len(rows), 64) {
 		part := rows[:n]
 		rows = rows[n:]

@@ -197,16 +197,7 @@ func (p *Pipeline) SetCurrentState(changes []StateChange) {
 		room int64
 		k    StateKey
 	}
-	last := make(map[key]int, len(changes))
-	for i, c := range changes {
-		last[key{c.RoomNID, c.Key}] = i
-	}
-	rows := make([]StateChange, 0, len(last))
-	for i, c := range changes {
-		if last[key{c.RoomNID, c.Key}] == i {
-			rows = append(rows, c)
-		}
-	}
+	rows := lastOfEach(changes, func(c StateChange) key { return key{c.RoomNID, c.Key} })
 	for _, n := range chunkSizes(len(rows), 64) {
 		part := rows[:n]
 		rows = rows[n:]
