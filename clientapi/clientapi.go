@@ -12,6 +12,7 @@ import (
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/internal/ratelimit"
 	"github.com/weft-chat/weft/internal/wake"
+	"github.com/weft-chat/weft/presence"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/userapi"
 )
@@ -34,6 +35,10 @@ type API struct {
 	// typing holds this process's typing expiry timers (typing.go).
 	typing typingTimers
 
+	// presence reads and writes users' presence. It keeps nothing in
+	// memory: the sync API's shares everything through the database.
+	presence *presence.Service
+
 	// remoteToDevice queues to-device messages for other servers
 	// (todevice.go); nil: they are dropped.
 	remoteToDevice RemoteToDevice
@@ -54,6 +59,7 @@ func New(cfg config.Config, users *userapi.Service, db *sql.DB, rooms Rooms, log
 	for _, o := range opts {
 		o(a)
 	}
+	a.presence = presence.New(db, a.wake, log)
 	if rl := cfg.RateLimits; rl.Enabled {
 		a.loginLimit = ratelimit.New(rl.Login.Rate, rl.Login.Burst)
 		a.registerLimit = ratelimit.New(rl.Registration.Rate, rl.Registration.Burst)

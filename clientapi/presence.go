@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"slices"
@@ -17,16 +18,27 @@ import (
 var presenceStates = []string{presence.Online, presence.Unavailable, presence.Offline}
 
 func (a *API) presenceRoutes(r *mux.Router) {
-	// A Service keeps nothing in memory, so this one and the sync API's
-	// share everything through the database. Guests may use both routes
-	// (spec: Guest access).
-	p := presence.New(a.db, a.wake, a.log)
+	// Guests may use both routes (spec: Guest access).
+	p := a.presence
 	handle(r, "/presence/{userId}/status", a.authedJSON(func(r *http.Request, dev *userapi.Device) (any, error) {
 		return a.getPresence(r, dev, p)
 	}), http.MethodGet)
 	handle(r, "/presence/{userId}/status", a.authedJSON(func(r *http.Request, dev *userapi.Device) (any, error) {
 		return a.setPresence(r, dev, p)
 	}), http.MethodPut)
+}
+
+// active records that the user did something (sent an event, started
+// typing): their last_active_ago restarts and unavailable turns online
+// (spec: Presence, "Last active ago"; Synapse bumps it on the same
+// actions). Best effort: the action itself has succeeded already.
+func (a *API) active(ctx context.Context, userID string) {
+	if !a.cfg.Presence.Enabled {
+		return
+	}
+	if err := a.presence.Active(ctx, userID); err != nil && ctx.Err() == nil {
+		a.log.Warn("record presence activity", "user_id", userID, "err", err)
+	}
 }
 
 // getPresence is GET /presence/{userId}/status: the user's presence, for

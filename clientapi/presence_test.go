@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 
@@ -174,4 +175,43 @@ func TestPresenceDisabled(t *testing.T) {
 			s.call(t, "PUT", presencePath(alice.UserID), alice.Token, `{"presence":"away"}`).expectError(t, 400, "M_INVALID_PARAM")
 		})
 	}
+}
+
+// TestPresenceActivity: sending an event or starting to type is activity
+// (spec: Presence, "Last active ago"): an unavailable user turns online
+// and currently active.
+func TestPresenceActivity(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, s *testServer) {
+		ctx := context.Background()
+		alice := s.newUser(t, "alice")
+		room, err := alice.Client.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		read := func() presenceBody {
+			var got presenceBody
+			s.call(t, "GET", presencePath(alice.UserID), alice.Token, nil).expect(t, 200).JSON(t, &got)
+			return got
+		}
+		// Online first: a user who never synced nor acted is offline.
+		s.call(t, "PUT", presencePath(alice.UserID), alice.Token, `{"presence":"online"}`).expect(t, 200)
+		s.call(t, "PUT", presencePath(alice.UserID), alice.Token, `{"presence":"unavailable"}`).expect(t, 200)
+		if got := read(); got.Presence != "unavailable" {
+			t.Fatalf("after PUT unavailable: %+v", got)
+		}
+		if _, err := alice.Client.SendText(ctx, room.RoomID, "back"); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(); got.Presence != "online" || got.CurrentlyActive == nil || !*got.CurrentlyActive {
+			t.Fatalf("after sending a message: %+v", got)
+		}
+
+		s.call(t, "PUT", presencePath(alice.UserID), alice.Token, `{"presence":"unavailable"}`).expect(t, 200)
+		if _, err := alice.Client.UserTyping(ctx, room.RoomID, true, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(); got.Presence != "online" {
+			t.Fatalf("after starting to type: %+v", got)
+		}
+	})
 }

@@ -318,6 +318,7 @@ func (a *API) input(ctx context.Context, inputID, roomID string, ne *roomserver.
 	if len(resp.EventIDs) != 1 {
 		return nil, mxhttp.Internal(errors.New("room input made no event"))
 	}
+	a.active(ctx, ne.Sender)
 	return eventIDResponse{resp.EventIDs[0]}, nil
 }
 

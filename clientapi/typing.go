@@ -91,6 +91,7 @@ func (a *API) setTyping(r *http.Request, dev *userapi.Device) (any, error) {
 			return nil, err
 		}
 		a.typing.schedule(a, key, timeout, expires)
+		a.active(ctx, dev.UserID)
 	} else {
 		a.typing.cancel(key)
 		if changed, err = a.db.StopTyping(ctx, roomNID, dev.UserID); err != nil {
