@@ -9,6 +9,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/weft-chat/weft/config"
+	"github.com/weft-chat/weft/e2ee"
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/internal/ratelimit"
 	"github.com/weft-chat/weft/internal/wake"
@@ -42,6 +43,10 @@ type API struct {
 	// remoteToDevice queues to-device messages for other servers
 	// (todevice.go); nil: they are dropped.
 	remoteToDevice RemoteToDevice
+
+	// remoteKeys fetches other servers' users' keys (keys.go); nil: they
+	// are listed in the failures of /keys/query and /keys/claim.
+	remoteKeys e2ee.RemoteKeys
 }
 
 // Option tunes the client API at construction.

@@ -3,6 +3,7 @@ package clientapi
 import (
 	"encoding/json"
 	"net/http"
+	"time"
 
 	"github.com/gorilla/mux"
 
@@ -14,13 +15,19 @@ import (
 // keyRoutes registers the end-to-end encryption endpoints (GET
 // /keys/changes: KeyChangesRoute).
 func (a *API) keyRoutes(r *mux.Router) {
-	k := &keyHandlers{API: a, keys: e2ee.New(a.db, a.users.ServerName(), e2ee.WithWake(a.wake))}
+	k := &keyHandlers{API: a, keys: e2ee.New(a.db, a.users.ServerName(), e2ee.WithWake(a.wake), e2ee.WithRemoteKeys(a.remoteKeys))}
 	handle(r, "/keys/upload", a.authedJSON(k.upload), http.MethodPost)
 	handle(r, "/keys/query", a.authedJSON(k.query), http.MethodPost)
 	handle(r, "/keys/claim", a.authedJSON(k.claim), http.MethodPost)
 	handle(r, "/keys/device_signing/upload", a.authedJSON(k.uploadCrossSigning), http.MethodPost)
 	handle(r, "/keys/signatures/upload", a.authedJSON(k.uploadSignatures), http.MethodPost)
 	k.backupRoutes(r)
+}
+
+// WithRemoteKeys makes /keys/query and /keys/claim ask other servers
+// about their users through r.
+func WithRemoteKeys(r e2ee.RemoteKeys) Option {
+	return func(a *API) { a.remoteKeys = r }
 }
 
 // keyHandlers are the handlers of the key endpoints, over the e2ee service.
@@ -48,6 +55,7 @@ func (k *keyHandlers) upload(r *http.Request, dev *userapi.Device) (any, error) 
 func (k *keyHandlers) query(r *http.Request, dev *userapi.Device) (any, error) {
 	var req struct {
 		DeviceKeys map[string][]string `json:"device_keys"`
+		Timeout    *int64              `json:"timeout"`
 	}
 	if err := mxhttp.ReadJSON(r, &req); err != nil {
 		return nil, err
@@ -55,12 +63,17 @@ func (k *keyHandlers) query(r *http.Request, dev *userapi.Device) (any, error) {
 	if req.DeviceKeys == nil {
 		return nil, mxhttp.MissingParam("device_keys is required")
 	}
-	return k.keys.QueryKeys(r.Context(), dev.UserID, req.DeviceKeys)
+	timeout, err := remoteTimeout(req.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	return k.keys.QueryKeysWithin(r.Context(), dev.UserID, req.DeviceKeys, timeout)
 }
 
 func (k *keyHandlers) claim(r *http.Request, dev *userapi.Device) (any, error) {
 	var req struct {
 		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
+		Timeout     *int64                       `json:"timeout"`
 	}
 	if err := mxhttp.ReadJSON(r, &req); err != nil {
 		return nil, err
@@ -68,7 +81,30 @@ func (k *keyHandlers) claim(r *http.Request, dev *userapi.Device) (any, error) {
 	if req.OneTimeKeys == nil {
 		return nil, mxhttp.MissingParam("one_time_keys is required")
 	}
-	return k.keys.ClaimKeys(r.Context(), req.OneTimeKeys)
+	timeout, err := remoteTimeout(req.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	return k.keys.ClaimKeysWithin(r.Context(), req.OneTimeKeys, timeout)
+}
+
+// maxRemoteTimeout caps the wait for other servers that a client may ask
+// for: the federation client gives up on a request after a minute anyway.
+const maxRemoteTimeout = time.Minute
+
+// remoteTimeout is the "timeout" of /keys/query and /keys/claim, in
+// milliseconds: how long to wait for other servers (spec default 10 s).
+func remoteTimeout(ms *int64) (time.Duration, error) {
+	if ms == nil {
+		return e2ee.DefaultRemoteTimeout, nil
+	}
+	if *ms < 0 {
+		return 0, mxhttp.InvalidParam("timeout must not be negative")
+	}
+	if *ms > maxRemoteTimeout.Milliseconds() {
+		return maxRemoteTimeout, nil
+	}
+	return time.Duration(*ms) * time.Millisecond, nil
 }
 
 // uploadCrossSigning is POST /keys/device_signing/upload: the first upload

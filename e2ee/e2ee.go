@@ -4,8 +4,8 @@
 //
 // Every method returns *mxhttp.Error values for bad input (400 with the
 // spec's errcode) and wraps storage failures, which the HTTP layer turns
-// into 500s. Remote users are reported in "failures" until federation
-// exists.
+// into 500s. Other servers' users' keys come from their servers through
+// a RemoteKeys (WithRemoteKeys).
 package e2ee
 
 import (
@@ -30,6 +30,9 @@ type Service struct {
 	serverName string
 	// wake wakes the syncs that a device-list change concerns (nil: none).
 	wake *wake.Publisher
+	// remote asks other servers about their users' keys (nil: they are
+	// listed in failures; remote.go).
+	remote RemoteKeys
 }
 
 // Option tunes the service at construction.

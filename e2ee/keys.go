@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/sql"
@@ -193,9 +194,16 @@ type QueryResult struct {
 // for (all their devices when the list is empty), with the signatures
 // uploaded over them. Only the caller sees their own user-signing key and
 // signatures that other users made, so nobody learns whom others verified.
-// Unknown users and devices are absent; remote users' servers are listed
-// in Failures until federation exists.
+// Unknown users and devices are absent. Users of other servers are asked
+// for through RemoteKeys, within DefaultRemoteTimeout.
 func (s *Service) QueryKeys(ctx context.Context, callerUserID string, users map[string][]string) (QueryResult, error) {
+	return s.QueryKeysWithin(ctx, callerUserID, users, DefaultRemoteTimeout)
+}
+
+// QueryKeysWithin is QueryKeys waiting at most timeout for other servers,
+// which are asked concurrently, while the local users are read. A server
+// that fails or is too slow is listed in Failures; its users are absent.
+func (s *Service) QueryKeysWithin(ctx context.Context, callerUserID string, users map[string][]string, timeout time.Duration) (QueryResult, error) {
 	res := QueryResult{
 		DeviceKeys:      map[string]map[string]json.RawMessage{},
 		MasterKeys:      map[string]json.RawMessage{},
@@ -203,12 +211,23 @@ func (s *Service) QueryKeys(ctx context.Context, callerUserID string, users map[
 		UserSigningKeys: map[string]json.RawMessage{},
 		Failures:        map[string]any{},
 	}
+	remote := map[string]map[string][]string{}
+	for userID, devices := range users {
+		if _, err := s.localpart(userID); errors.Is(err, errRemote) {
+			srv := domainOf(userID)
+			if remote[srv] == nil {
+				remote[srv] = map[string][]string{}
+			}
+			if devices == nil {
+				devices = []string{}
+			}
+			remote[srv][userID] = devices
+		}
+	}
+	waitRemote, cancel := s.queryRemote(ctx, remote, timeout)
+	defer cancel()
 	for userID, devices := range users {
 		local, err := s.localpart(userID)
-		if errors.Is(err, errRemote) {
-			res.Failures[domainOf(userID)] = failure("M_UNRECOGNIZED", "Querying keys of users on other servers is not supported yet")
-			continue
-		}
 		if err != nil {
 			continue // not a user id: no such user
 		}
@@ -260,6 +279,7 @@ func (s *Service) QueryKeys(ctx context.Context, callerUserID string, users map[
 			dst[userID] = js
 		}
 	}
+	waitRemote(&res)
 	return res, nil
 }
 
@@ -316,15 +336,30 @@ type ClaimResult struct {
 // ClaimKeys claims one key of the requested algorithm for each device: a
 // one-time key, deleted as it is handed out, or when none is left the
 // device's fallback key, which stays. Devices with neither, unknown devices
-// and unknown users are absent from the answer.
+// and unknown users are absent from the answer. Keys of other servers'
+// users are claimed through RemoteKeys, within DefaultRemoteTimeout.
 func (s *Service) ClaimKeys(ctx context.Context, req map[string]map[string]string) (ClaimResult, error) {
+	return s.ClaimKeysWithin(ctx, req, DefaultRemoteTimeout)
+}
+
+// ClaimKeysWithin is ClaimKeys waiting at most timeout for other servers,
+// as QueryKeysWithin.
+func (s *Service) ClaimKeysWithin(ctx context.Context, req map[string]map[string]string, timeout time.Duration) (ClaimResult, error) {
 	res := ClaimResult{OneTimeKeys: map[string]map[string]map[string]json.RawMessage{}, Failures: map[string]any{}}
+	remote := map[string]map[string]map[string]string{}
+	for userID, devices := range req {
+		if _, err := s.localpart(userID); errors.Is(err, errRemote) && len(devices) > 0 {
+			srv := domainOf(userID)
+			if remote[srv] == nil {
+				remote[srv] = map[string]map[string]string{}
+			}
+			remote[srv][userID] = devices
+		}
+	}
+	waitRemote, cancel := s.claimRemote(ctx, remote, timeout)
+	defer cancel()
 	for userID, devices := range req {
 		local, err := s.localpart(userID)
-		if errors.Is(err, errRemote) {
-			res.Failures[domainOf(userID)] = failure("M_UNRECOGNIZED", "Claiming keys of users on other servers is not supported yet")
-			continue
-		}
 		if err != nil {
 			continue
 		}
@@ -342,5 +377,6 @@ func (s *Service) ClaimKeys(ctx context.Context, req map[string]map[string]strin
 			res.OneTimeKeys[userID][deviceID] = map[string]json.RawMessage{k.KeyID: k.JSON}
 		}
 	}
+	waitRemote(&res)
 	return res, nil
 }

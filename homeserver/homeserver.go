@@ -137,9 +137,13 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 		return nil, err
 	}
 	s.closers = append(s.closers, func() error { stopQueue(); return nil })
+	remoteKeys, err := federation.NewRemoteKeys(s.fedClient, s.key)
+	if err != nil {
+		return nil, err
+	}
 	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"),
 		clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))),
-		clientapi.WithRemoteToDevice(s.fedQueue))
+		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys))
 	capi.Routes(clientRouter)
 	capi.KeyChangesRoute(clientRouter, syncapi.ParseSyncPositions)
 	stopTyping := capi.StartTypingExpiry()
