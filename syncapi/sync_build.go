@@ -67,10 +67,7 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 	if !b.initial && !req.fullState && b.since == b.upper {
 		return b.resp, nil
 	}
-	if b.ignored, err = view.IgnoredUsers(ctx, a.db, req.dev.UserID); err != nil {
-		return nil, err
-	}
-	if b.invitesBlocked, err = view.InvitesBlocked(ctx, a.db, req.dev.Localpart); err != nil {
+	if b.ignored, b.invitesBlocked, err = view.SyncSettings(ctx, a.db, req.dev.Localpart); err != nil {
 		return nil, err
 	}
 	if err := b.accountData(ctx); err != nil {

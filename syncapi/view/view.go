@@ -108,24 +108,32 @@ func IgnoredUsers(ctx context.Context, data AccountData, userID string) (map[str
 	if err != nil {
 		return nil, fmt.Errorf("user id %s: %w", userID, err)
 	}
-	raw, err := data.AccountDataContent(ctx, uid.Local(), "", "m.ignored_user_list")
+	raw, err := data.AccountDataContent(ctx, uid.Local(), "", ignoredUsersType)
 	if errors.Is(err, sql.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ignored users of %s: %w", userID, err)
 	}
+	return ignoredIn(raw), nil
+}
+
+// ignoredUsersType is the account data listing the users a user ignores.
+const ignoredUsersType = "m.ignored_user_list"
+
+// ignoredIn reads m.ignored_user_list content.
+func ignoredIn(raw []byte) map[string]bool {
 	var c struct {
 		IgnoredUsers map[string]json.RawMessage `json:"ignored_users"`
 	}
 	if json.Unmarshal(raw, &c) != nil {
-		return nil, nil
+		return nil
 	}
 	out := make(map[string]bool, len(c.IgnoredUsers))
 	for u := range c.IgnoredUsers {
 		out[u] = true
 	}
-	return out, nil
+	return out
 }
 
 // InvitePermissionType is the account data with which a user blocks
@@ -143,11 +151,38 @@ func InvitesBlocked(ctx context.Context, data AccountData, localpart string) (bo
 	if err != nil {
 		return false, err
 	}
+	return blocksInvites(raw), nil
+}
+
+// blocksInvites reads m.invite_permission_config content.
+func blocksInvites(raw []byte) bool {
 	var c struct {
 		DefaultAction any `json:"default_action"`
 	}
 	_ = json.Unmarshal(raw, &c)
-	return c.DefaultAction == "block", nil
+	return c.DefaultAction == "block"
+}
+
+// GlobalAccountData reads several types of a user's global account data
+// at once (sql.DB has it).
+type GlobalAccountData interface {
+	GlobalAccountData(ctx context.Context, localpart string, types ...string) (map[string][]byte, error)
+}
+
+// SyncSettings reads, in one query, what every /sync needs of the user's
+// account data: whom they ignore and whether they block invites.
+func SyncSettings(ctx context.Context, data GlobalAccountData, localpart string) (ignored map[string]bool, invitesBlocked bool, err error) {
+	m, err := data.GlobalAccountData(ctx, localpart, ignoredUsersType, InvitePermissionType)
+	if err != nil {
+		return nil, false, fmt.Errorf("account data of %s: %w", localpart, err)
+	}
+	if raw, ok := m[ignoredUsersType]; ok {
+		ignored = ignoredIn(raw)
+	}
+	if raw, ok := m[InvitePermissionType]; ok {
+		invitesBlocked = blocksInvites(raw)
+	}
+	return ignored, invitesBlocked, nil
 }
 
 // Sees applies history visibility to one event of the room.
