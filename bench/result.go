@@ -91,12 +91,6 @@ func (r *recorder) add(d time.Duration) {
 	r.mu.Unlock()
 }
 
-func (r *recorder) count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.ms)
-}
-
 // latency summarises what was recorded; nil when nothing was.
 func (r *recorder) latency() *Latency {
 	r.mu.Lock()

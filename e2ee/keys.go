@@ -176,11 +176,6 @@ func parseKeys(keys map[string]json.RawMessage, field string) ([]sql.OneTimeKey,
 	return out, nil
 }
 
-// OneTimeKeyCounts is the device's unclaimed one-time keys by algorithm.
-func (s *Service) OneTimeKeyCounts(ctx context.Context, localpart, deviceID string) (map[string]int, error) {
-	return s.db.OneTimeKeyCounts(ctx, localpart, deviceID)
-}
-
 // QueryResult is the body of a /keys/query answer.
 type QueryResult struct {
 	DeviceKeys      map[string]map[string]json.RawMessage `json:"device_keys"`

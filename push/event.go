@@ -235,9 +235,6 @@ func (ev *Event) lookup(key string, known int) *value {
 	return ev.props[key]
 }
 
-// HasMentions reports whether the event's content carries m.mentions.
-func (ev *Event) HasMentions() bool { return ev.hasMentions }
-
 // Body returns content.body when it is a string.
 func (ev *Event) Body() (string, bool) {
 	if p := ev.known[propBody]; p != nil && p.kind == kindString {

@@ -211,9 +211,6 @@ func (v *Viewer) Ignores(ev sql.Event) bool {
 	return ev.StateKey == nil && v.ignored[ev.Sender]
 }
 
-// IgnoresUser reports whether the viewer ignores a user.
-func (v *Viewer) IgnoresUser(userID string) bool { return v.ignored[userID] }
-
 // Shows reports whether the event is served to the viewer: visible to
 // them and not from a user they ignore.
 func (v *Viewer) Shows(ctx context.Context, ev sql.Event) (bool, error) {
