@@ -64,15 +64,9 @@ func (a *API) sendMessage(r *http.Request, dev *userapi.Device) (any, error) {
 		return nil, err
 	}
 	inputID := txnInputID("send", dev, roomID, eventType, txnID)
-	if id, ok, err := a.previousEvent(ctx, inputID); ok || err != nil {
-		return eventIDResponse{id}, err
-	}
-	if err := limit(a.messageLimit, dev.UserID); err != nil {
-		return nil, err
-	}
-	content, err := readContent(r)
-	if err != nil {
-		return nil, err
+	content, prev, err := a.beginTxn(r, dev, inputID)
+	if prev != nil || err != nil {
+		return prev, err
 	}
 	ne := &roomserver.NewEvent{Sender: dev.UserID, Type: eventType, Content: content, DeviceID: dev.DeviceID, TxnID: txnID}
 	if eventType == spec.MRoomRedaction {
@@ -107,15 +101,9 @@ func (a *API) redact(r *http.Request, dev *userapi.Device) (any, error) {
 		return nil, err
 	}
 	inputID := txnInputID("redact", dev, roomID, target, txnID)
-	if id, ok, err := a.previousEvent(ctx, inputID); ok || err != nil {
-		return eventIDResponse{id}, err
-	}
-	if err := limit(a.messageLimit, dev.UserID); err != nil {
-		return nil, err
-	}
-	content, err := readContent(r)
-	if err != nil {
-		return nil, err
+	content, prev, err := a.beginTxn(r, dev, inputID)
+	if prev != nil || err != nil {
+		return prev, err
 	}
 	var body struct {
 		Reason *string `json:"reason"`
@@ -322,13 +310,23 @@ func (a *API) input(ctx context.Context, inputID, roomID string, ne *roomserver.
 	return eventIDResponse{resp.EventIDs[0]}, nil
 }
 
-// previousEvent returns the event a transaction already made, if it did.
-func (a *API) previousEvent(ctx context.Context, inputID string) (string, bool, error) {
-	resp, found, err := a.rooms.PreviousInput(ctx, inputID)
-	if err != nil || !found || len(resp.EventIDs) == 0 {
-		return "", false, err
+// beginTxn starts the client transaction inputID: a retry gets the
+// answer of the event the transaction already made (prev), without being
+// rate limited again (spec: Transaction identifiers); a new transaction
+// passes the rate limit and gets the request's content.
+func (a *API) beginTxn(r *http.Request, dev *userapi.Device, inputID string) (content json.RawMessage, prev *eventIDResponse, err error) {
+	resp, found, err := a.rooms.PreviousInput(r.Context(), inputID)
+	if err != nil {
+		return nil, nil, err
 	}
-	return resp.EventIDs[0], true, nil
+	if found && len(resp.EventIDs) > 0 {
+		return nil, &eventIDResponse{resp.EventIDs[0]}, nil
+	}
+	if err := limit(a.messageLimit, dev.UserID); err != nil {
+		return nil, nil, err
+	}
+	content, err = readContent(r)
+	return content, nil, err
 }
 
 // txnInputID is the roomserver input id of a client transaction. The spec
