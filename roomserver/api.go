@@ -6,21 +6,90 @@
 package roomserver
 
 import (
+	"context"
 	"encoding/json"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/weft-chat/weft/internal/mxhttp"
 )
 
-// InputRequest asks the roomserver to add events. Exactly one of NewEvent
-// and CreateRoom is set.
+// InputRequest asks the roomserver to add events. Exactly one of NewEvent,
+// CreateRoom, Remote and JoinRemote is set.
 type InputRequest struct {
 	// InputID makes the input idempotent: an input with an id already
 	// handled returns the events it made then. Empty: no deduplication.
 	InputID string `json:"input_id,omitempty"`
 	// RoomID is the room of a NewEvent.
-	RoomID     string      `json:"room_id,omitempty"`
-	NewEvent   *NewEvent   `json:"new_event,omitempty"`
-	CreateRoom *CreateRoom `json:"create_room,omitempty"`
+	RoomID     string       `json:"room_id,omitempty"`
+	NewEvent   *NewEvent    `json:"new_event,omitempty"`
+	CreateRoom *CreateRoom  `json:"create_room,omitempty"`
+	Remote     *RemoteEvent `json:"remote,omitempty"`
+	JoinRemote *JoinRemote  `json:"join_remote,omitempty"`
+}
+
+// RemoteEvent is an event another server sent (in a transaction, or to
+// send_join, send_leave, send_knock). The federation layer has checked
+// its signatures, and redacted it if its content hash did not match; the
+// roomserver checks the auth rules, fetches what it lacks from Origin and
+// stores the event: in the timeline, or soft-failed, or rejected (then
+// the input fails with 403 M_FORBIDDEN).
+type RemoteEvent struct {
+	// Origin is the server asked for missing events and state.
+	Origin string `json:"origin"`
+	// Event is the PDU in the room version's format.
+	Event json.RawMessage `json:"event"`
+}
+
+// JoinRemote joins a local user to a room this server is not in, through
+// the servers that are (make_join and send_join, see Joiner).
+type JoinRemote struct {
+	UserID string `json:"user_id"`
+	// Servers are tried in order.
+	Servers []string `json:"servers"`
+	// Content is the m.room.member content beyond the membership:
+	// displayname, avatar_url, reason.
+	Content json.RawMessage `json:"content,omitempty"`
+}
+
+// Fetcher gets events and state from other servers for the roomserver
+// (get_missing_events, state_ids, event). The federation package
+// implements it. Every event it returns has been checked like a
+// RemoteEvent: signatures verified, redacted if its content hash failed.
+type Fetcher interface {
+	// MissingEvents asks server for the events between earliest and
+	// latest (spec: POST /get_missing_events), oldest first.
+	MissingEvents(ctx context.Context, server spec.ServerName, roomID string, ver gomatrixserverlib.IRoomVersion,
+		earliest, latest []string, limit int, minDepth int64) ([]gomatrixserverlib.PDU, error)
+	// StateIDs asks server for the state before eventID and its auth
+	// chain, as event ids (spec: GET /state_ids).
+	StateIDs(ctx context.Context, server spec.ServerName, roomID, eventID string) (state, authChain []string, err error)
+	// Event fetches one event from server (spec: GET /event).
+	Event(ctx context.Context, server spec.ServerName, ver gomatrixserverlib.IRoomVersion, eventID string) (gomatrixserverlib.PDU, error)
+}
+
+// Joiner performs the handshake of a join through other servers (spec:
+// make_join then send_join, v2). The federation package implements it.
+type Joiner interface {
+	// Join tries servers in order and returns what the first that
+	// accepted the join sent back, checked: signatures, and the state and
+	// auth chain against the auth rules.
+	Join(ctx context.Context, servers []spec.ServerName, roomID, userID string, content json.RawMessage) (*JoinResult, error)
+}
+
+// JoinResult is a completed join handshake.
+type JoinResult struct {
+	RoomVersion gomatrixserverlib.IRoomVersion
+	// Server is the server that accepted the join.
+	Server spec.ServerName
+	// Event is the join event as sent to send_join (signed by us, and by
+	// the resident server where the room version asks for it).
+	Event gomatrixserverlib.PDU
+	// State is the room state before Event; AuthChain the auth chain of
+	// State and Event.
+	State     []gomatrixserverlib.PDU
+	AuthChain []gomatrixserverlib.PDU
 }
 
 // NewEvent is an event a local user sends: the roomserver fills in

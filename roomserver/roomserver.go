@@ -32,6 +32,9 @@ type Roomserver struct {
 	key        serverkey.Key
 	log        *slog.Logger
 	now        func() time.Time
+	// Other servers, for remote input; nil until UseFederation.
+	fetch Fetcher
+	join  Joiner
 
 	rooms  roomLocks
 	views  viewCache
@@ -53,6 +56,12 @@ func New(db *sql.DB, b *bus.Bus, serverName string, key serverkey.Key, log *slog
 		views: viewCache{m: make(map[string]*roomView)}, events: eventCache{m: make(map[int64]gomatrixserverlib.PDU)}}
 	rs.group.slots = commitSlots
 	return rs
+}
+
+// UseFederation lets the roomserver reach other servers: remote events
+// and joins through them fail without it. Call it before Serve.
+func (rs *Roomserver) UseFederation(f Fetcher, j Joiner) {
+	rs.fetch, rs.join = f, j
 }
 
 // HandleInput handles one input: in-process callers come through here and
