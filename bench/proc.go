@@ -52,10 +52,44 @@ func resetPeak(pid int) error {
 	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
 }
 
-// memWatch measures the server's memory over a measured phase.
+// userHZ is the unit of the CPU times in /proc/<pid>/stat: USER_HZ, which
+// Linux fixes at 100 for every architecture's user-space ABI.
+const userHZ = 100
+
+// readCPU reads the CPU time pid has used, user and system, in seconds.
+func readCPU(pid int) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, field 2, is in parentheses and may hold spaces:
+	// count the fields after its closing one. utime and stime are fields
+	// 14 and 15.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too short", pid)
+	}
+	var ticks float64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return ticks / userHZ, nil
+}
+
+// memWatch measures the server's memory, and the CPU time it spends, over
+// a measured phase.
 type memWatch struct {
 	pid       int
 	before    float64
+	cpu       float64
 	peakReset bool
 }
 
@@ -70,6 +104,9 @@ func (r *runner) watchMemory() (*memWatch, error) {
 		return nil, fmt.Errorf("server memory: %w", err)
 	}
 	w.before = m.rss
+	if w.cpu, err = readCPU(w.pid); err != nil {
+		return nil, fmt.Errorf("server CPU time: %w", err)
+	}
 	return w, nil
 }
 
@@ -83,6 +120,11 @@ func (w *memWatch) done(res *Result) error {
 		return fmt.Errorf("server memory: %w", err)
 	}
 	res.RSSMiB = &Memory{Before: w.before, After: m.rss, Peak: m.peak}
+	cpu, err := readCPU(w.pid)
+	if err != nil {
+		return fmt.Errorf("server CPU time: %w", err)
+	}
+	res.ServerCPUS = round(cpu - w.cpu)
 	if !w.peakReset {
 		res.note("peak RSS is since the server started (could not reset VmHWM through /proc/%d/clear_refs)", w.pid)
 	}

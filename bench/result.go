@@ -31,6 +31,10 @@ type Result struct {
 	SendLatencyMS *Latency    `json:"send_latency_ms,omitempty"`
 	Deliveries    *Deliveries `json:"deliveries"`
 	RSSMiB        *Memory     `json:"rss_mib"`
+	// ServerCPUS is the CPU time the server spent over the measured phase
+	// (user and system, all threads), with a pid: on a shared machine a
+	// steadier measure of the cost of the work than its latency.
+	ServerCPUS float64 `json:"server_cpu_s,omitempty"`
 	// Target is the goal the issue sets for the scenario, if any, and
 	// TargetMet whether this run reached it.
 	Target    string   `json:"target,omitempty"`
@@ -151,6 +155,11 @@ func (res *Result) Summary(w io.Writer) {
 	}
 	if m := res.RSSMiB; m != nil {
 		fmt.Fprintf(w, "  server RSS  before %.1f MiB, after %.1f MiB (%+.1f), peak %.1f MiB\n", m.Before, m.After, m.After-m.Before, m.Peak)
+		fmt.Fprintf(w, "  server CPU  %.2f s", res.ServerCPUS)
+		if res.Ops > 0 {
+			fmt.Fprintf(w, ", %.2f ms per op", 1000*res.ServerCPUS/float64(res.Ops))
+		}
+		fmt.Fprintln(w)
 	}
 	if res.Target != "" {
 		verdict := "met"

@@ -171,14 +171,11 @@ func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 			}
 		}
 		if redactedNID != 0 {
-			users, err := q.EventPushNotificationUsers(ctx, redactedNID)
+			users, err := q.DeleteEventPushNotifications(ctx, redactedNID)
 			if err != nil {
 				return err
 			}
 			changed = append(changed, users...)
-			if err := q.DeleteEventPushNotifications(ctx, redactedNID); err != nil {
-				return err
-			}
 		}
 		if err := q.SetPushCounted(ctx, stored.RoomNID, stored.StreamPos); err != nil {
 			return err

@@ -8,3 +8,24 @@ func (d *DB) MarkSchemaVersionForTest(ctx context.Context, v int) error {
 	_, err := d.db.ExecContext(ctx, `INSERT INTO schema_version (version, name, applied_ts) VALUES ($1, 'future', 0)`, v)
 	return err
 }
+
+// PushSummariesForTest returns a user's non-zero summary rows in a room by
+// thread: notifications and highlights.
+func (d *DB) PushSummariesForTest(ctx context.Context, userID string, roomNID int64) (map[string][2]int64, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT thread_id, notifications, highlights FROM push_summaries
+		WHERE user_id = $1 AND room_nid = $2 AND notifications > 0`, userID, roomNID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string][2]int64{}
+	for rows.Next() {
+		var thread string
+		var n, h int64
+		if err := rows.Scan(&thread, &n, &h); err != nil {
+			return nil, err
+		}
+		out[thread] = [2]int64{n, h}
+	}
+	return out, rows.Err()
+}

@@ -5,6 +5,7 @@ import (
 	stdsql "database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -305,30 +306,89 @@ type PushNotification struct {
 // stays far below the engines' limits on parameters.
 const pushNotificationBatch = 500
 
-// AddPushNotifications records the users an event notifies. Adding an
-// event's notifications again changes nothing.
+// AddPushNotifications records the users an event notifies and adds them
+// to the users' counts (push_summaries). Adding an event's notifications
+// again changes nothing; a user whose read marker is already at or past
+// the event (a receipt that came before the counter got to the event) is
+// not notified.
 func (t *Queries) AddPushNotifications(ctx context.Context, roomNID, eventNID, streamPos int64, ns []PushNotification) error {
-	for len(ns) > 0 {
-		batch := ns[:min(len(ns), pushNotificationBatch)]
-		ns = ns[len(batch):]
-		var b strings.Builder
-		b.WriteString(`INSERT INTO push_notifications (user_id, room_nid, thread_id, event_nid, stream_pos, highlight) VALUES `)
-		args := make([]any, 0, 3+3*len(batch))
-		args = append(args, roomNID, eventNID, streamPos)
-		for i, n := range batch {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			p := 4 + 3*i
-			fmt.Fprintf(&b, "($%d, $1, $%d, $2, $3, $%d)", p, p+1, p+2)
-			args = append(args, n.UserID, n.ThreadID, n.Highlight)
-		}
-		b.WriteString(` ON CONFLICT (user_id, event_nid) DO NOTHING`)
-		if _, err := t.q.ExecContext(ctx, b.String(), args...); err != nil {
-			return fmt.Errorf("add push notifications: %w", err)
-		}
+	if len(ns) == 0 {
+		return nil
 	}
-	return nil
+	return t.ensureTx(ctx, func(q *Queries) error {
+		read, err := q.readersAt(ctx, roomNID, streamPos)
+		if err != nil {
+			return err
+		}
+		if len(read) > 0 {
+			ns = slices.DeleteFunc(slices.Clone(ns), func(n PushNotification) bool {
+				return read[readerKey{n.UserID, ""}] || read[readerKey{n.UserID, n.ThreadID}]
+			})
+		}
+		var added []PushNotification
+		for len(ns) > 0 {
+			batch := ns[:min(len(ns), pushNotificationBatch)]
+			ns = ns[len(batch):]
+			var b strings.Builder
+			b.WriteString(`INSERT INTO push_notifications (user_id, room_nid, thread_id, event_nid, stream_pos, highlight) VALUES `)
+			args := make([]any, 0, 3+3*len(batch))
+			args = append(args, roomNID, eventNID, streamPos)
+			for i, n := range batch {
+				if i > 0 {
+					b.WriteString(", ")
+				}
+				p := 4 + 3*i
+				fmt.Fprintf(&b, "($%d, $1, $%d, $2, $3, $%d)", p, p+1, p+2)
+				args = append(args, n.UserID, n.ThreadID, n.Highlight)
+			}
+			// RETURNING lists the rows inserted: only those are new to the
+			// counts.
+			b.WriteString(` ON CONFLICT (user_id, event_nid) DO NOTHING RETURNING user_id, thread_id, highlight`)
+			rows, err := q.q.QueryContext(ctx, b.String(), args...)
+			if err != nil {
+				return fmt.Errorf("add push notifications: %w", err)
+			}
+			for rows.Next() {
+				var n PushNotification
+				if err := rows.Scan(&n.UserID, &n.ThreadID, &n.Highlight); err != nil {
+					rows.Close()
+					return err
+				}
+				added = append(added, n)
+			}
+			if err := rows.Close(); err != nil {
+				return err
+			}
+		}
+		return q.addToSummaries(ctx, roomNID, streamPos, added)
+	})
+}
+
+// readerKey is a user's read marker in a thread ("" for unthreaded).
+type readerKey struct{ user, thread string }
+
+// readersAt returns the read markers of a room at or past a stream
+// position: usually none, since the counter runs only a little behind the
+// room.
+func (t *Queries) readersAt(ctx context.Context, roomNID, pos int64) (map[readerKey]bool, error) {
+	rows, err := t.q.QueryContext(ctx, `SELECT user_id, thread_id FROM push_read_markers WHERE room_nid = $1 AND read_pos >= $2`,
+		roomNID, pos)
+	if err != nil {
+		return nil, fmt.Errorf("read markers: %w", err)
+	}
+	defer rows.Close()
+	var out map[readerKey]bool
+	for rows.Next() {
+		var k readerKey
+		if err := rows.Scan(&k.user, &k.thread); err != nil {
+			return nil, err
+		}
+		if out == nil {
+			out = make(map[readerKey]bool)
+		}
+		out[k] = true
+	}
+	return out, rows.Err()
 }
 
 // ResetCounts marks a user's notifications in a room as read up to and
@@ -360,27 +420,78 @@ func (t *Queries) ResetCountsNID(ctx context.Context, userID string, roomNID int
 			userID, roomNID, threadID, upTo); err != nil {
 			return fmt.Errorf("move read marker: %w", err)
 		}
+		sel := summarySelection{roomNID: roomNID, threadID: threadID, users: []string{userID}}
+		if err := q.lockSummaries(ctx, sel); err != nil {
+			return err
+		}
 		_, err := q.q.ExecContext(ctx, `DELETE FROM push_notifications WHERE user_id = $1 AND room_nid = $2 AND stream_pos <= $3
 			AND ($4 = '' OR thread_id = $4)`, userID, roomNID, upTo, threadID)
 		if err != nil {
 			return fmt.Errorf("clear read notifications: %w", err)
 		}
-		return nil
+		return q.recountSummaries(ctx, sel)
 	})
 }
 
 // DeleteRoomPushNotifications drops a user's notifications in a room (the
 // user left it).
 func (t *Queries) DeleteRoomPushNotifications(ctx context.Context, userID string, roomNID int64) error {
-	_, err := t.q.ExecContext(ctx, `DELETE FROM push_notifications WHERE user_id = $1 AND room_nid = $2`, userID, roomNID)
-	return err
+	return t.ensureTx(ctx, func(q *Queries) error {
+		if _, err := q.q.ExecContext(ctx, `DELETE FROM push_notifications WHERE user_id = $1 AND room_nid = $2`, userID, roomNID); err != nil {
+			return err
+		}
+		_, err := q.q.ExecContext(ctx, `DELETE FROM push_summaries WHERE user_id = $1 AND room_nid = $2`, userID, roomNID)
+		return err
+	})
 }
 
 // DeleteEventPushNotifications drops every user's notification for an
-// event (it was redacted).
-func (t *Queries) DeleteEventPushNotifications(ctx context.Context, eventNID int64) error {
-	_, err := t.q.ExecContext(ctx, `DELETE FROM push_notifications WHERE event_nid = $1`, eventNID)
-	return err
+// event (it was redacted) and returns the users it notified, whose counts
+// changed.
+func (t *Queries) DeleteEventPushNotifications(ctx context.Context, eventNID int64) ([]string, error) {
+	var users []string
+	err := t.ensureTx(ctx, func(q *Queries) error {
+		rows, err := q.q.QueryContext(ctx, `SELECT user_id, room_nid, thread_id FROM push_notifications WHERE event_nid = $1`, eventNID)
+		if err != nil {
+			return err
+		}
+		// One event has one room and, as the counter records it, one
+		// thread: one selection each, usually just one.
+		var sels []summarySelection
+		for rows.Next() {
+			var u, thread string
+			var room int64
+			if err := rows.Scan(&u, &room, &thread); err != nil {
+				rows.Close()
+				return err
+			}
+			users = append(users, u)
+			i := slices.IndexFunc(sels, func(s summarySelection) bool { return s.roomNID == room && s.threadID == thread })
+			if i < 0 {
+				sels = append(sels, summarySelection{roomNID: room, threadID: thread})
+				i = len(sels) - 1
+			}
+			sels[i].users = append(sels[i].users, u)
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		for _, sel := range sels {
+			if err := q.lockSummaries(ctx, sel); err != nil {
+				return err
+			}
+		}
+		if _, err := q.q.ExecContext(ctx, `DELETE FROM push_notifications WHERE event_nid = $1`, eventNID); err != nil {
+			return err
+		}
+		for _, sel := range sels {
+			if err := q.recountSummaries(ctx, sel); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return users, err
 }
 
 // SetPushCounted records that the room's events up to stream position pos
@@ -461,18 +572,23 @@ func (t *Queries) unreadCounts(ctx context.Context, query string, args ...any) (
 		if err := rows.Scan(&roomID, &thread, &c.NotificationCount, &c.HighlightCount); err != nil {
 			return nil, err
 		}
-		u := out[roomID]
-		u.NotificationCount += c.NotificationCount
-		u.HighlightCount += c.HighlightCount
-		if thread == "main" {
-			u.Main = c
-		} else {
-			if u.Threads == nil {
-				u.Threads = map[string]NotificationCounts{}
-			}
-			u.Threads[thread] = c
-		}
-		out[roomID] = u
+		addCounts(out, roomID, thread, c)
 	}
 	return out, rows.Err()
+}
+
+// addCounts adds a thread's counts to its room's.
+func addCounts(out map[string]UnreadCounts, roomID, thread string, c NotificationCounts) {
+	u := out[roomID]
+	u.NotificationCount += c.NotificationCount
+	u.HighlightCount += c.HighlightCount
+	if thread == mainThread {
+		u.Main = c
+	} else {
+		if u.Threads == nil {
+			u.Threads = map[string]NotificationCounts{}
+		}
+		u.Threads[thread] = c
+	}
+	out[roomID] = u
 }

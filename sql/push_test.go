@@ -263,7 +263,7 @@ func TestPushCounts(t *testing.T) {
 		// Redactions and leaving drop notifications.
 		add(room, 6, main(u, false), main(v, false))
 		add(room, 7, main(u, false), main(v, false))
-		if err := db.DeleteEventPushNotifications(ctx, 6); err != nil {
+		if _, err := db.DeleteEventPushNotifications(ctx, 6); err != nil {
 			t.Fatal(err)
 		}
 		if c := counts(v, "!r:hs"); c.NotificationCounts != nc(2, 1) {

@@ -1,0 +1,197 @@
+package sql
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// The unread counts kept per user, room and thread (migration
+// 0017_push_summary.sql), so that /sync reads a row per room and thread
+// instead of counting notifications.
+//
+// Writers: the push counter adds an event's notifications
+// (addToSummaries); a receipt, the user's own event or a redaction recount
+// the threads they touch from push_notifications (lockSummaries, then the
+// deletes, then recountSummaries). On PostgreSQL a receipt and the counter
+// may run at once: the recount first locks the rows it will recount, so a
+// counter transaction that added to them commits before the recount reads
+// push_notifications (which then sees its rows), or waits and adds on top
+// of the recount. A counter transaction that creates a row meanwhile
+// (a thread without one) is not seen by the recount and keeps its count,
+// which is right unless the receipt read its event, a case the readers
+// detect (first_pos at or before the marker) and count exactly. SQLite runs
+// one writer at a time, so none of this arises there.
+
+// summarySelection picks summary rows: users' rows of a room's thread, or
+// of every thread when threadID is "".
+type summarySelection struct {
+	roomNID  int64
+	threadID string
+	users    []string
+}
+
+func (s summarySelection) where() (string, []any) {
+	args := []any{s.roomNID, s.threadID}
+	for _, u := range s.users {
+		args = append(args, u)
+	}
+	return `room_nid = $1 AND ($2 = '' OR thread_id = $2) AND user_id IN (` + placeholders(3, len(s.users)) + `)`, args
+}
+
+// lockSummaries locks the selected rows for the rest of the transaction,
+// before it deletes the notifications that recountSummaries recounts.
+func (t *Queries) lockSummaries(ctx context.Context, s summarySelection) error {
+	where, args := s.where()
+	if _, err := t.q.ExecContext(ctx, `UPDATE push_summaries SET notifications = notifications WHERE `+where, args...); err != nil {
+		return fmt.Errorf("lock unread counts: %w", err)
+	}
+	return nil
+}
+
+// recountSummaries sets the selected rows from the unread notifications
+// they count. It never makes a row (see the comment at the top).
+func (t *Queries) recountSummaries(ctx context.Context, s summarySelection) error {
+	where, args := s.where()
+	_, err := t.q.ExecContext(ctx, `UPDATE push_summaries SET (notifications, highlights, first_pos, last_pos) = (
+		SELECT COUNT(*), COALESCE(SUM(CASE WHEN n.highlight THEN 1 ELSE 0 END), 0),
+			COALESCE(MIN(n.stream_pos), 0), COALESCE(MAX(n.stream_pos), 0)
+		FROM push_notifications n
+		WHERE n.user_id = push_summaries.user_id AND n.room_nid = push_summaries.room_nid AND n.thread_id = push_summaries.thread_id
+		AND NOT EXISTS (SELECT 1 FROM push_read_markers k WHERE k.user_id = n.user_id AND k.room_nid = n.room_nid
+			AND k.thread_id IN ('', n.thread_id) AND k.read_pos >= n.stream_pos))
+		WHERE `+where, args...)
+	if err != nil {
+		return fmt.Errorf("recount unread counts: %w", err)
+	}
+	return nil
+}
+
+// addToSummaries adds notifications of one event, at stream position pos,
+// to their users' counts.
+func (t *Queries) addToSummaries(ctx context.Context, roomNID, pos int64, ns []PushNotification) error {
+	for len(ns) > 0 {
+		batch := ns[:min(len(ns), pushNotificationBatch)]
+		ns = ns[len(batch):]
+		var b strings.Builder
+		b.WriteString(`INSERT INTO push_summaries (user_id, room_nid, thread_id, notifications, highlights, first_pos, last_pos) VALUES `)
+		args := make([]any, 0, 2+3*len(batch))
+		args = append(args, roomNID, pos)
+		for i, n := range batch {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			p := 3 + 3*i
+			fmt.Fprintf(&b, "($%d, $1, $%d, 1, $%d, $2, $2)", p, p+1, p+2)
+			hl := 0
+			if n.Highlight {
+				hl = 1
+			}
+			args = append(args, n.UserID, n.ThreadID, hl)
+		}
+		// A row recounted to nothing starts again at this event.
+		b.WriteString(` ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET
+			notifications = push_summaries.notifications + excluded.notifications,
+			highlights = push_summaries.highlights + excluded.highlights,
+			first_pos = CASE WHEN push_summaries.notifications = 0 OR excluded.first_pos < push_summaries.first_pos
+				THEN excluded.first_pos ELSE push_summaries.first_pos END,
+			last_pos = CASE WHEN push_summaries.notifications = 0 OR excluded.last_pos > push_summaries.last_pos
+				THEN excluded.last_pos ELSE push_summaries.last_pos END`)
+		if _, err := t.q.ExecContext(ctx, b.String(), args...); err != nil {
+			return fmt.Errorf("add to unread counts: %w", err)
+		}
+	}
+	return nil
+}
+
+// unreadRoomsBatch bounds the rooms of one count query.
+const unreadRoomsBatch = 500
+
+// UnreadCountsInRooms returns the user's unread notification counts in the
+// given rooms (by NID), counting only the events at or before room stream
+// position upTo, by room id; rooms without any are absent. It reads the
+// summaries, one query per 500 rooms, and counts the notifications of the
+// few rooms whose summary cannot tell: one with an event after upTo (the
+// counter got ahead of the caller's upper bound), or with notifications a
+// read marker or the membership covers (counted after the marker moved).
+//
+// The user's current membership event reads the main timeline up to it,
+// as the push counter will record once it counts that event (a join is
+// always the user's own event): so the invite stops counting the moment
+// the join commits, not when the counter gets to it, and the counter need
+// not send the counts again for it.
+func (t *Queries) UnreadCountsInRooms(ctx context.Context, userID string, roomNIDs []int64, upTo int64) (map[string]UnreadCounts, error) {
+	out := make(map[string]UnreadCounts)
+	var exact []int64
+	for len(roomNIDs) > 0 {
+		batch := roomNIDs[:min(len(roomNIDs), unreadRoomsBatch)]
+		roomNIDs = roomNIDs[len(batch):]
+		args := make([]any, 0, 1+len(batch))
+		args = append(args, userID)
+		for _, nid := range batch {
+			args = append(args, nid)
+		}
+		rows, err := t.q.QueryContext(ctx, `SELECT r.room_id, s.room_nid, s.thread_id, s.notifications, s.highlights, s.first_pos, s.last_pos,
+			COALESCE((SELECT MAX(k.read_pos) FROM push_read_markers k
+				WHERE k.user_id = s.user_id AND k.room_nid = s.room_nid AND k.thread_id IN ('', s.thread_id)), 0),
+			COALESCE(m.stream_pos, 0)
+			FROM push_summaries s JOIN rooms r ON r.room_nid = s.room_nid
+			LEFT JOIN room_members m ON m.room_nid = s.room_nid AND m.user_id = s.user_id
+			WHERE s.user_id = $1 AND s.notifications > 0 AND s.room_nid IN (`+placeholders(2, len(batch))+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("unread counts: %w", err)
+		}
+		inexact := make(map[string]int64)
+		for rows.Next() {
+			var roomID, thread string
+			var roomNID, first, last, marker, member int64
+			var c NotificationCounts
+			if err := rows.Scan(&roomID, &roomNID, &thread, &c.NotificationCount, &c.HighlightCount, &first, &last, &marker, &member); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			read := marker
+			if thread == mainThread {
+				read = max(read, member)
+			}
+			switch {
+			case last <= read:
+				// All read.
+			case first <= read || last > upTo:
+				inexact[roomID] = roomNID
+			default:
+				addCounts(out, roomID, thread, c)
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+		for roomID, nid := range inexact {
+			delete(out, roomID)
+			exact = append(exact, nid)
+		}
+	}
+	for len(exact) > 0 {
+		batch := exact[:min(len(exact), unreadRoomsBatch)]
+		exact = exact[len(batch):]
+		args := make([]any, 0, 2+len(batch))
+		args = append(args, userID, upTo)
+		for _, nid := range batch {
+			args = append(args, nid)
+		}
+		m, err := t.unreadCounts(ctx, fmt.Sprintf(unreadQuery,
+			"AND n.stream_pos <= $2 AND n.room_nid IN ("+placeholders(3, len(batch))+`)
+			AND NOT (n.thread_id = 'main' AND EXISTS (SELECT 1 FROM room_members rm
+				WHERE rm.room_nid = n.room_nid AND rm.user_id = n.user_id AND rm.stream_pos >= n.stream_pos))`), args...)
+		if err != nil {
+			return nil, err
+		}
+		for roomID, c := range m {
+			out[roomID] = c
+		}
+	}
+	return out, nil
+}
+
+// mainThread is the thread id of the main timeline.
+const mainThread = "main"
