@@ -5,6 +5,7 @@ import (
 	stdsql "database/sql"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // DeviceKeys returns the stored device_keys JSON of the user's devices, by
@@ -108,24 +109,36 @@ func (t *Queries) SetFallbackKey(ctx context.Context, localpart, deviceID string
 	return err
 }
 
-// UnusedFallbackKeyTypes lists the algorithms of the device's fallback keys
-// that no claim has handed out yet.
-func (t *Queries) UnusedFallbackKeyTypes(ctx context.Context, localpart, deviceID string) ([]string, error) {
-	rows, err := t.q.QueryContext(ctx, `SELECT algorithm FROM e2e_fallback_keys WHERE localpart = $1 AND device_id = $2 AND used = FALSE ORDER BY algorithm`,
+// DeviceKeyCounts returns, in one query, what every /sync tells a device
+// of its keys: how many one-time keys it has left per algorithm, and the
+// algorithms of its fallback keys that were not used yet, sorted.
+func (t *Queries) DeviceKeyCounts(ctx context.Context, localpart, deviceID string) (map[string]int, []string, error) {
+	rows, err := t.q.QueryContext(ctx, `SELECT algorithm, COUNT(*), FALSE FROM e2e_one_time_keys WHERE localpart = $1 AND device_id = $2
+		GROUP BY algorithm
+		UNION ALL
+		SELECT algorithm, 0, TRUE FROM e2e_fallback_keys WHERE localpart = $1 AND device_id = $2 AND used = FALSE`,
 		localpart, deviceID)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer rows.Close()
-	out := []string{}
+	counts := map[string]int{}
+	fallback := []string{}
 	for rows.Next() {
 		var alg string
-		if err := rows.Scan(&alg); err != nil {
-			return nil, err
+		var n int
+		var isFallback bool
+		if err := rows.Scan(&alg, &n, &isFallback); err != nil {
+			return nil, nil, err
 		}
-		out = append(out, alg)
+		if isFallback {
+			fallback = append(fallback, alg)
+		} else {
+			counts[alg] = n
+		}
 	}
-	return out, rows.Err()
+	slices.Sort(fallback)
+	return counts, fallback, rows.Err()
 }
 
 // ClaimOneTimeKey hands out one of the device's keys of algorithm: an

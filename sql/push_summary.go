@@ -3,6 +3,7 @@ package sql
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -110,10 +111,11 @@ const unreadRoomsBatch = 500
 // UnreadCountsInRooms returns the user's unread notification counts in the
 // given rooms (by NID), counting only the events at or before room stream
 // position upTo, by room id; rooms without any are absent. It reads the
-// summaries, one query per 500 rooms, and counts the notifications of the
-// few rooms whose summary cannot tell: one with an event after upTo (the
-// counter got ahead of the caller's upper bound), or with notifications a
-// read marker or the membership covers (counted after the marker moved).
+// summaries, one query per 500 rooms. A summary that counted events after
+// upTo (the counter got ahead of the caller's upper bound) has those taken
+// back, read from the few notifications after upTo; the rare room whose
+// summary may count notifications that a read marker or the membership
+// covers (counted after the marker moved) has its notifications counted.
 //
 // The user's current membership event reads the main timeline up to it,
 // as the push counter will record once it counts that event (a join is
@@ -122,52 +124,50 @@ const unreadRoomsBatch = 500
 // not send the counts again for it.
 func (t *Queries) UnreadCountsInRooms(ctx context.Context, userID string, roomNIDs []int64, upTo int64) (map[string]UnreadCounts, error) {
 	out := make(map[string]UnreadCounts)
-	var exact []int64
+	var exact, ahead []int64
 	for len(roomNIDs) > 0 {
 		batch := roomNIDs[:min(len(roomNIDs), unreadRoomsBatch)]
 		roomNIDs = roomNIDs[len(batch):]
-		args := make([]any, 0, 1+len(batch))
-		args = append(args, userID)
-		for _, nid := range batch {
-			args = append(args, nid)
-		}
-		rows, err := t.q.QueryContext(ctx, `SELECT r.room_id, s.room_nid, s.thread_id, s.notifications, s.highlights, s.first_pos, s.last_pos,
-			COALESCE((SELECT MAX(k.read_pos) FROM push_read_markers k
-				WHERE k.user_id = s.user_id AND k.room_nid = s.room_nid AND k.thread_id IN ('', s.thread_id)), 0),
-			COALESCE(m.stream_pos, 0)
-			FROM push_summaries s JOIN rooms r ON r.room_nid = s.room_nid
-			LEFT JOIN room_members m ON m.room_nid = s.room_nid AND m.user_id = s.user_id
-			WHERE s.user_id = $1 AND s.notifications > 0 AND s.room_nid IN (`+placeholders(2, len(batch))+`)`, args...)
+		sums, err := t.summaries(ctx, userID, batch)
 		if err != nil {
-			return nil, fmt.Errorf("unread counts: %w", err)
-		}
-		inexact := make(map[string]int64)
-		for rows.Next() {
-			var roomID, thread string
-			var roomNID, first, last, marker, member int64
-			var c NotificationCounts
-			if err := rows.Scan(&roomID, &roomNID, &thread, &c.NotificationCount, &c.HighlightCount, &first, &last, &marker, &member); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			read := marker
-			if thread == mainThread {
-				read = max(read, member)
-			}
-			switch {
-			case last <= read:
-				// All read.
-			case first <= read || last > upTo:
-				inexact[roomID] = roomNID
-			default:
-				addCounts(out, roomID, thread, c)
-			}
-		}
-		if err := rows.Close(); err != nil {
 			return nil, err
 		}
-		for roomID, nid := range inexact {
-			delete(out, roomID)
+		inexact, after := make(map[int64]bool), make(map[int64]bool)
+		for _, s := range sums {
+			switch {
+			case s.last <= s.read:
+				// All read.
+			case s.first <= s.read || (s.last > upTo && s.read > upTo):
+				inexact[s.roomNID] = true
+			case s.last > upTo:
+				after[s.roomNID] = true
+			}
+		}
+		var late map[roomThread]NotificationCounts
+		for nid := range after {
+			if !inexact[nid] {
+				ahead = append(ahead, nid)
+			}
+		}
+		if len(ahead) > 0 {
+			if late, err = t.notificationsAfter(ctx, userID, ahead, sums, upTo); err != nil {
+				return nil, err
+			}
+			ahead = ahead[:0]
+		}
+		for _, s := range sums {
+			if s.last <= s.read || inexact[s.roomNID] {
+				continue
+			}
+			c := s.counts
+			l := late[roomThread{s.roomNID, s.thread}]
+			c.NotificationCount -= l.NotificationCount
+			c.HighlightCount -= l.HighlightCount
+			if c.NotificationCount > 0 {
+				addCounts(out, s.roomID, s.thread, c)
+			}
+		}
+		for nid := range inexact {
 			exact = append(exact, nid)
 		}
 	}
@@ -191,6 +191,87 @@ func (t *Queries) UnreadCountsInRooms(ctx context.Context, userID string, roomNI
 		}
 	}
 	return out, nil
+}
+
+// summary is a summary row as a reader sees it: with the position read up
+// to in its thread (markers, and for the main timeline the membership).
+type summary struct {
+	roomID      string
+	roomNID     int64
+	thread      string
+	counts      NotificationCounts
+	first, last int64
+	read        int64
+}
+
+// summaries reads the user's summaries with notifications in the rooms.
+func (t *Queries) summaries(ctx context.Context, userID string, roomNIDs []int64) ([]summary, error) {
+	args := make([]any, 0, 1+len(roomNIDs))
+	args = append(args, userID)
+	for _, nid := range roomNIDs {
+		args = append(args, nid)
+	}
+	rows, err := t.q.QueryContext(ctx, `SELECT r.room_id, s.room_nid, s.thread_id, s.notifications, s.highlights, s.first_pos, s.last_pos,
+		COALESCE((SELECT MAX(k.read_pos) FROM push_read_markers k
+			WHERE k.user_id = s.user_id AND k.room_nid = s.room_nid AND k.thread_id IN ('', s.thread_id)), 0),
+		COALESCE(m.stream_pos, 0)
+		FROM push_summaries s JOIN rooms r ON r.room_nid = s.room_nid
+		LEFT JOIN room_members m ON m.room_nid = s.room_nid AND m.user_id = s.user_id
+		WHERE s.user_id = $1 AND s.notifications > 0 AND s.room_nid IN (`+placeholders(2, len(roomNIDs))+`)`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("unread counts: %w", err)
+	}
+	defer rows.Close()
+	var out []summary
+	for rows.Next() {
+		var s summary
+		var marker, member int64
+		if err := rows.Scan(&s.roomID, &s.roomNID, &s.thread, &s.counts.NotificationCount, &s.counts.HighlightCount,
+			&s.first, &s.last, &marker, &member); err != nil {
+			return nil, err
+		}
+		s.read = marker
+		if s.thread == mainThread {
+			s.read = max(s.read, member)
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
+type roomThread struct {
+	roomNID int64
+	thread  string
+}
+
+// notificationsAfter counts the user's notifications after stream position
+// after in the threads of sums in the given rooms, by room and thread.
+func (t *Queries) notificationsAfter(ctx context.Context, userID string, roomNIDs []int64, sums []summary, after int64) (map[roomThread]NotificationCounts, error) {
+	args := []any{userID, after}
+	var where []string
+	for _, s := range sums {
+		if slices.Contains(roomNIDs, s.roomNID) {
+			args = append(args, s.roomNID, s.thread)
+			where = append(where, fmt.Sprintf("(room_nid = $%d AND thread_id = $%d)", len(args)-1, len(args)))
+		}
+	}
+	rows, err := t.q.QueryContext(ctx, `SELECT room_nid, thread_id, COUNT(*), SUM(CASE WHEN highlight THEN 1 ELSE 0 END)
+		FROM push_notifications WHERE user_id = $1 AND stream_pos > $2 AND (`+strings.Join(where, " OR ")+`)
+		GROUP BY room_nid, thread_id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("notifications after %d: %w", after, err)
+	}
+	defer rows.Close()
+	out := make(map[roomThread]NotificationCounts)
+	for rows.Next() {
+		var k roomThread
+		var c NotificationCounts
+		if err := rows.Scan(&k.roomNID, &k.thread, &c.NotificationCount, &c.HighlightCount); err != nil {
+			return nil, err
+		}
+		out[k] = c
+	}
+	return out, rows.Err()
 }
 
 // mainThread is the thread id of the main timeline.

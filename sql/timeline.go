@@ -199,28 +199,43 @@ type Relation struct {
 }
 
 // ChildrenOf returns the live (unredacted, accepted, in the timeline)
-// children of the given parents in a room with one of relTypes, oldest
-// first. Without withJSON the events' JSON is left empty: aggregations
-// that only count and order children need not load every body.
-func (t *Queries) ChildrenOf(ctx context.Context, roomNID int64, parentIDs, relTypes []string, withJSON bool) ([]Relation, error) {
-	if len(parentIDs) == 0 || len(relTypes) == 0 {
+// children with one of relTypes of the given parents, which lie in the
+// given rooms, oldest first: one query for the parents of many rooms. Only
+// the children whose rel type is in bodies carry their JSON: aggregations
+// that only count and order children need not load every body. The
+// relations index pairs a child with a parent id in the child's room; with
+// several rooms, a caller checks that the child's room is its parent's
+// (event ids do not say which room they belong to).
+func (t *Queries) ChildrenOf(ctx context.Context, roomNIDs []int64, parentIDs, relTypes, bodies []string) ([]Relation, error) {
+	if len(roomNIDs) == 0 || len(parentIDs) == 0 || len(relTypes) == 0 {
 		return nil, nil
 	}
-	cols := eventColumns
-	if !withJSON {
-		cols = strings.Replace(cols, "e.json", "''", 1)
+	var args []any
+	list := func(n int) string {
+		return placeholders(len(args)+1-n, n)
 	}
-	args := []any{roomNID}
+	for _, b := range bodies {
+		args = append(args, b)
+	}
+	json := `''`
+	if len(bodies) > 0 {
+		json = `CASE WHEN rel.rel_type IN (` + list(len(bodies)) + `) THEN e.json ELSE '' END`
+	}
+	for _, nid := range roomNIDs {
+		args = append(args, nid)
+	}
+	rooms := list(len(roomNIDs))
 	for _, id := range parentIDs {
 		args = append(args, id)
 	}
+	parents := list(len(parentIDs))
 	for _, rt := range relTypes {
 		args = append(args, rt)
 	}
-	rows, err := t.q.QueryContext(ctx, `SELECT rel.relates_to_id, rel.rel_type, `+cols+eventFrom+`
+	types := list(len(relTypes))
+	rows, err := t.q.QueryContext(ctx, `SELECT rel.relates_to_id, rel.rel_type, `+strings.Replace(eventColumns, "e.json", json, 1)+eventFrom+`
 		JOIN event_relations rel ON rel.event_nid = e.event_nid
-		WHERE rel.room_nid = $1 AND rel.relates_to_id IN (`+placeholders(2, len(parentIDs))+`)
-		AND rel.rel_type IN (`+placeholders(2+len(parentIDs), len(relTypes))+`)
+		WHERE rel.room_nid IN (`+rooms+`) AND rel.relates_to_id IN (`+parents+`) AND rel.rel_type IN (`+types+`)
 		AND e.redacted_by IS NULL AND`+timelineWhere+`ORDER BY e.depth, e.stream_pos`, args...)
 	if err != nil {
 		return nil, err

@@ -117,16 +117,13 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request, dev *userapi.Device, 
 // cannot tell "no keys left" from "unchanged" (element-android#3725).
 func (a *API) respond(ctx context.Context, w http.ResponseWriter, resp *syncResponse, dev *userapi.Device) error {
 	var err error
-	if resp.OneTimeKeysCount, err = a.db.OneTimeKeyCounts(ctx, dev.Localpart, dev.DeviceID); err != nil {
-		return fmt.Errorf("one-time key counts: %w", err)
+	if resp.OneTimeKeysCount, resp.UnusedFallbackKeyTypes, err = a.db.DeviceKeyCounts(ctx, dev.Localpart, dev.DeviceID); err != nil {
+		return fmt.Errorf("device key counts: %w", err)
 	}
 	if _, ok := resp.OneTimeKeysCount["signed_curve25519"]; !ok {
 		// Synapse always counts the algorithm clients upload, so that a
 		// client with none left learns it.
 		resp.OneTimeKeysCount["signed_curve25519"] = 0
-	}
-	if resp.UnusedFallbackKeyTypes, err = a.db.UnusedFallbackKeyTypes(ctx, dev.Localpart, dev.DeviceID); err != nil {
-		return fmt.Errorf("fallback key types: %w", err)
 	}
 	return writeJSON(w, resp)
 }

@@ -36,7 +36,11 @@ type syncBuilder struct {
 	// the response even with no new event.
 	ephemeral     map[string][]any
 	countsChanged map[string]bool
-	resp          *syncResponse
+	// membersUnchanged are the joined rooms whose whole window the
+	// timeline read saw without a membership event: the device lists
+	// need not look at their members.
+	membersUnchanged map[int64]bool
+	resp             *syncResponse
 }
 
 // buildSync reads what changed for the caller in (since, now]. It reads
@@ -67,10 +71,11 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 	if !b.initial && !req.fullState && b.since == b.upper {
 		return b.resp, nil
 	}
-	if b.ignored, b.invitesBlocked, err = view.SyncSettings(ctx, a.db, req.dev.Localpart); err != nil {
+	settingsChanged, err := b.accountData(ctx)
+	if err != nil {
 		return nil, err
 	}
-	if err := b.accountData(ctx); err != nil {
+	if err := b.settings(ctx, settingsChanged); err != nil {
 		return nil, err
 	}
 	mems, err := a.db.SyncMemberships(ctx, req.dev.UserID)
@@ -115,18 +120,22 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 
 // accountData reads the account data written in (since, upper]: the
 // global entries go to the response, the room entries wait for their
-// rooms.
-func (b *syncBuilder) accountData(ctx context.Context) error {
+// rooms. It reports whether it read a change to the settings a sync
+// applies (see settings).
+func (b *syncBuilder) accountData(ctx context.Context) (settingsChanged bool, err error) {
 	if !b.initial && b.since.AccountData == b.upper.AccountData {
-		return nil
+		return false, nil
 	}
 	entries, err := b.a.db.AccountDataSince(ctx, b.req.dev.Localpart, b.since.AccountData)
 	if err != nil {
-		return fmt.Errorf("account data: %w", err)
+		return false, fmt.Errorf("account data: %w", err)
 	}
 	b.roomData = make(map[string][]sql.AccountData)
 	var global []any
 	for _, d := range entries {
+		if d.RoomID == "" && view.IsSyncSetting(d.Type) {
+			settingsChanged = true
+		}
 		if d.StreamPos > b.upper.AccountData {
 			continue // the next sync's
 		}
@@ -141,7 +150,7 @@ func (b *syncBuilder) accountData(ctx context.Context) error {
 	if len(global) > 0 {
 		b.resp.AccountData = &eventList{Events: global}
 	}
-	return nil
+	return settingsChanged, nil
 }
 
 // roomAccountData returns a room's account data for the response: what

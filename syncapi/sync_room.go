@@ -130,6 +130,13 @@ func (b *syncBuilder) roomContent(ctx context.Context, m sql.SyncMembership, mem
 		read.complete = true // nothing in the window
 	}
 	evs, newest := read.evs, read.newest
+	if w.joined && read.complete && w.lo == b.since.Events && w.hi == b.upper.Events &&
+		!slices.ContainsFunc(read.stateKeys, func(k positionedKey) bool { return k.key.Type == spec.MRoomMember }) {
+		if b.membersUnchanged == nil {
+			b.membersUnchanged = make(map[int64]bool)
+		}
+		b.membersUnchanged[m.RoomNID] = true
+	}
 	out.timeline.Limited = read.limited
 	served, err := b.timelineEvents(ctx, v, evs)
 	if err != nil {

@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/weft-chat/weft/clientapi"
 	"github.com/weft-chat/weft/sql"
@@ -66,6 +67,10 @@ func (b *syncBuilder) toDevice(ctx context.Context) error {
 func (b *syncBuilder) deviceLists(ctx context.Context, mems []sql.SyncMembership) error {
 	if b.initial || (b.since.Events == b.upper.Events && b.since.DeviceLists == b.upper.DeviceLists) {
 		return nil
+	}
+	if len(b.membersUnchanged) > 0 {
+		// Rooms where no membership changed add nothing to the lists.
+		mems = slices.DeleteFunc(slices.Clone(mems), func(m sql.SyncMembership) bool { return b.membersUnchanged[m.RoomNID] })
 	}
 	lists, err := b.a.db.DeviceListChanges(ctx, b.req.dev.UserID, mems, sql.StreamPositions(b.since), sql.StreamPositions(b.upper))
 	if err != nil {

@@ -43,6 +43,7 @@ type API struct {
 	log    *slog.Logger
 	// presence is nil when presence is off.
 	presence Presence
+	settings settingsCache
 }
 
 // Option tunes the sync API at construction.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/weft-chat/weft/sql"
 )
@@ -19,7 +20,7 @@ const (
 
 // Children reads the relations index (sql.DB has it).
 type Children interface {
-	ChildrenOf(ctx context.Context, roomNID int64, parentIDs, relTypes []string, withJSON bool) ([]sql.Relation, error)
+	ChildrenOf(ctx context.Context, roomNIDs []int64, parentIDs, relTypes, bodies []string) ([]sql.Relation, error)
 	EventsByNID(ctx context.Context, nids []int64) ([]sql.Event, error)
 }
 
@@ -127,14 +128,18 @@ func (b Bundles) Relations(eventID string, render func(sql.Event) any) map[strin
 // already, and returns the events they carry.
 func bundle(ctx context.Context, db Children, v *Viewer, evs []sql.Event, out Bundles, done map[string]bool) ([]sql.Event, error) {
 	parents := make(map[string]sql.Event)
-	byRoom := make(map[int64][]string)
+	var ids []string
+	var rooms []int64
 	for _, ev := range evs {
 		if ev.StateKey != nil || done[ev.EventID] {
 			continue
 		}
 		done[ev.EventID] = true
 		parents[ev.EventID] = ev
-		byRoom[ev.RoomNID] = append(byRoom[ev.RoomNID], ev.EventID)
+		ids = append(ids, ev.EventID)
+		if !slices.Contains(rooms, ev.RoomNID) {
+			rooms = append(rooms, ev.RoomNID)
+		}
 	}
 	get := func(id string) *Aggregations {
 		if out[id] == nil {
@@ -143,54 +148,51 @@ func bundle(ctx context.Context, db Children, v *Viewer, evs []sql.Event, out Bu
 		return out[id]
 	}
 	threads := make(map[string]*Thread)
-	for roomNID, ids := range byRoom {
-		// Threads and references are counted and ordered, never read, so
-		// their bodies stay in the database; only edits need theirs (for
-		// m.new_content).
-		light, err := db.ChildrenOf(ctx, roomNID, ids, []string{RelThread, RelReference}, false)
-		if err != nil {
-			return nil, fmt.Errorf("children of %d events: %w", len(ids), err)
+	// Threads and references are counted and ordered, never read, so their
+	// bodies stay in the database; only edits need theirs (for
+	// m.new_content).
+	children, err := db.ChildrenOf(ctx, rooms, ids, []string{RelThread, RelReference, RelReplace}, []string{RelReplace})
+	if err != nil {
+		return nil, fmt.Errorf("children of %d events: %w", len(ids), err)
+	}
+	for _, c := range children {
+		parent := parents[c.ParentID]
+		if c.Event.RoomNID != parent.RoomNID {
+			continue // an event of another room that names the parent's id
 		}
-		full, err := db.ChildrenOf(ctx, roomNID, ids, []string{RelReplace}, true)
+		shown, err := v.Shows(ctx, c.Event)
 		if err != nil {
-			return nil, fmt.Errorf("edits of %d events: %w", len(ids), err)
+			return nil, err
 		}
-		for _, c := range append(light, full...) {
-			parent := parents[c.ParentID]
-			shown, err := v.Shows(ctx, c.Event)
-			if err != nil {
-				return nil, err
+		if !shown {
+			continue
+		}
+		switch c.RelType {
+		case RelThread:
+			if relType(parent) != "" {
+				continue // threads cannot start from a relation
 			}
-			if !shown {
+			th := threads[c.ParentID]
+			if th == nil {
+				th = &Thread{Participated: parent.Sender == v.UserID}
+				threads[c.ParentID] = th
+			}
+			th.Count++
+			// Children come oldest first: the last one is the latest.
+			th.Latest = c.Event
+			th.Participated = th.Participated || c.Event.Sender == v.UserID
+		case RelReplace:
+			if !validEdit(parent, c.Event) {
 				continue
 			}
-			switch c.RelType {
-			case RelThread:
-				if relType(parent) != "" {
-					continue // threads cannot start from a relation
-				}
-				th := threads[c.ParentID]
-				if th == nil {
-					th = &Thread{Participated: parent.Sender == v.UserID}
-					threads[c.ParentID] = th
-				}
-				th.Count++
-				// Children come oldest first: the last one is the latest.
-				th.Latest = c.Event
-				th.Participated = th.Participated || c.Event.Sender == v.UserID
-			case RelReplace:
-				if !validEdit(parent, c.Event) {
-					continue
-				}
-				g := get(c.ParentID)
-				if g.Replace == nil || newerEdit(c.Event, *g.Replace) {
-					e := c.Event
-					g.Replace = &e
-				}
-			case RelReference:
-				g := get(c.ParentID)
-				g.References = append(g.References, c.Event.EventID)
+			g := get(c.ParentID)
+			if g.Replace == nil || newerEdit(c.Event, *g.Replace) {
+				e := c.Event
+				g.Replace = &e
 			}
+		case RelReference:
+			g := get(c.ParentID)
+			g.References = append(g.References, c.Event.EventID)
 		}
 	}
 	var carried []sql.Event

@@ -169,6 +169,12 @@ type GlobalAccountData interface {
 	GlobalAccountData(ctx context.Context, localpart string, types ...string) (map[string][]byte, error)
 }
 
+// IsSyncSetting reports whether global account data of type typ is one
+// that SyncSettings reads.
+func IsSyncSetting(typ string) bool {
+	return typ == ignoredUsersType || typ == InvitePermissionType
+}
+
 // SyncSettings reads, in one query, what every /sync needs of the user's
 // account data: whom they ignore and whether they block invites.
 func SyncSettings(ctx context.Context, data GlobalAccountData, localpart string) (ignored map[string]bool, invitesBlocked bool, err error) {
