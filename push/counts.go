@@ -11,6 +11,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/nats-io/nats.go"
 
 	"github.com/weft-chat/weft/internal/bus"
 	"github.com/weft-chat/weft/internal/mxhttp"
@@ -30,6 +31,19 @@ type Rooms interface {
 // notifications. Its position survives restarts, so events committed while
 // no process counted are counted when one starts.
 const CountsDurable = "push-counts"
+
+// CountedSubject is the core NATS subject on which the counter announces,
+// after each event it handled, that it counted the event's room up to the
+// event (a Counted). The sync notifier holds the wake-ups of a room's
+// events until then, so that the members sync once, for the event and its
+// counts together.
+const CountedSubject = "push.counted"
+
+// Counted is an announcement on CountedSubject.
+type Counted struct {
+	RoomID    string `json:"room_id"`
+	StreamPos int64  `json:"stream_pos"`
+}
 
 // MainThread is the thread id of the main timeline (spec: threaded read
 // receipts).
@@ -53,6 +67,9 @@ type Counter struct {
 	names      nameCache
 	// wake wakes the syncs of the users whose counts changed (nil: none).
 	wake *wake.Publisher
+	// nc carries the Counted announcements (nil: none, a counter that
+	// Serve does not run).
+	nc *nats.Conn
 }
 
 // CounterOption configures a Counter.
@@ -84,6 +101,7 @@ const wakeBatch = 1000
 // Serve consumes room.output with the durable consumer push-counts, one
 // event at a time in stream order, until ctx ends or stop is called.
 func (c *Counter) Serve(ctx context.Context, b *bus.Bus) (stop func(), err error) {
+	c.nc = b.Conn()
 	return bus.Consume(ctx, b, bus.StreamRoomOutput, CountsDurable, bus.RoomOutputSubjects, c.Handle, bus.Ordered())
 }
 
@@ -92,38 +110,73 @@ func (c *Counter) Serve(ctx context.Context, b *bus.Bus) (stop func(), err error
 // are the database's, worth a retry; events that cannot be counted (gone,
 // unparsable) are logged and skipped, since a retry cannot fix them.
 func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
+	changed, err := c.handle(ctx, o)
+	if err != nil {
+		return err
+	}
+	// The announcement first: it releases the wake-up of the whole room,
+	// which the users whose counts changed are usually part of.
+	c.announce(o)
+	slices.Sort(changed)
+	changed = slices.Compact(changed)
+	for len(changed) > 0 {
+		batch := changed[:min(len(changed), wakeBatch)]
+		changed = changed[len(batch):]
+		c.wake.Users(batch...)
+	}
+	return nil
+}
+
+// announce publishes that the event's room is counted up to it. Like a
+// wake-up it is best effort: a lost one only delays the notifier's wake-up
+// by countWait.
+func (c *Counter) announce(o roomserver.OutputEvent) {
+	if c.nc == nil {
+		return
+	}
+	data, err := json.Marshal(Counted{RoomID: o.RoomID, StreamPos: o.StreamPos})
+	if err == nil {
+		err = c.nc.Publish(CountedSubject, data)
+	}
+	if err != nil {
+		c.log.Warn("announce counted event", "room_id", o.RoomID, "err", err)
+	}
+}
+
+// handle counts the event and returns the users whose counts changed.
+func (c *Counter) handle(ctx context.Context, o roomserver.OutputEvent) ([]string, error) {
 	stored, pdu, err := c.rooms.Event(ctx, o.EventID)
 	if err != nil {
 		var me *mxhttp.Error
 		if errors.As(err, &me) && me.Status == 404 {
 			c.log.Warn("push counts: event not found", "event_id", o.EventID)
-			return nil
+			return nil, nil
 		}
-		return err
+		return nil, err
 	}
 	if stored.Rejected || stored.Outlier || stored.StreamPos == 0 {
-		return nil
+		return nil, nil
 	}
 	ev, err := EventFromPDU(pdu)
 	if err != nil {
 		c.log.Warn("push counts: cannot read event", "event_id", o.EventID, "err", err)
-		return nil
+		return nil, nil
 	}
 	thread, err := c.threadOf(ctx, ev)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var notes []sql.PushNotification
 	if stored.RedactedBy == "" {
 		if notes, err = c.evaluate(ctx, stored, pdu, ev, thread); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	var redactedNID int64
 	if pdu.Type() == spec.MRoomRedaction && pdu.Redacts() != "" {
 		target, err := c.db.EventByID(ctx, pdu.Redacts())
 		if err != nil && !errors.Is(err, sql.ErrNotFound) {
-			return err
+			return nil, err
 		}
 		// Only an effective redaction drops the target's notifications.
 		if err == nil && target.RedactedBy == pdu.EventID() {
@@ -185,16 +238,9 @@ func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 		return err
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	slices.Sort(changed)
-	changed = slices.Compact(changed)
-	for len(changed) > 0 {
-		batch := changed[:min(len(changed), wakeBatch)]
-		changed = changed[len(batch):]
-		c.wake.Users(batch...)
-	}
-	return nil
+	return changed, nil
 }
 
 // evaluate runs every eligible member's rules against the event: what the

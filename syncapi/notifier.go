@@ -2,15 +2,18 @@ package syncapi
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/nats-io/nats.go"
 
 	"github.com/weft-chat/weft/internal/bus"
 	"github.com/weft-chat/weft/internal/wake"
+	"github.com/weft-chat/weft/push"
 	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 )
@@ -19,6 +22,15 @@ import (
 // Past it, the users with no sync waiting are forgotten (and read again
 // from the database at their next sync).
 const notifierMaxUsers = 100_000
+
+// countWait bounds how long the wake-up for a room event waits for the
+// push counter to have counted it (see Notifier).
+const countWait = 20 * time.Millisecond
+
+// countedMax bounds the rooms whose counted position the notifier keeps;
+// past it, it starts again empty (a room forgotten there waits for its
+// next counted signal, or countWait, once).
+const countedMax = 100_000
 
 // notifierLoadTimeout bounds reading a user's memberships. The read is
 // shared by every sync of the user that arrives meanwhile, so it does not
@@ -47,6 +59,15 @@ type MembershipStore interface {
 // and only a newer one replaces it, so the database load and the stream
 // may arrive in either order.
 //
+// A room event changes the unread counts of its room's members too, but
+// only once the push counter, which follows room.output on its own, has
+// counted it. Waking the members at the event would have them sync twice:
+// for the event, then for the counts. So once fed by Start the notifier
+// holds the wake-up of a room event until the counter announces the room
+// counted up to it (push.CountedSubject), for at most countWait. A counter
+// that misses that deadline is lagging: events then wake at once (and
+// their counts wake the users again) until it has caught up.
+//
 // Lock order: mu is the only lock, and nothing else is locked or awaited
 // while it is held.
 type Notifier struct {
@@ -58,6 +79,17 @@ type Notifier struct {
 	// rooms maps a room id to the users in users who are joined or
 	// invited.
 	rooms map[string]map[string]struct{}
+
+	// countWait is how long a room event's wake-up waits for the counter;
+	// 0 wakes at once (a notifier not fed by Start).
+	countWait time.Duration
+	// held are the room wake-ups waiting for the counter, by room.
+	held map[string]*heldWake
+	// counted is the greatest position counted of each room, as
+	// announced; lagBehind, when not 0, is a position the counter missed
+	// its deadline for and has not announced yet.
+	counted   map[string]int64
+	lagBehind int64
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -80,6 +112,16 @@ type notifiedUser struct {
 	loadErr error
 }
 
+// heldWake is a room's wake-up waiting for the counter.
+type heldWake struct {
+	// pos is the newest event held.
+	pos int64
+	// targets are the targets of the membership events held, woken with
+	// the room's members.
+	targets map[string]struct{}
+	timer   *time.Timer
+}
+
 // knownMembership is a membership and the stream position of its event.
 type knownMembership struct {
 	membership string
@@ -90,27 +132,43 @@ type knownMembership struct {
 // nobody until it is fed, by Start or by the On* methods.
 func NewNotifier(db MembershipStore, log *slog.Logger) *Notifier {
 	return &Notifier{db: db, log: log, users: make(map[string]*notifiedUser),
-		rooms: make(map[string]map[string]struct{}), closed: make(chan struct{})}
+		rooms: make(map[string]map[string]struct{}), held: make(map[string]*heldWake), counted: make(map[string]int64),
+		closed: make(chan struct{})}
 }
 
 // Start feeds the notifier from the bus: the room events published on
-// room.output after they commit, and the wake-ups of every other write a
-// sync returns (package wake). Every process runs its own notifier over
-// the whole stream.
+// room.output after they commit, the push counter's announcements of what
+// it counted, and the wake-ups of every other write a sync returns
+// (package wake). Every process runs its own notifier over the whole
+// stream.
 func (n *Notifier) Start(ctx context.Context, b *bus.Bus) error {
+	counted, err := b.Conn().Subscribe(push.CountedSubject, func(msg *nats.Msg) {
+		var c push.Counted
+		if json.Unmarshal(msg.Data, &c) == nil {
+			n.OnCounted(c.RoomID, c.StreamPos)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("notifier: subscribe %s: %w", push.CountedSubject, err)
+	}
+	n.mu.Lock()
+	n.countWait = countWait
+	n.mu.Unlock()
 	stop, err := bus.Tail(ctx, b, bus.StreamRoomOutput, bus.RoomOutputSubjects, func(_ context.Context, o roomserver.OutputEvent) {
 		n.OnRoomEvent(o)
 	})
 	if err != nil {
+		_ = counted.Unsubscribe()
 		return fmt.Errorf("notifier: %w", err)
 	}
 	sub, err := wake.Subscribe(b.Conn(), n.Wake)
 	if err != nil {
 		stop()
+		_ = counted.Unsubscribe()
 		return fmt.Errorf("notifier: subscribe %s: %w", wake.Subject, err)
 	}
 	n.mu.Lock()
-	n.stops = append(n.stops, stop, func() { _ = sub.Unsubscribe() })
+	n.stops = append(n.stops, stop, func() { _ = sub.Unsubscribe() }, func() { _ = counted.Unsubscribe() })
 	n.mu.Unlock()
 	return nil
 }
@@ -124,6 +182,11 @@ func (n *Notifier) Close() {
 		n.mu.Lock()
 		stops := n.stops
 		n.stops = nil
+		for id, h := range n.held {
+			h.timer.Stop()
+			n.releaseLocked(id, h)
+		}
+		n.countWait = 0
 		n.mu.Unlock()
 		for _, s := range stops {
 			s()
@@ -201,18 +264,92 @@ func (n *Notifier) load(ctx context.Context, userID string, u *notifiedUser) {
 
 // OnRoomEvent handles a committed room event: it updates the index with
 // a membership event, then wakes the event's target and the room's
-// members.
+// members, at once or once the counter has counted the event.
 func (n *Notifier) OnRoomEvent(o roomserver.OutputEvent) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	var target string
 	if o.Type == spec.MRoomMember && o.StateKey != nil {
-		target := *o.StateKey
+		target = *o.StateKey
 		if u := n.users[target]; u != nil {
 			n.learnLocked(target, u, o.RoomID, o.Membership, o.StreamPos)
+		}
+	}
+	if n.countWait == 0 || n.lagBehind != 0 || n.counted[o.RoomID] >= o.StreamPos {
+		if u := n.users[target]; u != nil {
+			wakeLocked(u)
+		}
+		n.wakeRoomLocked(o.RoomID)
+		return
+	}
+	h := n.held[o.RoomID]
+	if h == nil {
+		h = &heldWake{}
+		roomID := o.RoomID
+		h.timer = time.AfterFunc(n.countWait, func() { n.countMissed(roomID, h) })
+		n.held[o.RoomID] = h
+	}
+	h.pos = max(h.pos, o.StreamPos)
+	if target != "" {
+		if h.targets == nil {
+			h.targets = make(map[string]struct{})
+		}
+		h.targets[target] = struct{}{}
+	}
+}
+
+// OnCounted handles the push counter's announcement that it counted a
+// room up to stream position pos: the wake-up held for the room goes out
+// if it holds nothing newer.
+func (n *Notifier) OnCounted(roomID string, pos int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if pos >= n.lagBehind {
+		n.lagBehind = 0
+	}
+	if pos <= n.counted[roomID] {
+		return
+	}
+	if len(n.counted) >= countedMax {
+		clear(n.counted)
+	}
+	n.counted[roomID] = pos
+	if h := n.held[roomID]; h != nil && h.pos <= pos {
+		h.timer.Stop()
+		n.releaseLocked(roomID, h)
+	}
+}
+
+// countMissed releases a wake-up the counter did not answer in time, and
+// stops holding the next ones until it catches up.
+func (n *Notifier) countMissed(roomID string, h *heldWake) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.held[roomID] != h {
+		return // released meanwhile
+	}
+	n.lagBehind = max(n.lagBehind, h.pos)
+	n.releaseLocked(roomID, h)
+	// What else is held would wait just as long.
+	for id, other := range n.held {
+		other.timer.Stop()
+		n.releaseLocked(id, other)
+	}
+}
+
+func (n *Notifier) releaseLocked(roomID string, h *heldWake) {
+	delete(n.held, roomID)
+	for userID := range h.targets {
+		if u := n.users[userID]; u != nil {
 			wakeLocked(u)
 		}
 	}
-	for userID := range n.rooms[o.RoomID] {
+	n.wakeRoomLocked(roomID)
+}
+
+// wakeRoomLocked wakes the room's joined and invited users.
+func (n *Notifier) wakeRoomLocked(roomID string) {
+	for userID := range n.rooms[roomID] {
 		if u := n.users[userID]; u != nil {
 			wakeLocked(u)
 		}

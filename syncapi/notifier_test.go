@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/weft-chat/weft/internal/wake"
 	"github.com/weft-chat/weft/roomserver"
@@ -205,5 +206,90 @@ func TestNotifierForgetsIdleUsers(t *testing.T) {
 	n.OnRoomEvent(message("!r:x", 3))
 	if !woken(w) {
 		t.Fatal("a user with a waiting sync was forgotten")
+	}
+}
+
+// TestNotifierWaitsForCounts: fed by the counter, the notifier holds a
+// room event's wake-up until the room is counted up to it, so members sync
+// once for the event and its counts; it wakes at once for what is counted
+// already; a counter that misses the deadline is not waited for again
+// until it catches up.
+func TestNotifierWaitsForCounts(t *testing.T) {
+	db := &fakeMemberships{rows: map[string][]sql.SyncMembership{
+		"@a:x": {{RoomID: "!r:x", Membership: "join", StreamPos: 1}},
+	}}
+	n := NewNotifier(db, slog.New(slog.DiscardHandler))
+	n.countWait = time.Hour
+	defer n.Close()
+
+	w, release := listen(t, n, "@a:x")
+	n.OnRoomEvent(message("!r:x", 10))
+	n.OnRoomEvent(message("!r:x", 11))
+	n.OnCounted("!r:x", 10)
+	if woken(w) {
+		t.Fatal("woken before the counter counted the newest event")
+	}
+	n.OnCounted("!other:x", 11)
+	if woken(w) {
+		t.Fatal("woken by another room's count")
+	}
+	n.OnCounted("!r:x", 11)
+	if !woken(w) {
+		t.Fatal("not woken once the room was counted")
+	}
+	release()
+
+	// Counted before the notifier sees the event (they travel apart).
+	w, release = listen(t, n, "@a:x")
+	n.OnCounted("!r:x", 12)
+	n.OnRoomEvent(message("!r:x", 12))
+	if !woken(w) {
+		t.Fatal("an event counted already was held")
+	}
+	release()
+
+	// An invite's target is held and released with the room.
+	w, release = listen(t, n, "@a:x")
+	n.OnRoomEvent(member("!new:x", "@a:x", "invite", 13))
+	if woken(w) {
+		t.Fatal("the invite was not held")
+	}
+	n.OnCounted("!new:x", 13)
+	if !woken(w) {
+		t.Fatal("the invite's target was not woken with its room")
+	}
+	release()
+
+	// A counter that misses the deadline.
+	n.mu.Lock()
+	n.countWait = 20 * time.Millisecond
+	n.mu.Unlock()
+	w, release = listen(t, n, "@a:x")
+	n.OnRoomEvent(message("!r:x", 14))
+	if woken(w) {
+		t.Fatal("not held")
+	}
+	select {
+	case <-w:
+	case <-time.After(5 * time.Second):
+		t.Fatal("not woken after the deadline")
+	}
+	release()
+	w, release = listen(t, n, "@a:x")
+	n.OnRoomEvent(message("!r:x", 15))
+	if !woken(w) {
+		t.Fatal("held while the counter lags")
+	}
+	release()
+	n.OnCounted("!r:x", 15)
+	w, release = listen(t, n, "@a:x")
+	defer release()
+	n.OnRoomEvent(message("!r:x", 16))
+	if woken(w) {
+		t.Fatal("not held again once the counter caught up")
+	}
+	n.OnCounted("!r:x", 16)
+	if !woken(w) {
+		t.Fatal("not woken once counted")
 	}
 }
