@@ -63,6 +63,8 @@ type listener struct {
 	name string
 	srv  *http.Server
 	ln   net.Listener
+	// wrap, if set, wraps the listener Serve takes.
+	wrap func(net.Listener) net.Listener
 }
 
 // New opens storage, the bus and the keys, and builds the HTTP handlers.
@@ -155,6 +157,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 		s.closers = append(s.closers, func() error { stopPresence(); return nil })
 		syncOpts = append(syncOpts, syncapi.WithPresence(pres))
 	}
+	// Idle long-polls park their connections instead of holding a
+	// goroutine each; the client listener serves them again after.
+	parking := syncapi.NewParking()
+	syncOpts = append(syncOpts, syncapi.WithParking(parking))
 	sapi := syncapi.New(s.db, rooms, capi.Authed, log.With("component", "syncapi"), syncOpts...)
 	sapi.Routes(clientRouter)
 	sapi.SyncRoutes(clientRouter, notifier)
@@ -173,7 +179,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 		return mxhttp.Stack{Log: log.With("listener", name), Metrics: mxhttp.NewMetrics(reg, name), MaxBodyBytes: cfg.Client.MaxBodyBytes}
 	}
 	s.servers = append(s.servers,
-		&listener{name: "client", srv: &http.Server{Addr: cfg.Client.Listen, Handler: stack("client").Wrap(clientRouter)}},
+		&listener{name: "client", srv: &http.Server{Addr: cfg.Client.Listen, Handler: stack("client").Wrap(clientRouter)},
+			wrap: parking.Listener},
 		&listener{name: "federation", srv: &http.Server{Addr: cfg.Federation.Listen, Handler: stack("federation").Wrap(fedRouter),
 			TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}},
 	)
@@ -291,6 +298,9 @@ func (s *Server) Start() error {
 		scheme, ln := "http", l.ln
 		if l.srv.TLSConfig != nil {
 			scheme, ln = "https", tls.NewListener(ln, l.srv.TLSConfig)
+		}
+		if l.wrap != nil {
+			ln = l.wrap(ln)
 		}
 		s.log.Info("listening", "listener", l.name, "url", fmt.Sprintf("%s://%s", scheme, l.ln.Addr()))
 		go func() {

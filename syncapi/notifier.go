@@ -103,6 +103,8 @@ type notifiedUser struct {
 	// wake is closed to wake the user's syncs, then replaced by the next
 	// Listen; nil while nobody listens.
 	wake chan struct{}
+	// funcs are the ListenFunc registrations waiting for the next wake.
+	funcs map[*wakeFunc]struct{}
 	// listeners counts the syncs between Listen and their release; users
 	// with listeners are never forgotten.
 	listeners int
@@ -187,6 +189,10 @@ func (n *Notifier) Close() {
 			n.releaseLocked(id, h)
 		}
 		n.countWait = 0
+		// Parked syncs hear of the end through their functions.
+		for _, u := range n.users {
+			wakeLocked(u)
+		}
 		n.mu.Unlock()
 		for _, s := range stops {
 			s()
@@ -203,6 +209,22 @@ func (n *Notifier) Done() <-chan struct{} { return n.closed }
 // reads their memberships from the database (later ones wait for that
 // read).
 func (n *Notifier) Listen(ctx context.Context, userID string) (wake <-chan struct{}, release func(), err error) {
+	return n.listen(ctx, userID, nil)
+}
+
+// ListenFunc is Listen for a sync that waits without a goroutine of its
+// own (a parked one): f runs, on a new goroutine, at the next change that
+// concerns the user or when the notifier closes, once; release
+// unregisters it.
+func (n *Notifier) ListenFunc(ctx context.Context, userID string, f func()) (release func(), err error) {
+	_, release, err = n.listen(ctx, userID, &wakeFunc{f: f})
+	return release, err
+}
+
+// wakeFunc is a function registered by ListenFunc.
+type wakeFunc struct{ f func() }
+
+func (n *Notifier) listen(ctx context.Context, userID string, wf *wakeFunc) (wake <-chan struct{}, release func(), err error) {
 	n.mu.Lock()
 	u := n.users[userID]
 	load := u == nil
@@ -214,14 +236,26 @@ func (n *Notifier) Listen(ctx context.Context, userID string) (wake <-chan struc
 		n.users[userID] = u
 	}
 	u.listeners++
-	if u.wake == nil {
-		u.wake = make(chan struct{})
+	if wf == nil {
+		if u.wake == nil {
+			u.wake = make(chan struct{})
+		}
+		wake = u.wake
+	} else if isClosed(n.closed) {
+		go wf.f()
+	} else {
+		if u.funcs == nil {
+			u.funcs = make(map[*wakeFunc]struct{})
+		}
+		u.funcs[wf] = struct{}{}
 	}
-	wake = u.wake
 	n.mu.Unlock()
 	release = func() {
 		n.mu.Lock()
 		u.listeners--
+		if wf != nil {
+			delete(u.funcs, wf)
+		}
 		n.mu.Unlock()
 	}
 
@@ -239,6 +273,15 @@ func (n *Notifier) Listen(ctx context.Context, userID string) (wake <-chan struc
 		return nil, nil, u.loadErr
 	}
 	return wake, release, nil
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // load reads a user's memberships into the index. On failure the user is
@@ -404,6 +447,10 @@ func wakeLocked(u *notifiedUser) {
 		close(u.wake)
 		u.wake = nil
 	}
+	for wf := range u.funcs {
+		go wf.f()
+	}
+	clear(u.funcs)
 }
 
 // forgetIdleLocked drops the users nobody syncs for right now.

@@ -64,6 +64,7 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request, dev *userapi.Device, 
 	wait := req.since != nil && !req.fullState && req.timeout > 0
 	a.syncedPresence(ctx, req, wait)
 	var timer <-chan time.Time
+	deadline := time.Now().Add(req.timeout)
 	if wait {
 		t := time.NewTimer(req.timeout)
 		defer t.Stop()
@@ -93,6 +94,9 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request, dev *userapi.Device, 
 		if !wait || !resp.empty() {
 			release()
 			return a.respond(ctx, w, resp, dev)
+		}
+		if a.park(w, r, req, n, resp, wake, release, deadline) {
+			return nil
 		}
 		select {
 		case <-wake:

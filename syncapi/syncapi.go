@@ -44,6 +44,8 @@ type API struct {
 	// presence is nil when presence is off.
 	presence Presence
 	settings settingsCache
+	// parking is nil when long-polls wait in their handlers.
+	parking *Parking
 }
 
 // Option tunes the sync API at construction.

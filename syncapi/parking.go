@@ -1,0 +1,408 @@
+package syncapi
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/weft-chat/weft/internal/mxhttp"
+)
+
+// Parked long-polls.
+//
+// A long-poll that waits inside its handler holds what net/http keeps for
+// a request in progress: the connection's goroutine with the stack it grew
+// serving the request, a second goroutine reading ahead to notice the
+// client leave, the connection's read and write buffers, the request. That
+// came to about 40 KiB per idle long-poll. A parked one hijacks its
+// connection instead and returns: what waits is the connection, the
+// request's parameters and a timer, and the notifier calls it back
+// (Notifier.ListenFunc). Woken, it builds its response on a goroutine of
+// its own, writes it to the connection, and hands the connection back to
+// the client listener (Parking.Listener), whose server reads the client's
+// next request from it as from a new connection, so keep-alive is kept.
+//
+// The price: nobody reads from a parked connection, so a client that goes
+// away is noticed at the answer (at the latest at the timeout), and the
+// access log records the request when it parks.
+
+// parkingDrain bounds how long closing the listener waits for the parked
+// syncs to answer.
+const parkingDrain = 5 * time.Second
+
+// parkedBuildTimeout bounds one build of a parked sync's response, which
+// no client request bounds any more.
+const parkedBuildTimeout = time.Minute
+
+// Parking holds the parked long-polls of one client listener.
+type Parking struct {
+	conns chan net.Conn
+	done  chan struct{}
+
+	mu      sync.Mutex
+	closing bool
+	parked  map[*parkedSync]struct{}
+	active  sync.WaitGroup
+}
+
+// NewParking makes a Parking; Listener connects it to the client listener
+// and WithParking to the sync API.
+func NewParking() *Parking {
+	return &Parking{conns: make(chan net.Conn, 64), done: make(chan struct{}), parked: make(map[*parkedSync]struct{})}
+}
+
+// WithParking lets long-polls park (see Parking): only for the sync API
+// whose routes the listener made by p.Listener serves.
+func WithParking(p *Parking) Option {
+	return func(a *API) { a.parking = p }
+}
+
+// Listener wraps the client listener: Accept hands out its connections and
+// those of answered parked syncs. Closing it answers every parked sync at
+// once, waiting a little for them. Call it once.
+func (p *Parking) Listener(ln net.Listener) net.Listener {
+	l := &parkingListener{Listener: ln, p: p, accepted: make(chan accepted)}
+	go l.acceptLoop()
+	return l
+}
+
+type parkingListener struct {
+	net.Listener
+	p         *Parking
+	accepted  chan accepted
+	closeOnce sync.Once
+}
+
+type accepted struct {
+	c   net.Conn
+	err error
+}
+
+func (l *parkingListener) acceptLoop() {
+	for {
+		c, err := l.Listener.Accept()
+		select {
+		case l.accepted <- accepted{c, err}:
+		case <-l.p.done:
+			if c != nil {
+				c.Close()
+			}
+			return
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+	}
+}
+
+func (l *parkingListener) Accept() (net.Conn, error) {
+	select {
+	case a := <-l.accepted:
+		return a.c, a.err
+	case c := <-l.p.conns:
+		return c, nil
+	case <-l.p.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *parkingListener) Close() error {
+	err := l.Listener.Close()
+	l.closeOnce.Do(l.p.close)
+	return err
+}
+
+// close answers the parked syncs and stops taking connections back.
+func (p *Parking) close() {
+	p.mu.Lock()
+	p.closing = true
+	parked := make([]*parkedSync, 0, len(p.parked))
+	for ps := range p.parked {
+		parked = append(parked, ps)
+	}
+	p.mu.Unlock()
+	for _, ps := range parked {
+		go ps.expire()
+	}
+	drained := make(chan struct{})
+	go func() { p.active.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(parkingDrain):
+	}
+	close(p.done)
+}
+
+// giveBack hands an answered connection to the listener.
+func (p *Parking) giveBack(c net.Conn) {
+	select {
+	case p.conns <- c:
+	case <-p.done:
+		c.Close()
+	}
+}
+
+func (p *Parking) add(ps *parkedSync) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return false
+	}
+	p.parked[ps] = struct{}{}
+	p.active.Add(1)
+	return true
+}
+
+func (p *Parking) remove(ps *parkedSync) {
+	p.mu.Lock()
+	delete(p.parked, ps)
+	p.mu.Unlock()
+	p.active.Done()
+}
+
+// The states of a parked sync.
+const (
+	parkedWaiting = iota
+	parkedBuilding
+	parkedDone
+)
+
+// parkedSync is a long-poll waiting without a goroutine.
+type parkedSync struct {
+	a   *API
+	n   *Notifier
+	req *syncRequest
+	// ctx carries the request's values (the logger), not its end.
+	ctx      context.Context
+	method   string
+	url      *url.URL
+	keepOpen bool
+	// header holds what the middleware set for the response (CORS).
+	header   http.Header
+	conn     net.Conn
+	deadline time.Time
+
+	mu       sync.Mutex
+	state    int
+	again    bool // woken while building
+	expired  bool // timed out, or the server stops
+	resp     *syncResponse
+	release  func()
+	timer    *time.Timer
+	finished bool
+}
+
+// park hijacks the connection of a long-poll that found nothing yet and
+// leaves it waiting for the notifier. wake and release are its
+// registration with the notifier, made before resp was built. It reports
+// false when the sync must wait in its handler instead (no parking for
+// this listener, an HTTP/2 request, a change that came meanwhile).
+func (a *API) park(w http.ResponseWriter, r *http.Request, req *syncRequest, n *Notifier, resp *syncResponse,
+	wake <-chan struct{}, release func(), deadline time.Time) bool {
+	if a.parking == nil || isClosed(wake) || isClosed(n.Done()) {
+		return false
+	}
+	header := w.Header().Clone()
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return false
+	}
+	if k := brw.Reader.Buffered(); k > 0 {
+		// The client sent its next request already: serve it after.
+		ahead, _ := brw.Reader.Peek(k)
+		conn = &prefixedConn{Conn: conn, prefix: bytes.NewReader(bytes.Clone(ahead))}
+	}
+	ps := &parkedSync{a: a, n: n, req: req, ctx: context.WithoutCancel(r.Context()), method: r.Method, url: r.URL,
+		keepOpen: !r.Close, header: header, conn: conn, deadline: deadline, resp: resp, state: parkedBuilding}
+	if !a.parking.add(ps) {
+		release()
+		go ps.finish(resp, nil)
+		return true
+	}
+	ps.mu.Lock()
+	ps.release, err = n.ListenFunc(ps.ctx, req.dev.UserID, ps.woken)
+	release()
+	if err != nil {
+		ps.mu.Unlock()
+		go ps.finish(nil, err)
+		return true
+	}
+	ps.timer = time.AfterFunc(time.Until(deadline), ps.expire)
+	// A change between the first registration and the second woke the
+	// first only.
+	changed := isClosed(wake)
+	if !changed {
+		ps.state = parkedWaiting
+	}
+	ps.mu.Unlock()
+	if changed {
+		go ps.run()
+	}
+	return true
+}
+
+// woken is the notifier's call: build again.
+func (ps *parkedSync) woken() {
+	ps.mu.Lock()
+	switch ps.state {
+	case parkedWaiting:
+		ps.state = parkedBuilding
+		ps.mu.Unlock()
+		ps.run()
+		return
+	case parkedBuilding:
+		ps.again = true
+	}
+	ps.mu.Unlock()
+}
+
+// expire ends the wait: the timeout, or the server stopping.
+func (ps *parkedSync) expire() {
+	ps.mu.Lock()
+	ps.expired = true
+	if ps.state != parkedWaiting {
+		ps.mu.Unlock()
+		return // the build in progress sees expired
+	}
+	ps.state = parkedBuilding
+	resp := ps.resp
+	ps.mu.Unlock()
+	ps.finish(resp, nil)
+}
+
+// run builds the response until it has something or the wait is over,
+// as the loop of API.sync does, registering with the notifier before each
+// read.
+func (ps *parkedSync) run() {
+	for {
+		ps.mu.Lock()
+		ps.again = false
+		over := ps.expired || isClosed(ps.n.Done())
+		resp := ps.resp
+		ps.mu.Unlock()
+		if over {
+			ps.finish(resp, nil)
+			return
+		}
+		release, err := ps.n.ListenFunc(ps.ctx, ps.req.dev.UserID, ps.woken)
+		ps.mu.Lock()
+		ps.release()
+		ps.release = func() {}
+		if err == nil {
+			ps.release = release
+		}
+		ps.mu.Unlock()
+		if err != nil {
+			ps.finish(nil, err)
+			return
+		}
+		ctx, cancel := context.WithTimeout(ps.ctx, parkedBuildTimeout)
+		resp, err = ps.a.buildSync(ctx, ps.req)
+		cancel()
+		if err != nil || !resp.empty() {
+			ps.finish(resp, err)
+			return
+		}
+		ps.mu.Lock()
+		ps.resp = resp
+		if !ps.again && !ps.expired {
+			ps.state = parkedWaiting
+			ps.mu.Unlock()
+			return
+		}
+		ps.mu.Unlock()
+	}
+}
+
+// finish answers the sync with resp, or with err, on its connection, then
+// gives the connection back to the listener (or closes it).
+func (ps *parkedSync) finish(resp *syncResponse, err error) {
+	ps.mu.Lock()
+	if ps.finished {
+		ps.mu.Unlock()
+		return
+	}
+	ps.finished = true
+	ps.state = parkedDone
+	if ps.timer != nil {
+		ps.timer.Stop()
+	}
+	if ps.release != nil {
+		ps.release()
+	}
+	ps.mu.Unlock()
+	defer ps.a.parking.remove(ps)
+
+	ctx, cancel := context.WithTimeout(ps.ctx, parkedBuildTimeout)
+	defer cancel()
+	rec := &recorder{header: ps.header}
+	if err == nil {
+		err = ps.a.respond(ctx, rec, resp, ps.req.dev)
+	}
+	if err != nil {
+		r := (&http.Request{Method: ps.method, URL: ps.url, Header: http.Header{}}).WithContext(ctx)
+		rec = &recorder{header: ps.header}
+		mxhttp.WriteError(rec, r, err)
+	}
+	var out bytes.Buffer
+	hr := &http.Response{StatusCode: rec.status, ProtoMajor: 1, ProtoMinor: 1, Header: rec.header,
+		ContentLength: int64(rec.body.Len()), Body: io.NopCloser(&rec.body), Close: !ps.keepOpen}
+	if rec.status == 0 {
+		hr.StatusCode = http.StatusOK
+	}
+	hr.Header.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	_ = hr.Write(&out)
+	_ = ps.conn.SetWriteDeadline(time.Now().Add(parkedBuildTimeout))
+	if _, err := ps.conn.Write(out.Bytes()); err != nil || !ps.keepOpen {
+		ps.conn.Close()
+		return
+	}
+	_ = ps.conn.SetWriteDeadline(time.Time{})
+	ps.a.parking.giveBack(ps.conn)
+}
+
+// recorder is the http.ResponseWriter of a parked sync's answer.
+type recorder struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+
+func (r *recorder) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.body.Write(b)
+}
+
+// prefixedConn is a connection whose first bytes were read already.
+type prefixedConn struct {
+	net.Conn
+	prefix *bytes.Reader
+}
+
+func (c *prefixedConn) Read(b []byte) (int, error) {
+	if c.prefix.Len() > 0 {
+		return c.prefix.Read(b)
+	}
+	return c.Conn.Read(b)
+}
+
+var (
+	_ http.ResponseWriter = (*recorder)(nil)
+	_ net.Listener        = (*parkingListener)(nil)
+)
