@@ -118,6 +118,9 @@ func (r *runner) deliveries(ctx context.Context, res *Result, p plan, nUsers, n,
 	if err != nil {
 		return err
 	}
+	if err := r.settle(ctx, res, "the setup"); err != nil {
+		return err
+	}
 
 	t := newTracker(n, stride)
 	loops, stopLoops := context.WithCancel(ctx)

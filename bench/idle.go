@@ -16,16 +16,10 @@ const (
 )
 
 // idleSettle is how long the long-polls sit open at least before the memory
-// is read, so that the server has finished taking them in. With a pid the
-// bench also waits, up to idleSettleMax, for the server to go quiet (under
-// idleQuietCPU of one core over idleQuietWindow): a request written is not
-// yet a request the server has taken in.
-const (
-	idleSettle      = 3 * time.Second
-	idleSettleMax   = time.Minute
-	idleQuietWindow = 500 * time.Millisecond
-	idleQuietCPU    = 0.1
-)
+// is read, so that the server has finished taking them in (with a pid, the
+// bench also waits for the server to go quiet: a request written is not
+// yet a request the server has taken in).
+const idleSettle = 3 * time.Second
 
 // runIdle opens N /sync long-polls, each on its own connection, spread
 // over U users, and reads the server's memory while they all wait. The
@@ -118,16 +112,8 @@ func runIdle(ctx context.Context, r *runner) (*Result, error) {
 	if !sleepUntil(ctx, settled.Add(idleSettle)) {
 		return nil, ctx.Err()
 	}
-	if r.o.PID != 0 {
-		quiet, err := r.waitQuiet(ctx, settled.Add(idleSettleMax))
-		if err != nil {
-			return nil, err
-		}
-		if !quiet {
-			res.note("the server was still busy %s after the long-polls opened", idleSettleMax)
-		} else if d := time.Since(settled); d > idleSettle+idleQuietWindow {
-			res.note("memory read once the server went quiet, %.1f s after the long-polls opened", d.Seconds())
-		}
+	if err := r.settle(ctx, res, "the long-polls opened"); err != nil {
+		return nil, err
 	}
 	if err := mem.done(res); err != nil {
 		return nil, err
@@ -153,27 +139,4 @@ func runIdle(ctx context.Context, r *runner) (*Result, error) {
 			m.After-m.Before <= limit && failed <= 0)
 	}
 	return res, nil
-}
-
-// waitQuiet waits until the server uses less than idleQuietCPU of a core
-// over idleQuietWindow, or until the deadline (quiet false).
-func (r *runner) waitQuiet(ctx context.Context, deadline time.Time) (quiet bool, err error) {
-	before, err := readCPU(r.o.PID)
-	if err != nil {
-		return false, fmt.Errorf("server CPU time: %w", err)
-	}
-	for time.Now().Before(deadline) {
-		if !sleepUntil(ctx, time.Now().Add(idleQuietWindow)) {
-			return false, ctx.Err()
-		}
-		now, err := readCPU(r.o.PID)
-		if err != nil {
-			return false, fmt.Errorf("server CPU time: %w", err)
-		}
-		if now-before < idleQuietCPU*idleQuietWindow.Seconds() {
-			return true, nil
-		}
-		before = now
-	}
-	return false, nil
 }

@@ -3,11 +3,13 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // memory is a process's resident memory in MiB.
@@ -167,4 +169,46 @@ func serverFileLimit(pid int) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("/proc/%d/limits: no Max open files", pid)
+}
+
+// With a pid, the bench waits for the server to go quiet (under quietCPU
+// of one core over quietWindow, for at most settleMax) before it measures:
+// work the setup left behind (counting notifications of the messages it
+// sent, taking in requests) would otherwise be measured with the
+// scenario, and more of it on a slower machine.
+const (
+	settleMax   = time.Minute
+	quietWindow = 500 * time.Millisecond
+	quietCPU    = 0.1
+)
+
+// settle waits for the server to go quiet, after what (for the notes).
+// Without a pid it returns at once.
+func (r *runner) settle(ctx context.Context, res *Result, after string) error {
+	if r.o.PID == 0 {
+		return nil
+	}
+	start := time.Now()
+	before, err := readCPU(r.o.PID)
+	if err != nil {
+		return fmt.Errorf("server CPU time: %w", err)
+	}
+	for time.Since(start) < settleMax {
+		if !sleepUntil(ctx, time.Now().Add(quietWindow)) {
+			return ctx.Err()
+		}
+		now, err := readCPU(r.o.PID)
+		if err != nil {
+			return fmt.Errorf("server CPU time: %w", err)
+		}
+		if now-before < quietCPU*quietWindow.Seconds() {
+			if d := time.Since(start); d > 2*quietWindow {
+				res.note("the server went quiet %.1f s after %s", d.Seconds(), after)
+			}
+			return nil
+		}
+		before = now
+	}
+	res.note("the server was still busy %s after %s", settleMax, after)
+	return nil
 }

@@ -53,6 +53,12 @@ type serveOptions struct {
 // for their device, prev_content for state events, and the bundled
 // aggregations of the events. evs must already be visible to v.
 func (a *API) serve(ctx context.Context, v *view.Viewer, dev *userapi.Device, evs []sql.Event, opt serveOptions) ([]ClientEvent, error) {
+	return a.serveRooms(ctx, func(int64) *view.Viewer { return v }, dev, evs, opt)
+}
+
+// serveRooms is serve for the events of several rooms, each seen by its
+// own viewer (by room NID): what costs a query costs one for them all.
+func (a *API) serveRooms(ctx context.Context, viewer func(roomNID int64) *view.Viewer, dev *userapi.Device, evs []sql.Event, opt serveOptions) ([]ClientEvent, error) {
 	if len(evs) == 0 {
 		return []ClientEvent{}, nil
 	}
@@ -60,7 +66,7 @@ func (a *API) serve(ctx context.Context, v *view.Viewer, dev *userapi.Device, ev
 	all := evs
 	if opt.bundle {
 		var err error
-		if bundles, err = view.Bundle(ctx, a.db, v, evs); err != nil {
+		if bundles, err = view.BundleRooms(ctx, a.db, viewer, evs); err != nil {
 			return nil, err
 		}
 		all = append(append([]sql.Event{}, evs...), bundles.Carried()...)

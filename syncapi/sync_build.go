@@ -40,7 +40,12 @@ type syncBuilder struct {
 	// timeline read saw without a membership event: the device lists
 	// need not look at their members.
 	membersUnchanged map[int64]bool
-	resp             *syncResponse
+	// pre is what an initial sync read of all its rooms at once, and
+	// pending the rooms whose events wait to be served together (see
+	// sync_batch.go).
+	pre     *prefetch
+	pending []*pendingRoom
+	resp    *syncResponse
 }
 
 // buildSync reads what changed for the caller in (since, now]. It reads
@@ -94,6 +99,11 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 	if err := b.readCountChanges(ctx, joined); err != nil {
 		return nil, err
 	}
+	if b.initial {
+		if err := b.prefetchInitial(ctx, mems); err != nil {
+			return nil, err
+		}
+	}
 	for _, m := range mems {
 		if !req.filter.room(m.RoomID) {
 			continue
@@ -101,6 +111,9 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 		if err := b.room(ctx, m); err != nil {
 			return nil, fmt.Errorf("sync room %s: %w", m.RoomID, err)
 		}
+	}
+	if err := b.servePending(ctx); err != nil {
+		return nil, err
 	}
 	if err := b.fillUnreadCounts(ctx, mems); err != nil {
 		return nil, err

@@ -6,13 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"time"
 
-	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
-	"github.com/weft-chat/weft/clientapi"
-	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/syncapi/view"
 )
@@ -41,6 +37,9 @@ type roomContent struct {
 	// stateAfter for state_after.
 	state, stateAfter *eventList
 	summary           *roomSummary
+	// pending holds the events servePending serves, for a room whose
+	// serving waits for that (see deferServing).
+	pending *pendingRoom
 }
 
 // changed reports whether the room has anything for the client.
@@ -65,6 +64,7 @@ func (b *syncBuilder) joined(ctx context.Context, m sql.SyncMembership, w roomWi
 	}
 	jr := &joinedRoom{Summary: c.summary, State: c.state, StateAfter: c.stateAfter, Timeline: c.timeline,
 		Ephemeral: newEventList(eph), AccountData: newEventList(data)}
+	b.addPending(c, &jr.Timeline)
 	if err := b.unreadCounts(ctx, m, jr); err != nil {
 		return err
 	}
@@ -91,8 +91,19 @@ func (b *syncBuilder) left(ctx context.Context, m sql.SyncMembership, leave sql.
 	if rooms.Leave == nil {
 		rooms.Leave = make(map[string]*leftRoom)
 	}
-	rooms.Leave[m.RoomID] = &leftRoom{State: c.state, StateAfter: c.stateAfter, Timeline: c.timeline, AccountData: newEventList(data)}
+	lr := &leftRoom{State: c.state, StateAfter: c.stateAfter, Timeline: c.timeline, AccountData: newEventList(data)}
+	b.addPending(c, &lr.Timeline)
+	rooms.Leave[m.RoomID] = lr
 	return nil
+}
+
+// addPending queues the serving of a room whose content left it to
+// servePending; its timeline goes to tl.
+func (b *syncBuilder) addPending(c *roomContent, tl *timeline) {
+	if c.pending != nil {
+		c.pending.timelineTo = &tl.Events
+		b.pending = append(b.pending, c.pending)
+	}
 }
 
 // roomContent reads a room's timeline in the window and the state that
@@ -138,11 +149,16 @@ func (b *syncBuilder) roomContent(ctx context.Context, m sql.SyncMembership, mem
 		b.membersUnchanged[m.RoomNID] = true
 	}
 	out.timeline.Limited = read.limited
-	served, err := b.timelineEvents(ctx, v, evs)
-	if err != nil {
-		return nil, err
+	deferred := b.deferServing(w) && !w.onlyOwn
+	if deferred {
+		out.pending = &pendingRoom{v: v, roomID: m.RoomID, timeline: evs}
+	} else {
+		served, err := b.timelineEvents(ctx, v, evs)
+		if err != nil {
+			return nil, err
+		}
+		out.timeline.Events = served
 	}
-	out.timeline.Events = served
 	if len(evs) > 0 {
 		out.timeline.PrevBatch = PrevBatch(evs[0])
 	} else {
@@ -157,6 +173,7 @@ func (b *syncBuilder) roomContent(ctx context.Context, m sql.SyncMembership, mem
 	}
 
 	// The state at the end and at the start of the timeline.
+	var err error
 	var end stateRef
 	if newest != nil {
 		end = stateAfter(*newest)
@@ -229,6 +246,12 @@ func (b *syncBuilder) roomContent(ctx context.Context, m sql.SyncMembership, mem
 	} else {
 		nids = slices.DeleteFunc(slices.Clone(nids), func(nid int64) bool { return inTimeline[nid] })
 	}
+	if deferred {
+		out.setState(b.req.useStateAfter, nil)
+		out.pending.stateNIDs = nids
+		out.pending.stateTo = cmp.Or(out.state, out.stateAfter)
+		return out, nil
+	}
 	state, err := b.stateEvents(ctx, m.RoomID, nids)
 	if err != nil {
 		return nil, err
@@ -268,7 +291,7 @@ func (b *syncBuilder) stateDelta(ctx context.Context, roomNID int64, w roomWindo
 				return nil, nil, err
 			}
 			mergeState(base, members)
-		} else if base, err = start.all(ctx, db); err != nil {
+		} else if base, err = b.fullState(ctx, start); err != nil {
 			return nil, nil, err
 		}
 		endVals, err := end.lookup(ctx, db, changed)
@@ -363,9 +386,12 @@ func (b *syncBuilder) readTimeline(ctx context.Context, roomNID int64, v *view.V
 	cur, n, scanned := w.hi, limit+1, 0
 	for {
 		n = min(n, maxBatch)
-		rows, err := b.a.db.RoomEventsByStream(ctx, roomNID, w.lo, cur, n)
-		if err != nil {
-			return timelineRead{}, fmt.Errorf("timeline: %w", err)
+		rows, ok := b.prefetched(roomNID, w.lo, cur, n)
+		if !ok {
+			var err error
+			if rows, err = b.a.db.RoomEventsByStream(ctx, roomNID, w.lo, cur, n); err != nil {
+				return timelineRead{}, fmt.Errorf("timeline: %w", err)
+			}
 		}
 		for i := range rows {
 			ev := rows[i]
@@ -419,14 +445,23 @@ func (b *syncBuilder) keep(ctx context.Context, v *view.Viewer, w roomWindow, tf
 // summary is a joined room's summary now: its member counts, and the
 // heroes when the room has no name and no canonical alias.
 func (b *syncBuilder) summary(ctx context.Context, m sql.SyncMembership) (*roomSummary, error) {
-	joined, invited, err := b.a.db.RoomMemberCounts(ctx, m.RoomNID)
-	if err != nil {
-		return nil, fmt.Errorf("member counts: %w", err)
+	var s *roomSummary
+	var named bool
+	if c, ok := b.pre.countsOf(m.RoomNID); ok {
+		s = &roomSummary{Joined: c.Joined, Invited: c.Invited}
+		named = b.pre.named[m.RoomNID]
+	} else {
+		joined, invited, err := b.a.db.RoomMemberCounts(ctx, m.RoomNID)
+		if err != nil {
+			return nil, fmt.Errorf("member counts: %w", err)
+		}
+		s = &roomSummary{Joined: joined, Invited: invited}
+		if named, err = b.named(ctx, m.RoomID); err != nil {
+			return nil, err
+		}
 	}
-	s := &roomSummary{Joined: joined, Invited: invited}
-	named, err := b.named(ctx, m.RoomID)
-	if err != nil || named {
-		return s, err
+	if named {
+		return s, nil
 	}
 	userID := b.req.dev.UserID
 	heroes, err := b.a.db.RoomHeroes(ctx, m.RoomNID, userID, []string{spec.Join, spec.Invite}, 5)
@@ -498,30 +533,22 @@ func (b *syncBuilder) stateEvents(ctx context.Context, roomID string, nids []int
 	if err != nil {
 		return nil, fmt.Errorf("state events: %w", err)
 	}
+	out, err := b.formatState(ctx, b.stateSection(roomID, evs))
+	if err != nil {
+		return nil, err
+	}
+	return b.project(out)
+}
+
+// stateSection keeps the state events the room's state filter passes, in
+// stream order.
+func (b *syncBuilder) stateSection(roomID string, evs []sql.Event) []sql.Event {
 	sf := b.req.filter.state(roomID)
 	evs = slices.DeleteFunc(evs, func(ev sql.Event) bool { return !eventPasses(sf, ev) })
 	slices.SortFunc(evs, func(x, y sql.Event) int {
 		return cmp.Or(cmp.Compare(x.StreamPos, y.StreamPos), cmp.Compare(x.NID, y.NID))
 	})
-	if b.req.filter.federation {
-		return rawEvents(evs), nil
-	}
-	pdus := make([]gomatrixserverlib.PDU, len(evs))
-	for i, ev := range evs {
-		if pdus[i], err = roomserver.ParseStored(ev); err != nil {
-			return nil, err
-		}
-	}
-	ces, err := clientapi.ClientEvents(ctx, b.a.db, pdus, b.req.dev, time.Now())
-	if err != nil {
-		return nil, err
-	}
-	out := make([]any, len(ces))
-	for i := range ces {
-		ces[i].RoomID = ""
-		out[i] = ces[i]
-	}
-	return b.project(out)
+	return evs
 }
 
 // rawEvents serves events in the federation format: as stored.

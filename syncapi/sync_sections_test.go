@@ -208,11 +208,24 @@ func TestSyncSummary(t *testing.T) {
 		if !slices.Equal(heroes, []string{bob.UserID.String(), carol.UserID.String()}) || joined != 2 || invited != 1 {
 			t.Errorf("summary heroes %v joined %d invited %d", heroes, joined, invited)
 		}
-		// A named room needs no heroes.
+		// A named room needs no heroes. (With two rooms, an initial sync
+		// reads their summaries together: still each its own.)
 		named := createRoom(t, alice, &mautrix.ReqCreateRoom{Name: "Has a name"})
-		j, _ = h.sync(t, alice, nil).joined(named)
+		both := h.sync(t, alice, nil)
+		j, _ = both.joined(named)
 		if _, ok := j.Summary["m.heroes"]; ok {
 			t.Errorf("named room has heroes: %s", j.Summary["m.heroes"])
+		}
+		if err := json.Unmarshal(j.Summary["m.joined_member_count"], &joined); err != nil || joined != 1 {
+			t.Errorf("named room: %d joined %v", joined, err)
+		}
+		j, _ = both.joined(roomID)
+		heroes = nil
+		_ = json.Unmarshal(j.Summary["m.heroes"], &heroes)
+		_ = json.Unmarshal(j.Summary["m.joined_member_count"], &joined)
+		_ = json.Unmarshal(j.Summary["m.invited_member_count"], &invited)
+		if !slices.Equal(heroes, []string{bob.UserID.String(), carol.UserID.String()}) || joined != 2 || invited != 1 {
+			t.Errorf("beside a named room: heroes %v joined %d invited %d", heroes, joined, invited)
 		}
 		// The summary comes again when membership changes, not with every
 		// message.

@@ -70,11 +70,17 @@ const maxNesting = 1
 // events get no bundles (spec: "State events do not currently receive
 // bundled aggregations").
 func Bundle(ctx context.Context, db Children, v *Viewer, evs []sql.Event) (Bundles, error) {
+	return BundleRooms(ctx, db, func(int64) *Viewer { return v }, evs)
+}
+
+// BundleRooms is Bundle for the events of several rooms, each seen by its
+// own viewer (by room NID), in one query per nesting level.
+func BundleRooms(ctx context.Context, db Children, viewer func(roomNID int64) *Viewer, evs []sql.Event) (Bundles, error) {
 	out := make(Bundles)
 	done := make(map[string]bool)
 	level := evs
 	for nesting := 0; nesting <= maxNesting && len(level) > 0; nesting++ {
-		carried, err := bundle(ctx, db, v, level, out, done)
+		carried, err := bundle(ctx, db, viewer, level, out, done)
 		if err != nil {
 			return nil, err
 		}
@@ -126,7 +132,7 @@ func (b Bundles) Relations(eventID string, render func(sql.Event) any) map[strin
 
 // bundle adds the aggregations of evs to out, skipping events done
 // already, and returns the events they carry.
-func bundle(ctx context.Context, db Children, v *Viewer, evs []sql.Event, out Bundles, done map[string]bool) ([]sql.Event, error) {
+func bundle(ctx context.Context, db Children, viewer func(int64) *Viewer, evs []sql.Event, out Bundles, done map[string]bool) ([]sql.Event, error) {
 	parents := make(map[string]sql.Event)
 	var ids []string
 	var rooms []int64
@@ -160,6 +166,7 @@ func bundle(ctx context.Context, db Children, v *Viewer, evs []sql.Event, out Bu
 		if c.Event.RoomNID != parent.RoomNID {
 			continue // an event of another room that names the parent's id
 		}
+		v := viewer(parent.RoomNID)
 		shown, err := v.Shows(ctx, c.Event)
 		if err != nil {
 			return nil, err

@@ -1,0 +1,163 @@
+package sql
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// The reads of sync.go for many rooms at once: an initial sync reads the
+// same things of every room, and on PostgreSQL a round trip per room and
+// read was most of its time.
+
+// syncBatchRooms bounds the rooms of one batched query.
+const syncBatchRooms = 100
+
+// RoomsEventsByStream is RoomEventsByStream for several rooms in one query
+// (per 100 rooms): up to limit timeline events of each room in (lo, hi],
+// newest first, by room NID.
+func (t *Queries) RoomsEventsByStream(ctx context.Context, roomNIDs []int64, lo, hi int64, limit int) (map[int64][]Event, error) {
+	out := make(map[int64][]Event, len(roomNIDs))
+	for len(roomNIDs) > 0 {
+		batch := roomNIDs[:min(len(roomNIDs), syncBatchRooms)]
+		roomNIDs = roomNIDs[len(batch):]
+		// One index range per room, each with its own limit.
+		args := []any{lo, hi, limit}
+		parts := make([]string, len(batch))
+		for i, nid := range batch {
+			args = append(args, nid)
+			parts[i] = fmt.Sprintf(`SELECT * FROM (SELECT `+eventColumns+eventFrom+`WHERE e.room_nid = $%d AND`+timelineWhere+`
+				AND e.stream_pos > $1 AND e.stream_pos <= $2 ORDER BY e.stream_pos DESC LIMIT $3) t%d`, len(args), i)
+		}
+		evs, err := t.queryEvents(ctx, strings.Join(parts, " UNION ALL "), args...)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range evs {
+			out[e.RoomNID] = append(out[e.RoomNID], e)
+		}
+	}
+	// UNION ALL promises no order.
+	for _, evs := range out {
+		slices.SortFunc(evs, func(a, b Event) int { return cmp.Compare(b.StreamPos, a.StreamPos) })
+	}
+	return out, nil
+}
+
+// Snapshots is Snapshot for several snapshots in one query (per 100), by
+// snapshot NID.
+func (t *Queries) Snapshots(ctx context.Context, nids []int64) (map[int64]StateMap, error) {
+	out := make(map[int64]StateMap, len(nids))
+	for _, nid := range nids {
+		out[nid] = make(StateMap)
+	}
+	nids = removeZero(nids)
+	for len(nids) > 0 {
+		batch := nids[:min(len(nids), syncBatchRooms)]
+		nids = nids[len(batch):]
+		args := make([]any, len(batch))
+		for i, nid := range batch {
+			args[i] = nid
+		}
+		// As snapshotChain, with the snapshot each row belongs to.
+		rows, err := t.q.QueryContext(ctx, `WITH RECURSIVE chain (root, nid, n) AS (
+				SELECT snapshot_nid, snapshot_nid, 0 FROM state_snapshots WHERE snapshot_nid IN (`+placeholders(1, len(batch))+`)
+				UNION ALL
+				SELECT c.root, s.base_nid, c.n + 1 FROM state_snapshots s JOIN chain c ON s.snapshot_nid = c.nid WHERE s.base_nid <> 0
+			)
+			SELECT c.root, e.type, e.state_key, e.event_nid FROM chain c JOIN state_snapshot_entries e ON e.snapshot_nid = c.nid
+			ORDER BY c.root, c.n DESC`, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var root, ev int64
+			var k StateKey
+			if err := rows.Scan(&root, &k.Type, &k.StateKey, &ev); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[root][k] = ev
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func removeZero(nids []int64) []int64 {
+	var out []int64
+	for _, n := range nids {
+		if n != 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// MemberCounts are a room's joined and invited users.
+type MemberCounts struct{ Joined, Invited int }
+
+// RoomsMemberCounts is RoomMemberCounts for several rooms in one query
+// (per 100), by room NID.
+func (t *Queries) RoomsMemberCounts(ctx context.Context, roomNIDs []int64) (map[int64]MemberCounts, error) {
+	out := make(map[int64]MemberCounts, len(roomNIDs))
+	for len(roomNIDs) > 0 {
+		batch := roomNIDs[:min(len(roomNIDs), syncBatchRooms)]
+		roomNIDs = roomNIDs[len(batch):]
+		args := make([]any, len(batch))
+		for i, nid := range batch {
+			args[i] = nid
+		}
+		rows, err := t.q.QueryContext(ctx, `SELECT room_nid,
+				COALESCE(SUM(CASE WHEN membership = 'join' THEN 1 ELSE 0 END), 0),
+				COALESCE(SUM(CASE WHEN membership = 'invite' THEN 1 ELSE 0 END), 0)
+			FROM room_members WHERE room_nid IN (`+placeholders(1, len(batch))+`) GROUP BY room_nid`, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var nid int64
+			var c MemberCounts
+			if err := rows.Scan(&nid, &c.Joined, &c.Invited); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[nid] = c
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// RoomsCurrentState returns the events of the given types with an empty
+// state key in the current state of several rooms, in one query (per 100
+// rooms).
+func (t *Queries) RoomsCurrentState(ctx context.Context, roomNIDs []int64, types []string) ([]Event, error) {
+	var out []Event
+	for len(roomNIDs) > 0 {
+		batch := roomNIDs[:min(len(roomNIDs), syncBatchRooms)]
+		roomNIDs = roomNIDs[len(batch):]
+		args := make([]any, 0, len(batch)+len(types))
+		for _, nid := range batch {
+			args = append(args, nid)
+		}
+		for _, typ := range types {
+			args = append(args, typ)
+		}
+		evs, err := t.queryEvents(ctx, `SELECT `+eventColumns+eventFrom+`
+			JOIN current_state c ON c.event_nid = e.event_nid
+			WHERE c.room_nid IN (`+placeholders(1, len(batch))+`) AND c.type IN (`+placeholders(1+len(batch), len(types))+`)
+			AND c.state_key = ''`, args...)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, evs...)
+	}
+	return out, nil
+}
