@@ -52,30 +52,6 @@ func (t *Queries) AccountDataContent(ctx context.Context, localpart, roomID, typ
 	return []byte(content), nil
 }
 
-// GlobalAccountData returns the content of the user's global account data
-// of the given types, by type; a type the user has none of is missing.
-func (t *Queries) GlobalAccountData(ctx context.Context, localpart string, types ...string) (map[string][]byte, error) {
-	args := []any{localpart}
-	for _, typ := range types {
-		args = append(args, typ)
-	}
-	rows, err := t.q.QueryContext(ctx, `SELECT type, content FROM account_data WHERE localpart = $1 AND room_id = ''
-		AND type IN (`+placeholders(2, len(types))+`)`, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := make(map[string][]byte, len(types))
-	for rows.Next() {
-		var typ, content string
-		if err := rows.Scan(&typ, &content); err != nil {
-			return nil, err
-		}
-		out[typ] = []byte(content)
-	}
-	return out, rows.Err()
-}
-
 // AccountDataSince returns the user's entries, global and per room, written
 // after position since, oldest write first. Each entry appears once with its
 // newest content, however often it was written; its StreamPos lets a sync

@@ -56,27 +56,6 @@ func (t *Queries) NoteCountChanges(ctx context.Context, roomNID int64, userIDs [
 	return pos, err
 }
 
-// CountChanges returns the rooms (by id) where the user's unread counts
-// changed at a notifications stream position in (after, upTo]: one query
-// for a whole sync.
-func (t *Queries) CountChanges(ctx context.Context, userID string, after, upTo int64) ([]string, error) {
-	rows, err := t.q.QueryContext(ctx, `SELECT r.room_id FROM push_count_changes c JOIN rooms r ON r.room_nid = c.room_nid
-		WHERE c.user_id = $1 AND c.stream_pos > $2 AND c.stream_pos <= $3`, userID, after, upTo)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var roomID string
-		if err := rows.Scan(&roomID); err != nil {
-			return nil, err
-		}
-		out = append(out, roomID)
-	}
-	return out, rows.Err()
-}
-
 // HasPushNotificationsUpTo reports whether the user has a notification in
 // a room's thread at or before stream position upTo, which reading the
 // thread up to there would clear.

@@ -195,15 +195,20 @@ type StreamPositions struct {
 	Notifications int64
 }
 
-// SyncPositions reads the latest committed position of every stream a
-// sync reads, in one query.
-func (t *Queries) SyncPositions(ctx context.Context) (StreamPositions, error) {
-	var p StreamPositions
-	fields := map[string]*int64{
+// fields maps the stream names to p's fields.
+func (p *StreamPositions) fields() map[string]*int64 {
+	return map[string]*int64{
 		EventsStream: &p.Events, AccountDataStream: &p.AccountData, ReceiptsStream: &p.Receipts,
 		TypingStream: &p.Typing, PresenceStream: &p.Presence, ToDeviceStream: &p.ToDevice,
 		DeviceListsStream: &p.DeviceLists, NotificationsStream: &p.Notifications,
 	}
+}
+
+// SyncPositions reads the latest committed position of every stream a
+// sync reads, in one query.
+func (t *Queries) SyncPositions(ctx context.Context) (StreamPositions, error) {
+	var p StreamPositions
+	fields := p.fields()
 	rows, err := t.q.QueryContext(ctx, `SELECT stream, pos FROM stream_positions`)
 	if err != nil {
 		return p, err

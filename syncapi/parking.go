@@ -273,7 +273,7 @@ func (ps *parkedSync) expire() {
 	ps.state = parkedBuilding
 	resp := ps.resp
 	ps.mu.Unlock()
-	ps.finish(resp, nil)
+	ps.finish(resp.aged(), nil)
 }
 
 // run builds the response until it has something or the wait is over,
@@ -287,7 +287,7 @@ func (ps *parkedSync) run() {
 		resp := ps.resp
 		ps.mu.Unlock()
 		if over {
-			ps.finish(resp, nil)
+			ps.finish(resp.aged(), nil)
 			return
 		}
 		release, err := ps.n.ListenFunc(ps.ctx, ps.req.dev.UserID, ps.woken)

@@ -112,7 +112,7 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request, dev *userapi.Device, 
 		}
 		// Nothing for the caller: answer with the positions read, so the
 		// next sync starts past what did not concern them.
-		return a.respond(ctx, w, resp, dev)
+		return a.respond(ctx, w, resp.aged(), dev)
 	}
 }
 
@@ -120,9 +120,13 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request, dev *userapi.Device, 
 // every response carries, as Synapse's do: a client that reads no count
 // cannot tell "no keys left" from "unchanged" (element-android#3725).
 func (a *API) respond(ctx context.Context, w http.ResponseWriter, resp *syncResponse, dev *userapi.Device) error {
-	var err error
-	if resp.OneTimeKeysCount, resp.UnusedFallbackKeyTypes, err = a.db.DeviceKeyCounts(ctx, dev.Localpart, dev.DeviceID); err != nil {
-		return fmt.Errorf("device key counts: %w", err)
+	if resp.OneTimeKeysCount == nil {
+		// A response built a while ago (a long-poll at its timeout):
+		// the counts it read then may be stale.
+		var err error
+		if resp.OneTimeKeysCount, resp.UnusedFallbackKeyTypes, err = a.db.DeviceKeyCounts(ctx, dev.Localpart, dev.DeviceID); err != nil {
+			return fmt.Errorf("device key counts: %w", err)
+		}
 	}
 	if _, ok := resp.OneTimeKeysCount["signed_curve25519"]; !ok {
 		// Synapse always counts the algorithm clients upload, so that a
@@ -288,6 +292,13 @@ type timeline struct {
 	Events    []any  `json:"events"`
 	Limited   bool   `json:"limited"`
 	PrevBatch string `json:"prev_batch,omitempty"`
+}
+
+// aged is the response to send when it was built a while ago: without the
+// device's key counts, which respond reads again.
+func (r *syncResponse) aged() *syncResponse {
+	r.OneTimeKeysCount, r.UnusedFallbackKeyTypes = nil, nil
+	return r
 }
 
 // empty reports whether the response has nothing for the client beyond a

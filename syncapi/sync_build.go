@@ -22,6 +22,8 @@ type syncBuilder struct {
 	// served only part of its window (to-device messages come in pages).
 	next    SyncToken
 	initial bool
+	// head is what the sync read first, in one query.
+	head    *sql.SyncHead
 	ignored map[string]bool
 	// invitesBlocked: the caller blocks invites, which sync then never
 	// serves (spec v1.18, Invite permission).
@@ -55,12 +57,19 @@ type syncBuilder struct {
 // write above it waits for the next sync. The result never repeats what
 // an earlier token covered nor skips what it did not.
 func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, error) {
-	pos, err := a.db.SyncPositions(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("stream positions: %w", err)
+	dev := req.dev
+	hr := sql.SyncHeadRequest{UserID: dev.UserID, Localpart: dev.Localpart, DeviceID: dev.DeviceID,
+		AccountDataTypes: view.SyncSettingTypes}
+	if req.since != nil {
+		hr.CountsSince, hr.WantCountChanges, hr.ToDeviceSince = req.since.Notifications, true, req.since.ToDevice
 	}
-	b := &syncBuilder{a: a, req: req, upper: SyncToken(pos), next: SyncToken(pos),
-		initial: req.since == nil, resp: &syncResponse{}}
+	head, err := a.db.SyncHead(ctx, hr)
+	if err != nil {
+		return nil, err
+	}
+	b := &syncBuilder{a: a, req: req, upper: SyncToken(head.Positions), next: SyncToken(head.Positions),
+		initial: req.since == nil, head: &head,
+		resp: &syncResponse{OneTimeKeysCount: head.OneTimeKeys, UnusedFallbackKeyTypes: head.FallbackKeys}}
 	if req.since != nil {
 		// A token ahead of the streams was not minted by this server's
 		// database: read it as "now" rather than wait for positions that
@@ -76,17 +85,11 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 	if !b.initial && !req.fullState && b.since == b.upper {
 		return b.resp, nil
 	}
-	settingsChanged, err := b.accountData(ctx)
-	if err != nil {
+	b.ignored, b.invitesBlocked = view.ParseSyncSettings(head.AccountData)
+	if err := b.accountData(ctx); err != nil {
 		return nil, err
 	}
-	if err := b.settings(ctx, settingsChanged); err != nil {
-		return nil, err
-	}
-	mems, err := a.db.SyncMemberships(ctx, req.dev.UserID)
-	if err != nil {
-		return nil, fmt.Errorf("memberships of %s: %w", req.dev.UserID, err)
-	}
+	mems := head.Memberships
 	var joined []sql.SyncMembership
 	for _, m := range mems {
 		if m.Membership == spec.Join && req.filter.room(m.RoomID) {
@@ -133,22 +136,18 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 
 // accountData reads the account data written in (since, upper]: the
 // global entries go to the response, the room entries wait for their
-// rooms. It reports whether it read a change to the settings a sync
-// applies (see settings).
-func (b *syncBuilder) accountData(ctx context.Context) (settingsChanged bool, err error) {
+// rooms.
+func (b *syncBuilder) accountData(ctx context.Context) error {
 	if !b.initial && b.since.AccountData == b.upper.AccountData {
-		return false, nil
+		return nil
 	}
 	entries, err := b.a.db.AccountDataSince(ctx, b.req.dev.Localpart, b.since.AccountData)
 	if err != nil {
-		return false, fmt.Errorf("account data: %w", err)
+		return fmt.Errorf("account data: %w", err)
 	}
 	b.roomData = make(map[string][]sql.AccountData)
 	var global []any
 	for _, d := range entries {
-		if d.RoomID == "" && view.IsSyncSetting(d.Type) {
-			settingsChanged = true
-		}
 		if d.StreamPos > b.upper.AccountData {
 			continue // the next sync's
 		}
@@ -163,7 +162,7 @@ func (b *syncBuilder) accountData(ctx context.Context) (settingsChanged bool, er
 	if len(global) > 0 {
 		b.resp.AccountData = &eventList{Events: global}
 	}
-	return settingsChanged, nil
+	return nil
 }
 
 // roomAccountData returns a room's account data for the response: what

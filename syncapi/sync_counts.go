@@ -20,17 +20,11 @@ import (
 // a count never runs ahead of the timeline that goes with it.
 
 // readCountChanges marks the joined rooms where the caller's counts
-// changed in (since, upper] of the notifications stream, in one query. An
-// initial sync has every joined room anyway.
+// changed in (since, upper] of the notifications stream, which the sync's
+// head read. An initial sync has every joined room anyway.
 func (b *syncBuilder) readCountChanges(ctx context.Context, joined []sql.SyncMembership) error {
-	if b.initial || b.since.Notifications >= b.upper.Notifications || len(joined) == 0 {
-		return nil
-	}
-	rooms, err := b.a.db.CountChanges(ctx, b.req.dev.UserID, b.since.Notifications, b.upper.Notifications)
-	if err != nil {
-		return fmt.Errorf("count changes: %w", err)
-	}
-	if len(rooms) == 0 {
+	rooms := b.head.CountChanges
+	if b.initial || len(rooms) == 0 || len(joined) == 0 {
 		return nil
 	}
 	isJoined := make(map[string]bool, len(joined))

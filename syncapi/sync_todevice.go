@@ -21,8 +21,8 @@ const syncToDeviceLimit = 100
 // the same messages again, and a client that follows next_batch gets each
 // message exactly once, across restarts (the inbox is in the database).
 func (b *syncBuilder) ackToDevice(ctx context.Context) error {
-	if b.since.ToDevice == 0 {
-		return nil
+	if !b.head.ToDeviceToAck {
+		return nil // a write for nothing, which SQLite runs one at a time
 	}
 	dev := b.req.dev
 	if err := b.a.db.AckToDevice(ctx, dev.Localpart, dev.DeviceID, b.since.ToDevice); err != nil {
@@ -37,7 +37,7 @@ func (b *syncBuilder) ackToDevice(ctx context.Context) error {
 // continues there (and answers at once, having messages to give).
 func (b *syncBuilder) toDevice(ctx context.Context) error {
 	dev := b.req.dev
-	if !b.initial && b.since.ToDevice == b.upper.ToDevice {
+	if !b.head.ToDeviceNew {
 		return nil
 	}
 	msgs, err := b.a.db.ToDeviceMessages(ctx, dev.Localpart, dev.DeviceID, b.since.ToDevice, b.upper.ToDevice, syncToDeviceLimit+1)

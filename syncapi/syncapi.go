@@ -43,7 +43,6 @@ type API struct {
 	log    *slog.Logger
 	// presence is nil when presence is off.
 	presence Presence
-	settings settingsCache
 	// parking is nil when long-polls wait in their handlers.
 	parking *Parking
 }

@@ -163,32 +163,20 @@ func blocksInvites(raw []byte) bool {
 	return c.DefaultAction == "block"
 }
 
-// GlobalAccountData reads several types of a user's global account data
-// at once (sql.DB has it).
-type GlobalAccountData interface {
-	GlobalAccountData(ctx context.Context, localpart string, types ...string) (map[string][]byte, error)
-}
+// SyncSettingTypes are the types of global account data that every /sync
+// needs: whom the user ignores and whether they block invites.
+var SyncSettingTypes = []string{ignoredUsersType, InvitePermissionType}
 
-// IsSyncSetting reports whether global account data of type typ is one
-// that SyncSettings reads.
-func IsSyncSetting(typ string) bool {
-	return typ == ignoredUsersType || typ == InvitePermissionType
-}
-
-// SyncSettings reads, in one query, what every /sync needs of the user's
-// account data: whom they ignore and whether they block invites.
-func SyncSettings(ctx context.Context, data GlobalAccountData, localpart string) (ignored map[string]bool, invitesBlocked bool, err error) {
-	m, err := data.GlobalAccountData(ctx, localpart, ignoredUsersType, InvitePermissionType)
-	if err != nil {
-		return nil, false, fmt.Errorf("account data of %s: %w", localpart, err)
-	}
+// ParseSyncSettings reads the settings out of the account data of
+// SyncSettingTypes, by type.
+func ParseSyncSettings(m map[string][]byte) (ignored map[string]bool, invitesBlocked bool) {
 	if raw, ok := m[ignoredUsersType]; ok {
 		ignored = ignoredIn(raw)
 	}
 	if raw, ok := m[InvitePermissionType]; ok {
 		invitesBlocked = blocksInvites(raw)
 	}
-	return ignored, invitesBlocked, nil
+	return ignored, invitesBlocked
 }
 
 // Sees applies history visibility to one event of the room.

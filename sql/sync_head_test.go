@@ -1,0 +1,91 @@
+package sql_test
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"testing"
+
+	"github.com/weft-chat/weft/sql"
+	"github.com/weft-chat/weft/sql/sqltest"
+)
+
+// TestSyncHead: the one query a sync starts with gives what the separate
+// reads give: positions, memberships, account data of the types asked,
+// key counts, and whether the device has to-device messages to
+// acknowledge and to receive.
+func TestSyncHead(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		addDevices(t, db, "bob", "B1", "B2")
+		const bob = "@bob:test"
+		for i, id := range []string{"!b:test", "!a:test"} {
+			room, err := db.CreateRoom(ctx, id, "11")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := db.SetMembership(ctx, room, bob, []string{"join", "invite"}[i], int64(10+i), int64(10+i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := db.PutAccountData(ctx, "bob", "", "m.ignored_user_list", []byte(`{"ignored_users":{}}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.PutAccountData(ctx, "bob", "", "m.other", []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"signed_curve25519:A", "signed_curve25519:B"} {
+			if _, err := db.AddOneTimeKey(ctx, "bob", "B1", sql.OneTimeKey{KeyID: id, Algorithm: "signed_curve25519", JSON: []byte(`{}`)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := db.SetFallbackKey(ctx, "bob", "B1", sql.OneTimeKey{KeyID: "signed_curve25519:F", Algorithm: "signed_curve25519", JSON: []byte(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.DeliverToDevice(ctx, "@alice:test", "m.test", []sql.ToDeviceDelivery{
+			{Localpart: "bob", Devices: map[string][]byte{"B1": []byte(`{}`)}}}, 10); err != nil {
+			t.Fatal(err)
+		}
+
+		head, err := db.SyncHead(ctx, sql.SyncHeadRequest{UserID: bob, Localpart: "bob", DeviceID: "B1",
+			AccountDataTypes: []string{"m.ignored_user_list", "m.invite_permission_config"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos, err := db.SyncPositions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mems, err := db.SyncMemberships(ctx, bob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts, fallback, err := db.DeviceKeyCounts(ctx, "bob", "B1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if head.Positions != pos {
+			t.Errorf("positions %+v, want %+v", head.Positions, pos)
+		}
+		if !slices.Equal(head.Memberships, mems) {
+			t.Errorf("memberships %+v, want %+v", head.Memberships, mems)
+		}
+		if !maps.Equal(head.OneTimeKeys, counts) || !slices.Equal(head.FallbackKeys, fallback) || counts["signed_curve25519"] != 2 {
+			t.Errorf("keys %v %v, want %v %v", head.OneTimeKeys, head.FallbackKeys, counts, fallback)
+		}
+		if len(head.AccountData) != 1 || string(head.AccountData["m.ignored_user_list"]) != `{"ignored_users":{}}` {
+			t.Errorf("account data %q", head.AccountData)
+		}
+		if head.ToDeviceToAck || !head.ToDeviceNew {
+			t.Errorf("to-device from 0: ack %v, new %v", head.ToDeviceToAck, head.ToDeviceNew)
+		}
+		head, err = db.SyncHead(ctx, sql.SyncHeadRequest{UserID: bob, Localpart: "bob", DeviceID: "B1", ToDeviceSince: pos.ToDevice})
+		if err != nil || !head.ToDeviceToAck || head.ToDeviceNew {
+			t.Errorf("to-device from %d: ack %v, new %v, %v", pos.ToDevice, head.ToDeviceToAck, head.ToDeviceNew, err)
+		}
+		head, err = db.SyncHead(ctx, sql.SyncHeadRequest{UserID: bob, Localpart: "bob", DeviceID: "B2"})
+		if err != nil || head.ToDeviceToAck || head.ToDeviceNew || len(head.OneTimeKeys) != 0 || len(head.FallbackKeys) != 0 {
+			t.Errorf("another device: %+v %v", head, err)
+		}
+	})
+}
