@@ -24,7 +24,6 @@ import (
 // provides it).
 type Rooms interface {
 	Event(ctx context.Context, eventID string) (sql.Event, gomatrixserverlib.PDU, error)
-	Power(ctx context.Context, roomID string) (roomserver.Power, error)
 }
 
 // CountsDurable names the durable consumer of room.output that counts
@@ -65,6 +64,7 @@ type Counter struct {
 	log        *slog.Logger
 	rules      *Cache
 	names      nameCache
+	powers     powerCache
 	// wake wakes the syncs of the users whose counts changed (nil: none).
 	wake *wake.Publisher
 	// nc carries the Counted announcements (nil: none, a counter that
@@ -202,16 +202,20 @@ func (c *Counter) handle(ctx context.Context, o roomserver.OutputEvent) ([]strin
 			if err != nil {
 				return err
 			}
-			// The sender's own membership event reads the room in the
-			// counts /sync serves as soon as it commits (see
-			// sql.UnreadCountsInRooms): no change to send for it, and no
-			// second sync for every join.
-			ownMember := pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil && *pdu.StateKey() == sender
-			if had && !ownMember {
-				changed = append(changed, sender)
-			}
-			if err := q.ResetCountsNID(ctx, sender, stored.RoomNID, thread, stored.StreamPos); err != nil {
-				return err
+			// Nothing to read: the counter goes in stream order, so no
+			// notification it counts later lies before this event, and
+			// moving the read marker would change nothing.
+			if had {
+				// The sender's own membership event reads the room in the
+				// counts /sync serves as soon as it commits (see
+				// sql.UnreadCountsInRooms): no change to send for it, and
+				// no second sync for every join.
+				if ownMember := pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil && *pdu.StateKey() == sender; !ownMember {
+					changed = append(changed, sender)
+				}
+				if err := q.ResetCountsNID(ctx, sender, stored.RoomNID, thread, stored.StreamPos); err != nil {
+					return err
+				}
 			}
 		}
 		if sk := pdu.StateKey(); pdu.Type() == spec.MRoomMember && sk != nil && c.isLocal(*sk) {
@@ -268,7 +272,7 @@ func (c *Counter) evaluate(ctx context.Context, stored sql.Event, pdu gomatrixse
 	if len(eligible) == 0 {
 		return nil, nil
 	}
-	power, err := c.rooms.Power(ctx, stored.RoomID)
+	power, err := c.powerAt(ctx, stored)
 	if err != nil {
 		return nil, err
 	}

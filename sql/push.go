@@ -251,14 +251,13 @@ type PushMember struct {
 
 // PushMembers lists a room's joined and invited members on the server
 // serverName, with their push rules versions, and counts the room's joined
-// members on every server.
+// members on every server (0 when none is local: nobody to count for), in
+// one query.
 func (t *Queries) PushMembers(ctx context.Context, roomNID int64, serverName string) (members []PushMember, joined int64, err error) {
-	if err := t.q.QueryRowContext(ctx, `SELECT COUNT(*) FROM room_members WHERE room_nid = $1 AND membership = 'join'`,
-		roomNID).Scan(&joined); err != nil {
-		return nil, 0, err
-	}
 	suffix := ":" + serverName
-	rows, err := t.q.QueryContext(ctx, `SELECT m.user_id, m.membership, m.stream_pos, m.event_nid, COALESCE(v.version, 0)
+	// The count rides along with every row.
+	rows, err := t.q.QueryContext(ctx, `SELECT m.user_id, m.membership, m.stream_pos, m.event_nid, COALESCE(v.version, 0),
+			(SELECT COUNT(*) FROM room_members j WHERE j.room_nid = $1 AND j.membership = 'join')
 		FROM room_members m LEFT JOIN push_rules_versions v ON v.user_id = m.user_id
 		WHERE m.room_nid = $1 AND m.membership IN ('join', 'invite') AND m.user_id LIKE $2 ESCAPE '\'`,
 		roomNID, "%"+escapeLike(suffix))
@@ -268,7 +267,7 @@ func (t *Queries) PushMembers(ctx context.Context, roomNID int64, serverName str
 	defer rows.Close()
 	for rows.Next() {
 		var m PushMember
-		if err := rows.Scan(&m.UserID, &m.Membership, &m.StreamPos, &m.EventNID, &m.RulesVersion); err != nil {
+		if err := rows.Scan(&m.UserID, &m.Membership, &m.StreamPos, &m.EventNID, &m.RulesVersion, &joined); err != nil {
 			return nil, 0, err
 		}
 		// LIKE is case-insensitive on SQLite: check exactly here.

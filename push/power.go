@@ -1,0 +1,75 @@
+package push
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/weft-chat/weft/roomserver"
+	"github.com/weft-chat/weft/sql"
+)
+
+// powerCacheMax bounds the state snapshots whose power levels are kept.
+const powerCacheMax = 10_000
+
+// powerCache keeps the power levels in force in state snapshots. A
+// snapshot never changes, and the events of a room that change no state
+// share the snapshot before them, so a room's messages read their power
+// levels once.
+type powerCache struct {
+	mu sync.Mutex
+	m  map[int64]roomserver.Power
+}
+
+var (
+	createKey = sql.StateKey{Type: spec.MRoomCreate}
+	powerKey  = sql.StateKey{Type: spec.MRoomPowerLevels}
+)
+
+// powerAt returns the power levels in force before ev: those its sender's
+// rights are judged by (as Synapse evaluates push rules with the power
+// levels of the event's auth events, not the room's current ones).
+func (c *Counter) powerAt(ctx context.Context, ev sql.Event) (roomserver.Power, error) {
+	c.powers.mu.Lock()
+	p, ok := c.powers.m[ev.StateBeforeNID]
+	c.powers.mu.Unlock()
+	if ok {
+		return p, nil
+	}
+	keys, err := c.db.SnapshotKeys(ctx, ev.StateBeforeNID, []sql.StateKey{createKey, powerKey})
+	if err != nil {
+		return roomserver.Power{}, fmt.Errorf("power levels before %s: %w", ev.EventID, err)
+	}
+	var nids []int64
+	for _, nid := range keys {
+		nids = append(nids, nid)
+	}
+	evs, err := c.db.EventsByNID(ctx, nids)
+	if err != nil {
+		return roomserver.Power{}, fmt.Errorf("power levels before %s: %w", ev.EventID, err)
+	}
+	var create, pl gomatrixserverlib.PDU
+	for _, e := range evs {
+		pdu, err := roomserver.ParseStored(e)
+		if err != nil {
+			return roomserver.Power{}, err
+		}
+		switch e.NID {
+		case keys[createKey]:
+			create = pdu
+		case keys[powerKey]:
+			pl = pdu
+		}
+	}
+	p = roomserver.PowerFrom(create, pl)
+	c.powers.mu.Lock()
+	defer c.powers.mu.Unlock()
+	if c.powers.m == nil || len(c.powers.m) >= powerCacheMax {
+		c.powers.m = make(map[int64]roomserver.Power)
+	}
+	c.powers.m[ev.StateBeforeNID] = p
+	return p, nil
+}
