@@ -53,9 +53,11 @@ func (t *Queries) SyncMemberships(ctx context.Context, userID string) ([]SyncMem
 // RoomEventsByStream returns up to limit timeline events of a room whose
 // stream position lies in (lo, hi], newest first.
 func (t *Queries) RoomEventsByStream(ctx context.Context, roomNID, lo, hi int64, limit int) ([]Event, error) {
-	return t.queryEvents(ctx, `SELECT `+eventColumns+eventFrom+`WHERE e.room_nid = $1 AND`+timelineWhere+`
-		AND e.stream_pos > $2 AND e.stream_pos <= $3 ORDER BY e.stream_pos DESC LIMIT $4`, roomNID, lo, hi, limit)
+	return t.queryEvents(ctx, roomEventsByStream, roomNID, lo, hi, limit)
 }
+
+const roomEventsByStream = `SELECT ` + eventColumns + eventFrom + `WHERE e.room_nid = $1 AND` + timelineWhere + `
+	AND e.stream_pos > $2 AND e.stream_pos <= $3 ORDER BY e.stream_pos DESC LIMIT $4`
 
 // StateKeysChanged returns the pieces of state that the room's timeline
 // events in (lo, hi] of the stream set, each once.

@@ -1,11 +1,12 @@
 package sql
 
 import (
-	"cmp"
 	"context"
 	"fmt"
-	"slices"
-	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/weft-chat/weft/config"
 )
 
 // The reads of sync.go for many rooms at once: an initial sync reads the
@@ -15,35 +16,56 @@ import (
 // syncBatchRooms bounds the rooms of one batched query.
 const syncBatchRooms = 100
 
-// RoomsEventsByStream is RoomEventsByStream for several rooms in one query
-// (per 100 rooms): up to limit timeline events of each room in (lo, hi],
-// newest first, by room NID.
-func (t *Queries) RoomsEventsByStream(ctx context.Context, roomNIDs []int64, lo, hi int64, limit int) (map[int64][]Event, error) {
+// RoomsEventsByStream is RoomEventsByStream for several rooms: up to
+// limit timeline events of each room in (lo, hi], newest first, by room
+// NID. On PostgreSQL the rooms' queries go in one round trip (a pipeline:
+// one statement of many branches, each with its own limit, costs more to
+// plan than the round trips it saves); on SQLite a query costs no round
+// trip.
+func (d *DB) RoomsEventsByStream(ctx context.Context, roomNIDs []int64, lo, hi int64, limit int) (map[int64][]Event, error) {
 	out := make(map[int64][]Event, len(roomNIDs))
-	for len(roomNIDs) > 0 {
-		batch := roomNIDs[:min(len(roomNIDs), syncBatchRooms)]
-		roomNIDs = roomNIDs[len(batch):]
-		// One index range per room, each with its own limit.
-		args := []any{lo, hi, limit}
-		parts := make([]string, len(batch))
-		for i, nid := range batch {
-			args = append(args, nid)
-			parts[i] = fmt.Sprintf(`SELECT * FROM (SELECT `+eventColumns+eventFrom+`WHERE e.room_nid = $%d AND`+timelineWhere+`
-				AND e.stream_pos > $1 AND e.stream_pos <= $2 ORDER BY e.stream_pos DESC LIMIT $3) t%d`, len(args), i)
+	if d.engine != config.Postgres {
+		for _, nid := range roomNIDs {
+			evs, err := d.RoomEventsByStream(ctx, nid, lo, hi, limit)
+			if err != nil {
+				return nil, err
+			}
+			out[nid] = evs
 		}
-		evs, err := t.queryEvents(ctx, strings.Join(parts, " UNION ALL "), args...)
+		return out, nil
+	}
+	conn, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("acquire connection: %w", err)
+	}
+	defer conn.Release()
+	b := &pgx.Batch{}
+	for _, nid := range roomNIDs {
+		b.Queue(roomEventsByStream, nid, lo, hi, limit)
+	}
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	for _, nid := range roomNIDs {
+		rows, err := br.Query()
 		if err != nil {
 			return nil, err
 		}
-		for _, e := range evs {
-			out[e.RoomNID] = append(out[e.RoomNID], e)
+		var evs []Event
+		for rows.Next() {
+			e, err := scanEvent(rows)
+			if err != nil {
+				rows.Close()
+				return nil, err
+			}
+			evs = append(evs, e)
 		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+		out[nid] = evs
 	}
-	// UNION ALL promises no order.
-	for _, evs := range out {
-		slices.SortFunc(evs, func(a, b Event) int { return cmp.Compare(b.StreamPos, a.StreamPos) })
-	}
-	return out, nil
+	return out, br.Close()
 }
 
 // Snapshots is Snapshot for several snapshots in one query (per 100), by
