@@ -47,6 +47,10 @@ type API struct {
 	// remoteKeys fetches other servers' users' keys (keys.go); nil: they
 	// are listed in the failures of /keys/query and /keys/claim.
 	remoteKeys e2ee.RemoteKeys
+
+	// remoteAliases resolves other servers' room aliases (directory.go);
+	// nil: they are unknown here.
+	remoteAliases RemoteAliases
 }
 
 // Option tunes the client API at construction.

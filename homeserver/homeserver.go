@@ -104,12 +104,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	rs := roomserver.New(s.db, s.bus, cfg.ServerName, s.key, log.With("component", "roomserver"))
 	// The consumers live as long as the server, not as long as New's ctx.
 	runCtx, cancel := context.WithCancel(context.Background())
-	stopRooms, err := rs.Serve(runCtx)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("roomserver: %w", err)
-	}
-	s.closers = append(s.closers, func() error { cancel(); stopRooms(); return nil })
+	s.closers = append(s.closers, func() error { cancel(); return nil })
 	rooms := roomserver.API{Client: roomserver.NewClient(s.bus), Roomserver: rs}
 	// Notification counts follow room.output on their own durable
 	// consumer, so counting never holds up room input.
@@ -132,6 +127,18 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	if err := s.federation(fedRouter, keys, rooms, log.With("component", "federation")); err != nil {
 		return nil, err
 	}
+	joiner, err := federation.NewJoiner(s.fedClient, s.key, s.keyRing, log.With("component", "federation"))
+	if err != nil {
+		return nil, err
+	}
+	// The roomserver reaches other servers once their client exists, and
+	// takes input only then (UseFederation comes before Serve).
+	rs.UseFederation(nil, joiner)
+	stopRooms, err := rs.Serve(runCtx)
+	if err != nil {
+		return nil, fmt.Errorf("roomserver: %w", err)
+	}
+	s.closers = append(s.closers, func() error { cancel(); stopRooms(); return nil })
 	stopQueue, err := s.fedQueue.Start(runCtx)
 	if err != nil {
 		return nil, err
@@ -141,9 +148,13 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	if err != nil {
 		return nil, err
 	}
+	remoteAliases, err := federation.NewRemoteAliases(s.fedClient, s.key)
+	if err != nil {
+		return nil, err
+	}
 	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"),
 		clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))),
-		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys))
+		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys), clientapi.WithRemoteAliases(remoteAliases))
 	capi.Routes(clientRouter)
 	capi.KeyChangesRoute(clientRouter, syncapi.ParseSyncPositions)
 	stopTyping := capi.StartTypingExpiry()
@@ -228,6 +239,7 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 	}
 	(&federation.Transactions{DB: s.db, EDUs: edus, Queue: s.fedQueue, Log: log}).Routes(authed)
 	(&federation.Events{DB: s.db, ServerName: keys.ServerName}).Routes(authed)
+	(&federation.Memberships{DB: s.db, ServerName: keys.ServerName, Key: s.key, Keys: s.keyRing, Rooms: rooms}).Routes(authed)
 	summaries := &roomsummary.Reader{DB: s.db, Rooms: rooms}
 	(&federation.RoomDirectory{DB: s.db, ServerName: keys.ServerName, Summaries: summaries,
 		List: roomsummary.NewDirectory(summaries), AllowPublicRooms: f.AllowPublicRooms}).Routes(authed)
