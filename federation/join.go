@@ -243,6 +243,18 @@ func (j *Joiner) buildFromTemplate(made makeResponse, roomID, userID, membership
 	if err := json.Unmarshal(made.Event, &proto); err != nil {
 		return nil, nil, fmt.Errorf("malformed template: %w", err)
 	}
+	// The builder trusts the shape of these (and panics on some shapes).
+	var refs struct {
+		Prev []json.RawMessage `json:"prev_events"`
+		Auth []json.RawMessage `json:"auth_events"`
+	}
+	_ = json.Unmarshal(made.Event, &refs)
+	if proto.PrevEvents, err = refIDs(refs.Prev); err != nil {
+		return nil, nil, fmt.Errorf("the template's prev_events: %w", err)
+	}
+	if proto.AuthEvents, err = refIDs(refs.Auth); err != nil {
+		return nil, nil, fmt.Errorf("the template's auth_events: %w", err)
+	}
 	var fields map[string]any
 	if err := json.Unmarshal(proto.Content, &fields); err != nil || fields == nil {
 		return nil, nil, errors.New("the template's content is not an object")
@@ -278,6 +290,27 @@ func (j *Joiner) buildFromTemplate(made makeResponse, roomID, userID, membership
 		return nil, nil, fmt.Errorf("build from the template: %w", err)
 	}
 	return verImpl, ev, nil
+}
+
+// refIDs reads event references in either format, event ids (room
+// version 3 and later) or [event id, hashes] pairs (versions 1 and 2),
+// into event ids; an entry of neither form is an error.
+func refIDs(refs []json.RawMessage) ([]string, error) {
+	ids := make([]string, 0, len(refs))
+	for _, raw := range refs {
+		var id string
+		if json.Unmarshal(raw, &id) != nil {
+			var pair []json.RawMessage
+			if json.Unmarshal(raw, &pair) != nil || len(pair) != 2 || json.Unmarshal(pair[0], &id) != nil {
+				return nil, fmt.Errorf("%s is not an event reference", raw)
+			}
+		}
+		if !strings.HasPrefix(id, "$") || len(id) < 2 {
+			return nil, fmt.Errorf("%q is not an event id", id)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
 }
 
 // countersigned is our join as the resident server sent it back (spec:
@@ -342,8 +375,9 @@ func sameUnsigned(a, b []byte) (bool, error) {
 // accepted themselves; the state has one event per key, among them the
 // room's create event (whose hash is the room id in version 12), and the
 // join passes the auth rules against both its auth events and the state.
-// Events that fail are dropped, as Synapse drops them; a failure of the
-// create event or of the join fails the whole answer.
+// Events that fail are dropped, as Synapse drops them; two state events
+// for one key, or a failure of the create event or of the join, fail the
+// whole answer.
 func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, verImpl gomatrixserverlib.IRoomVersion, roomID string,
 	join gomatrixserverlib.PDU, rawState, rawChain []json.RawMessage) (state, chain []gomatrixserverlib.PDU, err error) {
 	parse := func(raws []json.RawMessage) []gomatrixserverlib.PDU {
@@ -358,6 +392,17 @@ func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ve
 		return out
 	}
 	state, chain = parse(rawState), parse(rawChain)
+	keysSeen := make(map[gomatrixserverlib.StateKeyTuple]bool, len(state))
+	for _, ev := range state {
+		if ev.StateKey() == nil {
+			return nil, nil, fmt.Errorf("state event %s has no state key", ev.EventID())
+		}
+		k := gomatrixserverlib.StateKeyTuple{EventType: ev.Type(), StateKey: *ev.StateKey()}
+		if keysSeen[k] {
+			return nil, nil, fmt.Errorf("the state has two events for (%s, %q)", k.EventType, k.StateKey)
+		}
+		keysSeen[k] = true
+	}
 	byID := make(map[string]gomatrixserverlib.PDU, len(state)+len(chain))
 	var all []gomatrixserverlib.PDU
 	for _, ev := range append(chain, state...) {
@@ -383,18 +428,9 @@ func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ve
 	}
 	state, chain = keep(state), keep(chain)
 
-	keysSeen := make(map[gomatrixserverlib.StateKeyTuple]bool, len(state))
 	var create gomatrixserverlib.PDU
 	for _, ev := range state {
-		if ev.StateKey() == nil {
-			return nil, nil, fmt.Errorf("state event %s has no state key", ev.EventID())
-		}
-		k := gomatrixserverlib.StateKeyTuple{EventType: ev.Type(), StateKey: *ev.StateKey()}
-		if keysSeen[k] {
-			return nil, nil, fmt.Errorf("the state has two events for (%s, %q)", k.EventType, k.StateKey)
-		}
-		keysSeen[k] = true
-		if k.EventType == spec.MRoomCreate && k.StateKey == "" {
+		if ev.Type() == spec.MRoomCreate && *ev.StateKey() == "" {
 			create = ev
 		}
 	}
