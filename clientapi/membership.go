@@ -316,10 +316,9 @@ func (a *API) serverInRoom(ctx context.Context, roomID string) (bool, error) {
 }
 
 // joinRemote joins the caller to a room this server is not in, through
-// the servers given (via and server_name, then those of the alias), then
-// the room id's own server (room versions before 12), in that order,
-// without repeats or this server; 404 M_NOT_FOUND when that leaves none,
-// as Synapse answers. The roomserver runs the handshake (see
+// the servers given (via and server_name, then those of the alias) and
+// the room id's own (see joinServers); 404 M_NOT_FOUND when that leaves
+// none, as Synapse answers. The roomserver runs the handshake (see
 // roomserver.Joiner for its errors). Guests join only rooms this server
 // is in, whose guest access it can check.
 func (a *API) joinRemote(ctx context.Context, dev *userapi.Device, roomID string, servers []string, reason string) (any, error) {
@@ -329,16 +328,7 @@ func (a *API) joinRemote(ctx context.Context, dev *userapi.Device, roomID string
 	if dev.IsGuest {
 		return nil, mxhttp.Forbidden("Guests cannot join rooms this server is not in")
 	}
-	if _, domain, ok := strings.Cut(roomID, ":"); ok {
-		servers = append(servers, domain)
-	}
-	ours := a.users.ServerName()
-	var via []string
-	for _, s := range servers {
-		if _, _, valid := spec.ParseAndValidateServerName(spec.ServerName(s)); valid && s != ours && !slices.Contains(via, s) {
-			via = append(via, s)
-		}
-	}
+	via := joinServers(servers, roomID, a.users.ServerName())
 	if len(via) == 0 {
 		return nil, mxhttp.NotFound("No known servers to join room %s through", roomID)
 	}
@@ -359,6 +349,22 @@ func (a *API) joinRemote(ctx context.Context, dev *userapi.Device, roomID string
 		return nil, err
 	}
 	return joinedRoomResponse{roomID}, nil
+}
+
+// joinServers is the list of servers to join roomID through: servers,
+// then the room id's server (room versions before 12), in that order,
+// without repeats, invalid server names or ours.
+func joinServers(servers []string, roomID, ours string) []string {
+	if _, domain, ok := strings.Cut(roomID, ":"); ok {
+		servers = append(slices.Clip(servers), domain)
+	}
+	var via []string
+	for _, s := range servers {
+		if _, _, valid := spec.ParseAndValidateServerName(spec.ServerName(s)); valid && s != ours && !slices.Contains(via, s) {
+			via = append(via, s)
+		}
+	}
+	return via
 }
 
 // currentJoinRules reads a room's join rules.
