@@ -108,6 +108,11 @@ func (rs *Roomserver) handleInputs(ctx context.Context, reqs []InputRequest) []i
 			res[i].resp, res[i].err = rs.createRoom(ctx, req.InputID, req.CreateRoom)
 		case req.NewEvent != nil:
 			sends = append(sends, i)
+		case req.Remote != nil:
+			// One at a time: each may wait on other servers.
+			res[i].resp, res[i].err = rs.receive(ctx, req)
+		case req.JoinRemote != nil:
+			res[i].resp, res[i].err = rs.joinRemote(ctx, req)
 		default:
 			res[i].err = mxhttp.BadJSON("empty room input")
 		}
