@@ -164,7 +164,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	federation.WellKnownRoutes(fedRouter, cfg.Federation.WellKnownServer)
 	healthRoute(fedRouter)
 
-	cert, err := serverkey.LoadOrMakeCertificate(cfg.Federation.TLSCert, cfg.Federation.TLSKey, cfg.DataDir, hostOf(cfg.ServerName))
+	var cert tls.Certificate
+	if f := cfg.Federation; f.TLSCACert != "" {
+		cert, err = serverkey.IssueCertificate(f.TLSCACert, f.TLSCAKey, hostOf(cfg.ServerName))
+	} else {
+		cert, err = serverkey.LoadOrMakeCertificate(f.TLSCert, f.TLSKey, cfg.DataDir, hostOf(cfg.ServerName))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +203,8 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 	f := s.cfg.Federation
 	var err error
 	s.fedClient, err = federation.NewClient(federation.ClientConfig{ServerName: keys.ServerName, Key: s.key,
-		TrustedCAFile: f.TrustedCAFile, InsecureSkipVerify: f.TLSInsecureSkipVerify, AllowNetworks: f.AllowPrivateNetworks})
+		TrustedCAFile: f.TrustedCAFile, InsecureSkipVerify: f.TLSInsecureSkipVerify, AllowNetworks: f.AllowPrivateNetworks,
+		StaticHosts: f.StaticHosts})
 	if err != nil {
 		return fmt.Errorf("federation: %w", err)
 	}
