@@ -102,12 +102,13 @@ func (g *graph) setRoom(roomID string) {
 // over overlapping chains cost only what is new.
 func (g *graph) walk(ctx context.Context, start []string) error {
 	frontier := start
-	visited := map[int32]bool{}
+	var visited []bool // by node, grown as nodes are loaded
 	var reached []int32
 	for len(frontier) > 0 {
 		if err := g.fetch(ctx, frontier); err != nil {
 			return err
 		}
+		visited = append(visited, make([]bool, len(g.nodes)-len(visited))...)
 		var next []string
 		for _, id := range frontier {
 			i := g.node(id)

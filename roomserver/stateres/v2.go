@@ -5,7 +5,6 @@ import (
 	"container/heap"
 	"context"
 	"encoding/json"
-	"maps"
 	"math/bits"
 	"slices"
 
@@ -88,13 +87,14 @@ func (r *resolver) resolve(ctx context.Context, states []map[Key]string, unconfl
 	}
 	r.iterate(rest, resolved)
 
-	// Step 5: the unconflicted state map has the last word.
-	out := make(map[Key]string, len(unconflicted)+len(resolved))
+	// Step 5: the unconflicted state map has the last word. It is this
+	// call's own map (separate built it), so it becomes the result.
 	for k, i := range resolved {
-		out[k] = g.nodes[i].ev.EventID()
+		if _, ok := unconflicted[k]; !ok {
+			unconflicted[k] = g.nodes[i].ev.EventID()
+		}
 	}
-	maps.Copy(out, unconflicted)
-	return out, nil
+	return unconflicted, nil
 }
 
 // fullConflictedSet marks the conflicted events, the auth difference and,
