@@ -46,14 +46,9 @@ type Memberships struct {
 	// Keys verifies the events' signatures (a *KeyRing).
 	Keys gomatrixserverlib.JSONVerifier
 	// Rooms takes the events into their rooms.
-	Rooms RoomInput
+	Rooms roomInputs
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-}
-
-// RoomInput submits events to the roomserver (a roomserver.API).
-type RoomInput interface {
-	Input(ctx context.Context, req roomserver.InputRequest) (roomserver.InputResponse, error)
 }
 
 // maxPrevEvents bounds the prev_events of a template, as the roomserver
@@ -295,12 +290,6 @@ func notAllowedMessage(err error) string {
 		return na.Message
 	}
 	return err.Error()
-}
-
-// userIDForSender maps sender ids to user ids; they are the same in every
-// room version Weft supports (no pseudonymous ids).
-func userIDForSender(_ spec.RoomID, senderID spec.SenderID) (*spec.UserID, error) {
-	return spec.NewUserID(string(senderID), true)
 }
 
 // receiveMembership reads the event of a send_ endpoint for the path's

@@ -132,8 +132,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 		return nil, err
 	}
 	// The roomserver reaches other servers once their client exists, and
-	// takes input only then (UseFederation comes before Serve).
+	// takes input only then (UseFederation and UseInviter come before
+	// Serve).
 	rs.UseFederation(nil, joiner)
+	rs.UseInviter(&federation.Inviter{Client: s.fedClient, Key: s.key, Keys: s.keyRing})
 	stopRooms, err := rs.Serve(runCtx)
 	if err != nil {
 		return nil, fmt.Errorf("roomserver: %w", err)
@@ -175,7 +177,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	federation.WellKnownRoutes(fedRouter, cfg.Federation.WellKnownServer)
 	healthRoute(fedRouter)
 
-	cert, err := serverkey.LoadOrMakeCertificate(cfg.Federation.TLSCert, cfg.Federation.TLSKey, cfg.DataDir, hostOf(cfg.ServerName))
+	var cert tls.Certificate
+	if f := cfg.Federation; f.TLSCACert != "" {
+		cert, err = serverkey.IssueCertificate(f.TLSCACert, f.TLSCAKey, hostOf(cfg.ServerName))
+	} else {
+		cert, err = serverkey.LoadOrMakeCertificate(f.TLSCert, f.TLSKey, cfg.DataDir, hostOf(cfg.ServerName))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +216,8 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 	f := s.cfg.Federation
 	var err error
 	s.fedClient, err = federation.NewClient(federation.ClientConfig{ServerName: keys.ServerName, Key: s.key,
-		TrustedCAFile: f.TrustedCAFile, InsecureSkipVerify: f.TLSInsecureSkipVerify, AllowNetworks: f.AllowPrivateNetworks})
+		TrustedCAFile: f.TrustedCAFile, InsecureSkipVerify: f.TLSInsecureSkipVerify, AllowNetworks: f.AllowPrivateNetworks,
+		StaticHosts: f.StaticHosts})
 	if err != nil {
 		return fmt.Errorf("federation: %w", err)
 	}
@@ -245,6 +253,7 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 		List: roomsummary.NewDirectory(summaries), AllowPublicRooms: f.AllowPublicRooms}).Routes(authed)
 	(&federation.UserKeys{DB: s.db, Keys: e2ee.New(s.db, s.cfg.ServerName), ServerName: keys.ServerName}).Routes(authed)
 	(&federation.ThirdPartyInvites{DB: s.db}).Routes(authed)
+	(&federation.InviteReceiver{DB: s.db, Rooms: rooms, Keys: s.keyRing, ServerName: keys.ServerName, Key: s.key}).Routes(authed)
 	return nil
 }
 
