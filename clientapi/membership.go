@@ -256,6 +256,13 @@ func (a *API) join(r *http.Request, dev *userapi.Device, roomID string, aliasSer
 		q := r.URL.Query()
 		// server_name is via's name before v1.12; Synapse reads both.
 		servers := append(append(q["via"], q["server_name"]...), aliasServers...)
+		inviter, err := a.inviterServer(ctx, roomID, dev.UserID)
+		if err != nil {
+			return nil, err
+		}
+		if inviter != "" {
+			servers = append(servers, inviter)
+		}
 		return a.joinRemote(ctx, dev, roomID, servers, body.Reason)
 	}
 	verImpl, err := a.localRoomVersion(ctx, roomID)
@@ -316,8 +323,8 @@ func (a *API) serverInRoom(ctx context.Context, roomID string) (bool, error) {
 }
 
 // joinRemote joins the caller to a room this server is not in, through
-// the servers given (via and server_name, then those of the alias) and
-// the room id's own (see joinServers); 404 M_NOT_FOUND when that leaves
+// the servers given (via and server_name, those of the alias, the
+// inviter's) and the room id's own (see joinServers); 404 M_NOT_FOUND when that leaves
 // none, as Synapse answers. The roomserver runs the handshake (see
 // roomserver.Joiner for its errors). Guests join only rooms this server
 // is in, whose guest access it can check.
@@ -349,6 +356,27 @@ func (a *API) joinRemote(ctx context.Context, dev *userapi.Device, roomID string
 		return nil, err
 	}
 	return joinedRoomResponse{roomID}, nil
+}
+
+// inviterServer is the server of the user who invited userID to a room
+// this server is not in ("" without an invite): it is in the room, or
+// was, so it is worth asking (spec: "Joining Rooms"), as Synapse does.
+func (a *API) inviterServer(ctx context.Context, roomID, userID string) (string, error) {
+	ev, err := a.db.MembershipEvent(ctx, roomID, userID)
+	if errors.Is(err, sql.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	var invite struct {
+		Content json.RawMessage `json:"content"`
+	}
+	if json.Unmarshal(ev.JSON, &invite) != nil || membershipOf(invite.Content) != spec.Invite {
+		return "", nil
+	}
+	_, server, _ := strings.Cut(ev.Sender, ":")
+	return server, nil
 }
 
 // joinServers is the list of servers to join roomID through: servers,

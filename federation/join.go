@@ -103,7 +103,8 @@ func (q requester) do(ctx context.Context, method string, server spec.ServerName
 // Joiner joins this server's users to rooms it is not in through servers
 // that are (spec: "Joining Rooms"): make_join, the join built from the
 // template and signed here, send_join (v2), and the answer checked before
-// the roomserver stores it. It implements roomserver.Joiner.
+// the roomserver stores it. It implements roomserver.Joiner. It also
+// leaves such rooms (Leave).
 type Joiner struct {
 	req  requester
 	keys gomatrixserverlib.JSONVerifier
@@ -135,25 +136,73 @@ func NewJoiner(c *Client, key serverkey.Key, keys gomatrixserverlib.JSONVerifier
 // user: the last refusal, or 502 M_UNKNOWN; 404 M_NOT_FOUND when there is
 // no server to ask.
 func (j *Joiner) Join(ctx context.Context, servers []spec.ServerName, roomID, userID string, content json.RawMessage) (*roomserver.JoinResult, error) {
+	var res *roomserver.JoinResult
+	err := j.tryServers(ctx, servers, "join", roomID, userID, func(s spec.ServerName) (err error) {
+		res, err = j.joinVia(ctx, s, roomID, userID, content)
+		return err
+	})
+	return res, err
+}
+
+// Leave rejects a user's invite to, or retracts their knock on, a room
+// this server is not in, through servers that are (spec: "Leaving Rooms
+// (Rejecting Invites)"): make_leave, the leave built from the template
+// and signed here with content's fields (a reason), then send_leave (v2).
+// Servers are tried as Join tries them. It returns the leave as sent.
+func (j *Joiner) Leave(ctx context.Context, servers []spec.ServerName, roomID, userID string, content json.RawMessage) (gomatrixserverlib.PDU, error) {
+	var leave gomatrixserverlib.PDU
+	err := j.tryServers(ctx, servers, "leave", roomID, userID, func(s spec.ServerName) error {
+		made, err := j.make(ctx, s, "leave", roomID, userID, "")
+		if err != nil {
+			return err
+		}
+		_, ev, err := j.buildFromTemplate(made, roomID, userID, spec.Leave, content)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s, err)
+		}
+		path := "/_matrix/federation/v2/send_leave/" + url.PathEscape(roomID) + "/" + url.PathEscape(ev.EventID())
+		if err := j.req.do(ctx, http.MethodPut, s, path, json.RawMessage(ev.JSON()), &struct{}{}); err != nil {
+			return err
+		}
+		leave = ev
+		return nil
+	})
+	return leave, err
+}
+
+// tryServers runs a handshake with each server in turn (not ours) until
+// one succeeds or fails for good (see Join).
+func (j *Joiner) tryServers(ctx context.Context, servers []spec.ServerName, what, roomID, userID string, try func(spec.ServerName) error) error {
 	var last error
 	for _, s := range servers {
 		if s == j.req.origin {
 			continue
 		}
-		res, err := j.joinVia(ctx, s, roomID, userID, content)
+		err := try(s)
 		if err == nil {
-			return res, nil
+			return nil
 		}
-		j.log.InfoContext(ctx, "federated join failed", "room_id", roomID, "user_id", userID, "server", s, "err", err)
+		j.log.InfoContext(ctx, "federated "+what+" failed", "room_id", roomID, "user_id", userID, "server", s, "err", err)
 		last = err
 		if !failover(err) {
 			break
 		}
 	}
 	if last == nil {
-		return nil, mxhttp.NotFound("No server to join room %s through", roomID)
+		return mxhttp.NotFound("No server to %s room %s through", what, roomID)
 	}
-	return nil, clientError(last, "join "+roomID)
+	return clientError(last, what+" "+roomID)
+}
+
+// make asks server for a make_join or make_leave template (kind).
+func (j *Joiner) make(ctx context.Context, server spec.ServerName, kind, roomID, userID, query string) (makeResponse, error) {
+	path := "/_matrix/federation/v1/make_" + kind + "/" + url.PathEscape(roomID) + "/" + url.PathEscape(userID)
+	if query != "" {
+		path += "?" + query
+	}
+	var made makeResponse
+	err := j.req.do(ctx, http.MethodGet, server, path, nil, &made)
+	return made, err
 }
 
 // failover reports whether a failed handshake should be tried with the
@@ -198,9 +247,8 @@ type sendJoinAnswer struct {
 
 // joinVia runs the handshake with one server.
 func (j *Joiner) joinVia(ctx context.Context, server spec.ServerName, roomID, userID string, content json.RawMessage) (*roomserver.JoinResult, error) {
-	path := "/_matrix/federation/v1/make_join/" + url.PathEscape(roomID) + "/" + url.PathEscape(userID) + "?" + supportedVersions.Encode()
-	var made makeResponse
-	if err := j.req.do(ctx, http.MethodGet, server, path, nil, &made); err != nil {
+	made, err := j.make(ctx, server, "join", roomID, userID, supportedVersions.Encode())
+	if err != nil {
 		return nil, err
 	}
 	verImpl, ours, err := j.buildFromTemplate(made, roomID, userID, spec.Join, content)
@@ -208,7 +256,7 @@ func (j *Joiner) joinVia(ctx context.Context, server spec.ServerName, roomID, us
 		return nil, fmt.Errorf("%s: %w", server, err)
 	}
 	var sent sendJoinAnswer
-	path = "/_matrix/federation/v2/send_join/" + url.PathEscape(roomID) + "/" + url.PathEscape(ours.EventID()) + "?omit_members=false"
+	path := "/_matrix/federation/v2/send_join/" + url.PathEscape(roomID) + "/" + url.PathEscape(ours.EventID()) + "?omit_members=false"
 	if err := j.req.do(ctx, http.MethodPut, server, path, json.RawMessage(ours.JSON()), &sent); err != nil {
 		return nil, err
 	}

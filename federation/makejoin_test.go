@@ -35,16 +35,22 @@ type joinEnv struct {
 }
 
 // fakeInput records the events given to the roomserver and refuses them
-// (the roomserver's answer must reach the other server).
+// (the roomserver's answer must reach the other server), unless pass is
+// set: then pass takes them.
 type fakeInput struct {
 	mu   sync.Mutex
 	reqs []roomserver.InputRequest
+	pass roomInputs
 }
 
-func (f *fakeInput) Input(_ context.Context, req roomserver.InputRequest) (roomserver.InputResponse, error) {
+func (f *fakeInput) Input(ctx context.Context, req roomserver.InputRequest) (roomserver.InputResponse, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.reqs = append(f.reqs, req)
+	pass := f.pass
+	f.mu.Unlock()
+	if pass != nil {
+		return pass.Input(ctx, req)
+	}
 	return roomserver.InputResponse{}, mxhttp.Errorf(http.StatusForbidden, "M_FORBIDDEN", "fake roomserver refusal")
 }
 
@@ -71,8 +77,27 @@ func newJoinEnv(t *testing.T, db *sql.DB) *joinEnv {
 	fake := newFakeServers()
 	j := &joinEnv{fedEnv: e, key: key, remote: fake.add(t, fedRemote, time.Hour), other: fake.add(t, fedOther, time.Hour), input: &fakeInput{}}
 	j.ring = NewKeyRing(KeyRingConfig{DB: db, ServerName: ours, Key: key, Client: fake, RefetchInterval: time.Nanosecond})
+	rs.UseInviter(fakeInviter{fake})
 	(&Memberships{DB: db, ServerName: ours, Key: key, Keys: j.ring, Rooms: j.input}).Routes(e.mux)
 	return j
+}
+
+// fakeInviter plays the invitee's server for invites of the fake
+// servers' users: it countersigns them.
+type fakeInviter struct{ fake *fakeServers }
+
+func (f fakeInviter) Invite(_ context.Context, _ gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU, _ []json.RawMessage) (gomatrixserverlib.PDU, error) {
+	invitee, err := spec.NewUserID(*ev.StateKey(), true)
+	if err != nil {
+		return nil, err
+	}
+	f.fake.mu.Lock()
+	s := f.fake.servers[invitee.Domain()]
+	f.fake.mu.Unlock()
+	if s == nil {
+		return nil, mxhttp.NotFound("no server %s", invitee.Domain())
+	}
+	return ev.Sign(string(s.keys.ServerName), s.keys.Key.ID, s.keys.Key.Private), nil
 }
 
 // makePath is the make_join or make_leave path for a user, with ver
@@ -511,4 +536,90 @@ func TestSendLeaveChecks(t *testing.T) {
 			t.Errorf("roomserver inputs: %d %+v", n, req)
 		}
 	})
+}
+
+// rsInput hands inputs to the roomserver in process.
+type rsInput struct{ rs *roomserver.Roomserver }
+
+func (i rsInput) Input(ctx context.Context, req roomserver.InputRequest) (roomserver.InputResponse, error) {
+	return i.rs.HandleInput(ctx, req)
+}
+
+// TestSendJoinAnswer checks send_join's answer once the roomserver takes
+// the join (joins-v2.yaml): the state before the join, the auth chain of
+// that state and of the join, the join as stored, the servers in the room
+// before it, members not omitted, our name as origin; the join is then
+// in the room. v1 wraps the same answer in [200, …].
+func TestSendJoinAnswer(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		for _, version := range []string{"1", "10", "12"} {
+			t.Run("v"+version, func(t *testing.T) {
+				ctx := context.Background()
+				j := newJoinEnv(t, db)
+				j.input.pass = rsInput{j.rs}
+				roomID, initial := j.createRoom(version, "shared")
+				dave := j.member(roomID, "@dave:other.example", "@dave:other.example", "join")
+				j.message(roomID, fedAlice, "hello")
+				ev := j.build(j.remote, j.template("join", fedRemote, roomID, fedBob, version), roomID, fedBob, "join")
+
+				var out map[string]json.RawMessage
+				for _, v := range []string{"v1", "v2"} {
+					req := httptest.NewRequest("PUT", sendPath("join", v, roomID, ev.EventID()), strings.NewReader(string(ev.JSON())))
+					req.Header.Set("X-Test-Origin", string(fedRemote))
+					w := httptest.NewRecorder()
+					j.ServeHTTP(w, req)
+					if w.Code != 200 {
+						t.Fatalf("%s send_join: %d %s", v, w.Code, w.Body)
+					}
+					if v == "v1" {
+						var wrapped []json.RawMessage
+						if err := json.Unmarshal(w.Body.Bytes(), &wrapped); err != nil || len(wrapped) != 2 || string(wrapped[0]) != "200" {
+							t.Fatalf("v1 answer %s", w.Body)
+						}
+						continue
+					}
+					if err := json.Unmarshal(w.Body.Bytes(), &out); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if m, err := db.Membership(ctx, roomID, fedBob); err != nil || m != "join" {
+					t.Fatalf("bob's membership after send_join: %q %v", m, err)
+				}
+				wantState := append(slices.Clone(initial), dave)
+				if got := ids(j.pdus(out["state"])); !sameSet(got, wantState) {
+					t.Errorf("state %v, want %v", got, wantState)
+				}
+				// The join's auth events are in the chain (the create event
+				// is implied in room version 12).
+				chain := ids(j.pdus(out["auth_chain"]))
+				for _, id := range ev.AuthEventIDs() {
+					if !slices.Contains(chain, id) && !(version == "12" && id == initial[0]) {
+						t.Errorf("auth chain %v lacks the join's auth event %s", chain, id)
+					}
+				}
+				var servers []string
+				var origin string
+				var omitted bool
+				_ = json.Unmarshal(out["servers_in_room"], &servers)
+				_ = json.Unmarshal(out["origin"], &origin)
+				_ = json.Unmarshal(out["members_omitted"], &omitted)
+				if !slices.Equal(servers, []string{string(fedOther), string(ours)}) || origin != string(ours) || omitted {
+					t.Errorf("servers_in_room %v, origin %q, members_omitted %v", servers, origin, omitted)
+				}
+				joined, err := verImplOf(t, version).NewEventFromUntrustedJSON(out["event"])
+				if err != nil || joined.EventID() != ev.EventID() {
+					t.Errorf("event %s (%v), want %s", out["event"], err, ev.EventID())
+				}
+			})
+		}
+	})
+}
+
+func verImplOf(t *testing.T, version string) gomatrixserverlib.IRoomVersion {
+	t.Helper()
+	v, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
