@@ -9,9 +9,11 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -429,15 +431,13 @@ func sameUnsigned(a, b []byte) (bool, error) {
 func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, verImpl gomatrixserverlib.IRoomVersion, roomID string,
 	join gomatrixserverlib.PDU, rawState, rawChain []json.RawMessage) (state, chain []gomatrixserverlib.PDU, err error) {
 	parse := func(raws []json.RawMessage) []gomatrixserverlib.PDU {
-		out := make([]gomatrixserverlib.PDU, 0, len(raws))
-		for _, raw := range raws {
-			ev, err := parseInRoom(verImpl, roomID, raw)
-			if err != nil {
-				continue
+		parsed := make([]gomatrixserverlib.PDU, len(raws))
+		inParallel(len(raws), func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				parsed[i], _ = parseInRoom(verImpl, roomID, raws[i])
 			}
-			out = append(out, ev)
-		}
-		return out
+		})
+		return slices.DeleteFunc(parsed, func(ev gomatrixserverlib.PDU) bool { return ev == nil })
 	}
 	state, chain = parse(rawState), parse(rawChain)
 	keysSeen := make(map[gomatrixserverlib.StateKeyTuple]bool, len(state))
@@ -509,40 +509,62 @@ func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ve
 // verifySignatures checks the signatures each event needs, as
 // gomatrixserverlib.VerifyEventSignatures decides them (the sender's
 // server, the event id's in room versions 1 and 2, an invite's target
-// server, a restricted join's authorising server), in one call to the
-// key ring rather than one per event: a room's state is thousands of
-// events from a handful of servers.
+// server, a restricted join's authorising server), with one call to the
+// key ring per core rather than one per event: a room's state is
+// thousands of events from a handful of servers.
 func verifySignatures(ctx context.Context, keys gomatrixserverlib.JSONVerifier, verImpl gomatrixserverlib.IRoomVersion, evs []gomatrixserverlib.PDU) []error {
 	errs := make([]error, len(evs))
-	var reqs []gomatrixserverlib.VerifyJSONRequest
-	var owner []int
-	for i, ev := range evs {
-		servers, err := signingServers(verImpl, ev)
-		if err == nil {
-			var redacted []byte
-			if redacted, err = verImpl.RedactEventJSON(ev.JSON()); err == nil {
-				for _, s := range servers {
-					reqs = append(reqs, gomatrixserverlib.VerifyJSONRequest{ServerName: s, Message: redacted,
-						AtTS: ev.OriginServerTS(), ValidityCheckingFunc: verImpl.SignatureValidityCheck})
-					owner = append(owner, i)
+	// The signatures are CPU work; each share's keys are one lookup.
+	inParallel(len(evs), func(lo, hi int) {
+		var reqs []gomatrixserverlib.VerifyJSONRequest
+		var owner []int
+		for i := lo; i < hi; i++ {
+			servers, err := signingServers(verImpl, evs[i])
+			if err == nil {
+				var redacted []byte
+				if redacted, err = verImpl.RedactEventJSON(evs[i].JSON()); err == nil {
+					for _, s := range servers {
+						reqs = append(reqs, gomatrixserverlib.VerifyJSONRequest{ServerName: s, Message: redacted,
+							AtTS: evs[i].OriginServerTS(), ValidityCheckingFunc: verImpl.SignatureValidityCheck})
+						owner = append(owner, i)
+					}
 				}
 			}
-		}
-		errs[i] = err
-	}
-	if len(reqs) == 0 {
-		return errs
-	}
-	results, err := keys.VerifyJSONs(ctx, reqs)
-	for k, i := range owner {
-		switch {
-		case err != nil:
 			errs[i] = err
-		case results[k].Error != nil && errs[i] == nil:
-			errs[i] = results[k].Error
 		}
-	}
+		if len(reqs) == 0 {
+			return
+		}
+		results, err := keys.VerifyJSONs(ctx, reqs)
+		for k, i := range owner {
+			switch {
+			case err != nil:
+				errs[i] = err
+			case results[k].Error != nil && errs[i] == nil:
+				errs[i] = results[k].Error
+			}
+		}
+	})
 	return errs
+}
+
+// parallelMin is the least work worth a goroutine of its own, in events.
+const parallelMin = 256
+
+// inParallel runs f on contiguous shares of [0, n), one goroutine per
+// core, and waits for them.
+func inParallel(n int, f func(lo, hi int)) {
+	workers := min(runtime.GOMAXPROCS(0), (n+parallelMin-1)/parallelMin)
+	if workers <= 1 {
+		f(0, n)
+		return
+	}
+	size := (n + workers - 1) / workers
+	var wg sync.WaitGroup
+	for lo := 0; lo < n; lo += size {
+		wg.Go(func() { f(lo, min(lo+size, n)) })
+	}
+	wg.Wait()
 }
 
 // signingServers lists the servers whose signatures ev needs.

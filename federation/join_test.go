@@ -259,3 +259,21 @@ func TestCountersigned(t *testing.T) {
 		}
 	})
 }
+
+// TestInParallel checks that every index is handed out exactly once,
+// whatever the size.
+func TestInParallel(t *testing.T) {
+	for _, n := range []int{0, 1, parallelMin, parallelMin + 1, 10*parallelMin + 7} {
+		seen := make([]int32, n)
+		inParallel(n, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				seen[i]++
+			}
+		})
+		for i, c := range seen {
+			if c != 1 {
+				t.Fatalf("n=%d: index %d handed out %d times", n, i, c)
+			}
+		}
+	}
+}
