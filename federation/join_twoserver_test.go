@@ -224,3 +224,46 @@ func TestTwoServersInvites(t *testing.T) {
 		t.Errorf("second rejection accepted")
 	}
 }
+
+// TestTwoServersRestrictedJoin has a user of B join a restricted room of
+// A (spec: "Restricted rooms") as a member of the room it allows: A names
+// its authoriser in the template and signs the join, which B checks.
+// Without that membership A refuses.
+func TestTwoServersRestrictedJoin(t *testing.T) {
+	engine := sqltest.Engines()[0]
+	ctx := context.Background()
+	cfgA, cfgB := hstest.FederationConfig(t, engine), hstest.FederationConfig(t, engine)
+	servers := hstest.StartFederated(t, cfgA, cfgB)
+	a, b := servers[0], servers[1]
+	nameA := cfgA.ServerName
+	alice := testclient.Register(t, a.ClientURL, "alice")
+	bob := testclient.Register(t, b.ClientURL, "bob")
+	space, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restricted, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: "10",
+		InitialState: []*event.Event{{Type: event.StateJoinRules, StateKey: new(string), Content: event.Content{Raw: map[string]any{
+			"join_rule": "restricted", "allow": []map[string]any{{"type": "m.room_membership", "room_id": space.RoomID.String()}}}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	via := &mautrix.ReqJoinRoom{Via: []string{nameA}}
+	if _, err := bob.JoinRoom(ctx, restricted.RoomID.String(), via); !isMautrixError(err, 403, "M_FORBIDDEN") {
+		t.Fatalf("restricted join without the allowed room: %v", err)
+	}
+	if _, err := bob.JoinRoom(ctx, space.RoomID.String(), via); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoom(ctx, restricted.RoomID.String(), via); err != nil {
+		t.Fatalf("restricted join as a member of the allowed room: %v", err)
+	}
+	var member event.MemberEventContent
+	if err := alice.StateEvent(ctx, restricted.RoomID, event.StateMember, bob.UserID.String(), &member); err != nil ||
+		member.Membership != event.MembershipJoin || member.JoinAuthorisedViaUsersServer != alice.UserID {
+		t.Fatalf("bob's join on A: %+v, %v", member, err)
+	}
+	if rooms, err := bob.JoinedRooms(ctx); err != nil || !slices.Contains(rooms.JoinedRooms, restricted.RoomID) {
+		t.Fatalf("bob's joined rooms on B: %+v, %v", rooms, err)
+	}
+}
