@@ -11,6 +11,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/weft-chat/weft/config"
 	"github.com/weft-chat/weft/federation"
 	"github.com/weft-chat/weft/homeserver/hstest"
 	"github.com/weft-chat/weft/internal/serverkey"
@@ -162,7 +163,12 @@ func hasKey[K comparable, V any](m map[K]V, k K) bool {
 // make_leave and send_leave (spec: "Leaving Rooms (Rejecting Invites)"),
 // here by B's Joiner directly.
 func TestTwoServersInvites(t *testing.T) {
-	engine := sqltest.Engines()[0]
+	for _, engine := range sqltest.Engines() {
+		t.Run(string(engine), func(t *testing.T) { testTwoServersInvites(t, engine) })
+	}
+}
+
+func testTwoServersInvites(t *testing.T, engine config.Engine) {
 	ctx := context.Background()
 	cfgA, cfgB := hstest.FederationConfig(t, engine), hstest.FederationConfig(t, engine)
 	servers := hstest.StartFederated(t, cfgA, cfgB)
