@@ -3,6 +3,7 @@ package federation
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -48,15 +49,26 @@ func (s *Sender) Serve(ctx context.Context, b *bus.Bus) (stop func(), err error)
 }
 
 // Handle queues one committed event for the servers that should get it,
-// when a local user sent it. Outliers (StreamPos 0: out-of-band
-// memberships, events fetched from others) are not sent, as in Synapse.
-// Errors are the database's, worth a retry; a redelivered event is queued
-// again, which the destination ignores as an event it has.
+// when a local user sent it. Outliers (out-of-band memberships, events
+// fetched from others) are not sent, as in Synapse. Errors are the
+// database's, worth a retry; a redelivered event is queued again, which
+// the destination ignores as an event it has.
 func (s *Sender) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 	if sender, _ := serverOf(o.Sender); o.StreamPos == 0 || sender != s.serverName {
 		return nil
 	}
-	dests, err := s.destinations(ctx, o)
+	ev, err := s.db.EventByID(ctx, o.EventID)
+	if errors.Is(err, sql.ErrNotFound) {
+		s.log.WarnContext(ctx, "federation sender: event not found", "event_id", o.EventID)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if ev.Outlier || ev.Rejected {
+		return nil
+	}
+	dests, err := s.destinations(ctx, ev)
 	if err != nil {
 		return fmt.Errorf("destinations of %s: %w", o.EventID, err)
 	}
@@ -70,47 +82,121 @@ func (s *Sender) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 }
 
 // destinations are the servers that get an event: every other server
-// with a user joined to the room when the event is handled, and, for a
-// membership event, the target's server, so that an invite, kick, ban or
-// leave reaches the server it concerns even when none of its users is
-// joined (any more). A server the room's server ACL denies gets nothing
-// (spec: "Server Access Control Lists").
+// with a user joined to the room in the state before the event (as
+// Synapse: a server whose last user the event bans still gets it, and
+// one that joins after it does not), and, for a membership event, the
+// target's server, so that an invite, kick, ban or leave reaches the
+// server it concerns even when none of its users is joined. A server the
+// room's current server ACL denies gets nothing (spec: "Server Access
+// Control Lists").
 //
-// The room's joined members are read when the event is handled, right
-// after its commit, rather than in the state before it: one query of the
-// membership index instead of a walk of the event's state. A server
-// whose last user leaves in that instant may miss the event, as one
-// joining in it may get it; both fetch what they miss through
-// prev_events.
-func (s *Sender) destinations(ctx context.Context, o roomserver.OutputEvent) ([]spec.ServerName, error) {
-	members, err := s.db.RoomMembers(ctx, o.RoomID, spec.Join)
+// The candidates are the servers with a user joined now (the membership
+// index), each confirmed by one of its users' membership in the state
+// before the event, looked up for all servers at once: a handful of
+// queries for a room of any size, not a walk of its state. A server
+// whose last user left between the event and its handling here (a
+// moment, as the sender follows the commits) is missed; it fetches the
+// event through the prev_events of later ones if it comes back.
+func (s *Sender) destinations(ctx context.Context, ev sql.Event) ([]spec.ServerName, error) {
+	members, err := s.db.RoomMembers(ctx, ev.RoomID, spec.Join)
 	if err != nil {
 		return nil, err
 	}
-	if o.Type == spec.MRoomMember && o.StateKey != nil {
-		members = append(members, *o.StateKey)
-	}
-	seen := make(map[spec.ServerName]bool)
-	var out []spec.ServerName
+	byServer := make(map[spec.ServerName][]string)
 	for _, m := range members {
-		d, ok := serverOf(m)
-		if !ok || seen[d] || d == s.serverName {
-			continue
-		}
-		seen[d] = true
-		if _, _, ok := spec.ParseAndValidateServerName(d); ok {
-			out = append(out, d)
+		if d, ok := serverOf(m); ok && d != s.serverName {
+			byServer[d] = append(byServer[d], m)
 		}
 	}
-	if len(out) == 0 {
+	joined, err := s.joinedBefore(ctx, ev.StateBeforeNID, byServer)
+	if err != nil {
+		return nil, err
+	}
+	if ev.Type == spec.MRoomMember && ev.StateKey != nil {
+		if d, ok := serverOf(*ev.StateKey); ok && d != s.serverName && !slices.Contains(joined, d) {
+			joined = append(joined, d)
+		}
+	}
+	joined = slices.DeleteFunc(joined, func(d spec.ServerName) bool {
+		_, _, ok := spec.ParseAndValidateServerName(d)
+		return !ok
+	})
+	if len(joined) == 0 {
 		return nil, nil
 	}
-	allows, err := roomACL(ctx, s.db, o.RoomID)
+	allows, err := roomACL(ctx, s.db, ev.RoomID)
 	if err != nil {
 		return nil, err
 	}
-	out = slices.DeleteFunc(out, func(d spec.ServerName) bool { return !allows(d) })
-	slices.Sort(out)
+	joined = slices.DeleteFunc(joined, func(d spec.ServerName) bool { return !allows(d) })
+	slices.Sort(joined)
+	return joined, nil
+}
+
+// joinedBefore returns the servers of candidates (each with its users
+// joined now) that had a user joined in the snapshot. The first round
+// asks about one user per server, which settles every server whose
+// users did not join in the meantime; a second asks about the other
+// users of the servers left.
+func (s *Sender) joinedBefore(ctx context.Context, snapshot int64, candidates map[spec.ServerName][]string) ([]spec.ServerName, error) {
+	var out []spec.ServerName
+	if snapshot == 0 {
+		return nil, nil
+	}
+	pending := candidates
+	for round := 0; len(pending) > 0; round++ {
+		var users []string
+		for _, us := range pending {
+			if round == 0 {
+				users = append(users, us[0])
+			} else {
+				users = append(users, us[1:]...)
+			}
+		}
+		joined, err := s.joinedIn(ctx, snapshot, users)
+		if err != nil {
+			return nil, err
+		}
+		next := make(map[spec.ServerName][]string)
+		for d, us := range pending {
+			switch {
+			case slices.ContainsFunc(us, func(u string) bool { return joined[u] }):
+				out = append(out, d)
+			case round == 0 && len(us) > 1:
+				next[d] = us
+			}
+		}
+		pending = next
+	}
+	return out, nil
+}
+
+// joinedIn tells which of users are joined in a state snapshot.
+func (s *Sender) joinedIn(ctx context.Context, snapshot int64, users []string) (map[string]bool, error) {
+	out := make(map[string]bool)
+	for chunk := range slices.Chunk(users, idsPerQuery) {
+		keys := make([]sql.StateKey, len(chunk))
+		for i, u := range chunk {
+			keys[i] = sql.StateKey{Type: spec.MRoomMember, StateKey: u}
+		}
+		state, err := s.db.SnapshotKeys(ctx, snapshot, keys)
+		if err != nil {
+			return nil, err
+		}
+		nids := make([]int64, 0, len(state))
+		for _, nid := range state {
+			nids = append(nids, nid)
+		}
+		evs, err := s.db.EventsByNID(ctx, nids)
+		if err != nil {
+			return nil, err
+		}
+		for _, ev := range evs {
+			if ev.StateKey != nil && contentString(ev.JSON, "membership") == spec.Join {
+				out[*ev.StateKey] = true
+			}
+		}
+	}
 	return out, nil
 }
 
