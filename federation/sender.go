@@ -1,12 +1,14 @@
 package federation
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
@@ -30,6 +32,7 @@ type Sender struct {
 	queue      *Queue
 	serverName spec.ServerName
 	log        *slog.Logger
+	joined     snapshotServers
 }
 
 // NewSender makes a sender of serverName's events through queue.
@@ -83,121 +86,142 @@ func (s *Sender) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 
 // destinations are the servers that get an event: every other server
 // with a user joined to the room in the state before the event (as
-// Synapse: a server whose last user the event bans still gets it, and
-// one that joins after it does not), and, for a membership event, the
-// target's server, so that an invite, kick, ban or leave reaches the
-// server it concerns even when none of its users is joined. A server the
-// room's current server ACL denies gets nothing (spec: "Server Access
-// Control Lists").
-//
-// The candidates are the servers with a user joined now (the membership
-// index), each confirmed by one of its users' membership in the state
-// before the event, looked up for all servers at once: a handful of
-// queries for a room of any size, not a walk of its state. A server
-// whose last user left between the event and its handling here (a
-// moment, as the sender follows the commits) is missed; it fetches the
-// event through the prev_events of later ones if it comes back.
+// Synapse: a server whose last user the event kicks still gets it, one
+// that joins after it does not, however late the event is handled), and,
+// for a membership event, the target's server, so that an invite, kick,
+// ban or leave reaches the server it concerns even when none of its
+// users is joined. A server the room's current server ACL denies gets
+// nothing (spec: "Server Access Control Lists").
 func (s *Sender) destinations(ctx context.Context, ev sql.Event) ([]spec.ServerName, error) {
-	members, err := s.db.RoomMembers(ctx, ev.RoomID, spec.Join)
+	joined, err := s.joinedAt(ctx, ev.StateBeforeNID)
 	if err != nil {
 		return nil, err
 	}
-	byServer := make(map[spec.ServerName][]string)
-	for _, m := range members {
-		if d, ok := serverOf(m); ok && d != s.serverName {
-			byServer[d] = append(byServer[d], m)
-		}
-	}
-	joined, err := s.joinedBefore(ctx, ev.StateBeforeNID, byServer)
-	if err != nil {
-		return nil, err
-	}
+	out := slices.Clone(joined)
 	if ev.Type == spec.MRoomMember && ev.StateKey != nil {
-		if d, ok := serverOf(*ev.StateKey); ok && d != s.serverName && !slices.Contains(joined, d) {
-			joined = append(joined, d)
+		if d, ok := serverOf(*ev.StateKey); ok && d != s.serverName && !slices.Contains(out, d) {
+			if _, _, valid := spec.ParseAndValidateServerName(d); valid {
+				out = append(out, d)
+			}
 		}
 	}
-	joined = slices.DeleteFunc(joined, func(d spec.ServerName) bool {
-		_, _, ok := spec.ParseAndValidateServerName(d)
-		return !ok
-	})
-	if len(joined) == 0 {
+	if len(out) == 0 {
 		return nil, nil
 	}
 	allows, err := roomACL(ctx, s.db, ev.RoomID)
 	if err != nil {
 		return nil, err
 	}
-	joined = slices.DeleteFunc(joined, func(d spec.ServerName) bool { return !allows(d) })
-	slices.Sort(joined)
-	return joined, nil
+	out = slices.DeleteFunc(out, func(d spec.ServerName) bool { return !allows(d) })
+	slices.Sort(out)
+	return out, nil
 }
 
-// joinedBefore returns the servers of candidates (each with its users
-// joined now) that had a user joined in the snapshot. The first round
-// asks about one user per server, which settles every server whose
-// users did not join in the meantime; a second asks about the other
-// users of the servers left.
-func (s *Sender) joinedBefore(ctx context.Context, snapshot int64, candidates map[spec.ServerName][]string) ([]spec.ServerName, error) {
-	var out []spec.ServerName
+// joinedAt returns the other servers with a user joined in a state
+// snapshot. Snapshots never change, and the messages of a room share the
+// snapshot of its last state change, so the answer is cached: a room's
+// state is read once per state change, not once per message. The member
+// events are read one per server first, which settles every server whose
+// user picked is joined; the other users of the servers left are read
+// next.
+func (s *Sender) joinedAt(ctx context.Context, snapshot int64) ([]spec.ServerName, error) {
 	if snapshot == 0 {
 		return nil, nil
 	}
-	pending := candidates
-	for round := 0; len(pending) > 0; round++ {
-		var users []string
-		for _, us := range pending {
-			if round == 0 {
-				users = append(users, us[0])
-			} else {
-				users = append(users, us[1:]...)
+	if servers, ok := s.joined.get(snapshot); ok {
+		return servers, nil
+	}
+	state, err := s.db.Snapshot(ctx, snapshot)
+	if err != nil {
+		return nil, err
+	}
+	pending := make(map[spec.ServerName][]int64)
+	for k, nid := range state {
+		if k.Type != spec.MRoomMember {
+			continue
+		}
+		if d, ok := serverOf(k.StateKey); ok && d != s.serverName {
+			if _, _, valid := spec.ParseAndValidateServerName(d); valid {
+				pending[d] = append(pending[d], nid)
 			}
 		}
-		joined, err := s.joinedIn(ctx, snapshot, users)
-		if err != nil {
-			return nil, err
+	}
+	for _, ns := range pending {
+		// Newest membership first, and the same order every time.
+		slices.SortFunc(ns, func(a, b int64) int { return cmp.Compare(b, a) })
+	}
+	var out []spec.ServerName
+	for round := 0; len(pending) > 0; round++ {
+		var nids []int64
+		for _, ns := range pending {
+			if round == 0 {
+				nids = append(nids, ns[0])
+			} else {
+				nids = append(nids, ns[1:]...)
+			}
 		}
-		next := make(map[spec.ServerName][]string)
-		for d, us := range pending {
+		joined := make(map[spec.ServerName]bool)
+		for chunk := range slices.Chunk(nids, idsPerQuery) {
+			evs, err := s.db.EventsByNID(ctx, chunk)
+			if err != nil {
+				return nil, err
+			}
+			for _, ev := range evs {
+				if d, ok := serverOf(*ev.StateKey); ok && contentString(ev.JSON, "membership") == spec.Join {
+					joined[d] = true
+				}
+			}
+		}
+		next := make(map[spec.ServerName][]int64)
+		for d, ns := range pending {
 			switch {
-			case slices.ContainsFunc(us, func(u string) bool { return joined[u] }):
+			case joined[d]:
 				out = append(out, d)
-			case round == 0 && len(us) > 1:
-				next[d] = us
+			case round == 0 && len(ns) > 1:
+				next[d] = ns
 			}
 		}
 		pending = next
 	}
+	slices.Sort(out)
+	s.joined.put(snapshot, out)
 	return out, nil
 }
 
-// joinedIn tells which of users are joined in a state snapshot.
-func (s *Sender) joinedIn(ctx context.Context, snapshot int64, users []string) (map[string]bool, error) {
-	out := make(map[string]bool)
-	for chunk := range slices.Chunk(users, idsPerQuery) {
-		keys := make([]sql.StateKey, len(chunk))
-		for i, u := range chunk {
-			keys[i] = sql.StateKey{Type: spec.MRoomMember, StateKey: u}
-		}
-		state, err := s.db.SnapshotKeys(ctx, snapshot, keys)
-		if err != nil {
-			return nil, err
-		}
-		nids := make([]int64, 0, len(state))
-		for _, nid := range state {
-			nids = append(nids, nid)
-		}
-		evs, err := s.db.EventsByNID(ctx, nids)
-		if err != nil {
-			return nil, err
-		}
-		for _, ev := range evs {
-			if ev.StateKey != nil && contentString(ev.JSON, "membership") == spec.Join {
-				out[*ev.StateKey] = true
-			}
-		}
+// snapshotServers caches the joined servers of recent snapshots, the
+// oldest dropped first.
+type snapshotServers struct {
+	mu    sync.Mutex
+	m     map[int64][]spec.ServerName
+	order []int64
+}
+
+// snapshotCacheSize bounds the snapshots cached: one per room with recent
+// local activity is enough.
+const snapshotCacheSize = 1024
+
+func (c *snapshotServers) get(snapshot int64) ([]spec.ServerName, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	servers, ok := c.m[snapshot]
+	return servers, ok
+}
+
+func (c *snapshotServers) put(snapshot int64, servers []spec.ServerName) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = make(map[int64][]spec.ServerName)
 	}
-	return out, nil
+	if _, ok := c.m[snapshot]; ok {
+		return
+	}
+	if len(c.order) == snapshotCacheSize {
+		delete(c.m, c.order[0])
+		c.order = c.order[1:]
+	}
+	c.m[snapshot] = servers
+	c.order = append(c.order, snapshot)
 }
 
 // StoredPDUs reads events from db as the queue sends them

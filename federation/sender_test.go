@@ -54,9 +54,9 @@ func queuedFor(t *testing.T, db *sql.DB, dest spec.ServerName) []string {
 }
 
 // TestSenderDestinations: an event of a local user is queued for every
-// other server with a joined user, and for the server of a membership
-// event's target; remote users' events and outliers are not sent; a
-// server the room's ACL denies gets nothing.
+// other server with a user joined in the state before it, and for the
+// server of a membership event's target; remote users' events and
+// outliers are not sent; a server the room's ACL denies gets nothing.
 func TestSenderDestinations(t *testing.T) {
 	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
 		ctx := context.Background()
@@ -93,19 +93,24 @@ func TestSenderDestinations(t *testing.T) {
 		expect("message", fed.message(roomID, fedAlice, "hello"), fedRemote, "other.example")
 		// Servers that join after an event do not get it, even when it is
 		// handled after their join; a server with a user joined before
-		// does, whichever of its users is looked at first.
+		// does, even when the user looked at first (the newest
+		// membership) has left.
 		fed.member(roomID, "@b:fifth.example", "@b:fifth.example", "join")
+		fed.member(roomID, "@a:fifth.example", "@a:fifth.example", "join")
+		fed.member(roomID, "@a:fifth.example", "@a:fifth.example", "leave")
 		early := fed.message(roomID, fedAlice, "before the joins")
-		for _, u := range []string{"@a:fifth.example", "@erin:fourth.example"} {
-			fed.member(roomID, u, u, "join")
-		}
-		expect("message handled after later joins", early, fedRemote, "other.example", "fifth.example")
+		fed.member(roomID, "@erin:fourth.example", "@erin:fourth.example", "join")
+		expect("message handled after a later join", early, fedRemote, "other.example", "fifth.example")
 		fed.member(roomID, "@erin:fourth.example", "@erin:fourth.example", "leave")
-		for _, u := range []string{"@a:fifth.example", "@b:fifth.example"} {
-			fed.member(roomID, u, u, "leave")
-		}
+		fed.member(roomID, "@b:fifth.example", "@b:fifth.example", "leave")
 		expect("remote message", fed.message(roomID, fedBob, "hi"))
-		expect("kick of the last user of a server", fed.member(roomID, fedAlice, carol, "leave"), fedRemote, "other.example")
+		// A server whose last user is kicked gets the kick, and the events
+		// before it however late they are handled.
+		late := fed.message(roomID, fedAlice, "before the kick")
+		kick := fed.member(roomID, fedAlice, carol, "leave")
+		expect("message handled after a kick", late, fedRemote, "other.example")
+		expect("kick of the last user of a server", kick, fedRemote, "other.example")
+		expect("message after the kick", fed.message(roomID, fedAlice, "after the kick"), fedRemote)
 		expect("invite of a server not in the room", fed.member(roomID, fedAlice, dave, "invite"), fedRemote, "third.example")
 		fed.member(roomID, carol, carol, "join")
 		expect("ACL denying remote.example", fed.state(roomID, fedAlice, "m.room.server_acl", "",
