@@ -163,7 +163,7 @@ func verifyPDUs(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ver go
 		}
 		pdus[i] = pdu
 		before := len(rec.requests)
-		if err := gomatrixserverlib.VerifyEventSignatures(ctx, pdu, rec, senderUserID); err != nil {
+		if err := gomatrixserverlib.VerifyEventSignatures(ctx, pdu, rec, userIDForSender); err != nil {
 			errs[i] = fmt.Errorf("event %s: %w", pdu.EventID(), err)
 			rec.requests = rec.requests[:before]
 			continue
@@ -214,12 +214,6 @@ type recordingVerifier struct {
 func (r *recordingVerifier) VerifyJSONs(_ context.Context, requests []gomatrixserverlib.VerifyJSONRequest) ([]gomatrixserverlib.VerifyJSONResult, error) {
 	r.requests = append(r.requests, requests...)
 	return make([]gomatrixserverlib.VerifyJSONResult, len(requests)), nil
-}
-
-// senderUserID maps sender ids to user ids; they are the same in every
-// room version Weft supports (no pseudonymous ids).
-func senderUserID(_ spec.RoomID, senderID spec.SenderID) (*spec.UserID, error) {
-	return spec.NewUserID(string(senderID), true)
 }
 
 var _ roomserver.Fetcher = (*Fetcher)(nil)

@@ -136,6 +136,8 @@ func TestVerifyPDUs(t *testing.T) {
 		{"signed with the wrong private key", "10", forged.JSON(), forged.EventID(), "bad signature of remote.example", false},
 		{"sender of a server that did not sign", "10", e.build("10", e.remote, gomatrixserverlib.ProtoEvent{SenderID: "@eve:other.example"}).JSON(),
 			"*", "bad signature of other.example", false},
+		{"sender with an invalid server name", "10", e.build("10", e.remote, gomatrixserverlib.ProtoEvent{SenderID: "@bob:not a server"}).JSON(),
+			"*", "invalid sender", false},
 		{"restricted join without the authorising server", "10", restricted.JSON(), restricted.EventID(), "bad signature of other.example", false},
 		{"restricted join signed by both", "10", sign(restricted, e.other).JSON(), restricted.EventID(), "", false},
 		{"not JSON", "10", json.RawMessage(`{"type":`), "", "invalid event", false},

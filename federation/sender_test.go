@@ -200,7 +200,7 @@ func TestSenderDelivers(t *testing.T) {
 	if err != nil || ev.EventID() != sent[0] || ev.Redacted() {
 		t.Fatalf("PDU %s: %v", raw, err)
 	}
-	if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, fed.verifier(key), senderUserID); err != nil {
+	if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, fed.verifier(key), userIDForSender); err != nil {
 		t.Fatalf("PDU signature: %v", err)
 	}
 }

@@ -139,6 +139,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	if err := s.federation(fedRouter, keys, rooms, fedLog); err != nil {
 		return nil, err
 	}
+	rs.UseInviter(&federation.Inviter{Client: s.fedClient, Key: s.key, Keys: s.keyRing})
 	stopQueue, err := s.fedQueue.Start(runCtx)
 	if err != nil {
 		return nil, err
@@ -176,7 +177,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	federation.WellKnownRoutes(fedRouter, cfg.Federation.WellKnownServer)
 	healthRoute(fedRouter)
 
-	cert, err := serverkey.LoadOrMakeCertificate(cfg.Federation.TLSCert, cfg.Federation.TLSKey, cfg.DataDir, hostOf(cfg.ServerName))
+	var cert tls.Certificate
+	if f := cfg.Federation; f.TLSCACert != "" {
+		cert, err = serverkey.IssueCertificate(f.TLSCACert, f.TLSCAKey, hostOf(cfg.ServerName))
+	} else {
+		cert, err = serverkey.LoadOrMakeCertificate(f.TLSCert, f.TLSKey, cfg.DataDir, hostOf(cfg.ServerName))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +214,8 @@ func (s *Server) federationClient(serverName spec.ServerName, log *slog.Logger) 
 	f := s.cfg.Federation
 	var err error
 	s.fedClient, err = federation.NewClient(federation.ClientConfig{ServerName: serverName, Key: s.key,
-		TrustedCAFile: f.TrustedCAFile, InsecureSkipVerify: f.TLSInsecureSkipVerify, AllowNetworks: f.AllowPrivateNetworks})
+		TrustedCAFile: f.TrustedCAFile, InsecureSkipVerify: f.TLSInsecureSkipVerify, AllowNetworks: f.AllowPrivateNetworks,
+		StaticHosts: f.StaticHosts})
 	if err != nil {
 		return fmt.Errorf("federation: %w", err)
 	}
@@ -252,6 +259,7 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 		List: roomsummary.NewDirectory(summaries), AllowPublicRooms: f.AllowPublicRooms}).Routes(authed)
 	(&federation.UserKeys{DB: s.db, Keys: e2ee.New(s.db, s.cfg.ServerName), ServerName: keys.ServerName}).Routes(authed)
 	(&federation.ThirdPartyInvites{DB: s.db}).Routes(authed)
+	(&federation.InviteReceiver{DB: s.db, Rooms: rooms, Keys: s.keyRing, ServerName: keys.ServerName, Key: s.key}).Routes(authed)
 	return nil
 }
 
