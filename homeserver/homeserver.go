@@ -109,6 +109,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	}
 	rs := roomserver.New(s.db, s.bus, cfg.ServerName, s.key, log.With("component", "roomserver"))
 	rs.UseFederation(federation.NewFetcher(s.fedClient, s.keyRing, fedLog), nil)
+	rs.UseInviter(&federation.Inviter{Client: s.fedClient, Key: s.key, Keys: s.keyRing})
 	// The consumers live as long as the server, not as long as New's ctx.
 	runCtx, cancel := context.WithCancel(context.Background())
 	stopRooms, err := rs.Serve(runCtx)
@@ -139,7 +140,6 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	if err := s.federation(fedRouter, keys, rooms, fedLog); err != nil {
 		return nil, err
 	}
-	rs.UseInviter(&federation.Inviter{Client: s.fedClient, Key: s.key, Keys: s.keyRing})
 	stopQueue, err := s.fedQueue.Start(runCtx)
 	if err != nil {
 		return nil, err
