@@ -459,7 +459,11 @@ func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ve
 			all = append(all, ev)
 		}
 	}
-	for i, err := range verifySignatures(ctx, keys, verImpl, all) {
+	errs := make([]error, len(all))
+	if err := verifySignatures(ctx, keys, all, errs); err != nil {
+		return nil, nil, err
+	}
+	for i, err := range errs {
 		if err != nil {
 			delete(byID, all[i].EventID())
 		}
@@ -506,48 +510,6 @@ func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ve
 	return state, chain, nil
 }
 
-// verifySignatures checks the signatures each event needs, as
-// gomatrixserverlib.VerifyEventSignatures decides them (the sender's
-// server, the event id's in room versions 1 and 2, an invite's target
-// server, a restricted join's authorising server), with one call to the
-// key ring per core rather than one per event: a room's state is
-// thousands of events from a handful of servers.
-func verifySignatures(ctx context.Context, keys gomatrixserverlib.JSONVerifier, verImpl gomatrixserverlib.IRoomVersion, evs []gomatrixserverlib.PDU) []error {
-	errs := make([]error, len(evs))
-	// The signatures are CPU work; each share's keys are one lookup.
-	inParallel(len(evs), func(lo, hi int) {
-		var reqs []gomatrixserverlib.VerifyJSONRequest
-		var owner []int
-		for i := lo; i < hi; i++ {
-			servers, err := signingServers(verImpl, evs[i])
-			if err == nil {
-				var redacted []byte
-				if redacted, err = verImpl.RedactEventJSON(evs[i].JSON()); err == nil {
-					for _, s := range servers {
-						reqs = append(reqs, gomatrixserverlib.VerifyJSONRequest{ServerName: s, Message: redacted,
-							AtTS: evs[i].OriginServerTS(), ValidityCheckingFunc: verImpl.SignatureValidityCheck})
-						owner = append(owner, i)
-					}
-				}
-			}
-			errs[i] = err
-		}
-		if len(reqs) == 0 {
-			return
-		}
-		results, err := keys.VerifyJSONs(ctx, reqs)
-		for k, i := range owner {
-			switch {
-			case err != nil:
-				errs[i] = err
-			case results[k].Error != nil && errs[i] == nil:
-				errs[i] = results[k].Error
-			}
-		}
-	})
-	return errs
-}
-
 // parallelMin is the least work worth a goroutine of its own, in events.
 const parallelMin = 256
 
@@ -565,46 +527,6 @@ func inParallel(n int, f func(lo, hi int)) {
 		wg.Go(func() { f(lo, min(lo+size, n)) })
 	}
 	wg.Wait()
-}
-
-// signingServers lists the servers whose signatures ev needs.
-func signingServers(verImpl gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU) ([]spec.ServerName, error) {
-	sender, err := spec.NewUserID(string(ev.SenderID()), true)
-	if err != nil {
-		return nil, fmt.Errorf("invalid sender: %w", err)
-	}
-	servers := []spec.ServerName{sender.Domain()}
-	add := func(s spec.ServerName) {
-		if !slices.Contains(servers, s) {
-			servers = append(servers, s)
-		}
-	}
-	if verImpl.EventIDFormat() == gomatrixserverlib.EventIDFormatV1 {
-		_, s, err := gomatrixserverlib.SplitID('$', ev.EventID())
-		if err != nil {
-			return nil, err
-		}
-		add(s)
-	}
-	if ev.Type() == spec.MRoomMember && ev.StateKey() != nil {
-		switch m, _ := ev.Membership(); m {
-		case spec.Invite:
-			_, s, err := gomatrixserverlib.SplitID('@', *ev.StateKey())
-			if err != nil {
-				return nil, err
-			}
-			add(s)
-		case spec.Join:
-			s, err := verImpl.RestrictedJoinServername(ev.Content())
-			if err != nil {
-				return nil, err
-			}
-			if s != "" {
-				add(s)
-			}
-		}
-	}
-	return servers, nil
 }
 
 // authCheck returns the events of byID that pass the auth rules against
