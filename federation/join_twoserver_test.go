@@ -23,8 +23,9 @@ import (
 // the real federation API (spec: "Joining Rooms"): by room id with via
 // (room version 10) and by A's alias, resolved by asking A (version 12,
 // whose room id is the create event's hash). Both servers then hold the
-// join: B has the room's state from send_join, A the join in its room.
-// Refusals come back to B's client as A gave them.
+// join: B has the room's state from send_join, A the join in its room;
+// messages then go both ways, and B's leave reaches A. Refusals come
+// back to B's client as A gave them.
 func TestTwoServersJoin(t *testing.T) {
 	for _, engine := range sqltest.Engines() {
 		t.Run(string(engine), func(t *testing.T) {
@@ -107,15 +108,26 @@ func TestTwoServersJoin(t *testing.T) {
 					t.Errorf("v%s: join again: %v", version, err)
 				}
 
-				// bob leaves (on B: A learns of it once B sends its
-				// events), and joins again through A: B, no longer in the
-				// room, cannot build on it.
+				// Messages go both ways: each server now sends the room's
+				// events to the other.
+				if _, err := alice.SendText(ctx, roomID, "after, from A"); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := bob.SendText(ctx, roomID, "after, from B"); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, func() bool { return hasText(t, bob, roomID, "after, from A") })
+				waitFor(t, func() bool { return hasText(t, alice, roomID, "after, from B") })
+
+				// bob leaves, which A learns, and joins again through A: B,
+				// no longer in the room, cannot build on it.
 				if _, err := bob.LeaveRoom(ctx, roomID); err != nil {
 					t.Fatalf("v%s: bob leaves: %v", version, err)
 				}
 				if rooms, err := bob.JoinedRooms(ctx); err != nil || slices.Contains(rooms.JoinedRooms, roomID) {
 					t.Fatalf("v%s: bob's joined rooms after leaving %+v, %v", version, rooms, err)
 				}
+				waitFor(t, func() bool { return !hasKey(members(alice), bob.UserID) })
 				// Without via, a version 12 room id names no server to ask;
 				// before, the room id's server is asked.
 				_, err = bob.JoinRoom(ctx, roomID.String(), nil)
@@ -150,6 +162,22 @@ func TestTwoServersJoin(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hasText reports whether one of the room's latest messages, as cli
+// reads them, has the body.
+func hasText(t *testing.T, cli *mautrix.Client, roomID id.RoomID, body string) bool {
+	t.Helper()
+	msgs, err := cli.Messages(context.Background(), roomID, "", "", mautrix.DirectionBackward, nil, 20)
+	if err != nil {
+		t.Fatalf("messages as %s: %v", cli.UserID, err)
+	}
+	for _, ev := range msgs.Chunk {
+		if b, _ := ev.Content.Raw["body"].(string); b == body {
+			return true
+		}
+	}
+	return false
 }
 
 func hasKey[K comparable, V any](m map[K]V, k K) bool {
