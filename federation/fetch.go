@@ -220,6 +220,24 @@ func verifySignatures(ctx context.Context, keys gomatrixserverlib.JSONVerifier, 
 // Events over the byte limits of older room versions that the version
 // still lets through are taken, as Synapse and Dendrite take them.
 func parsePDU(ver gomatrixserverlib.IRoomVersion, raw []byte) (gomatrixserverlib.PDU, error) {
+	// gomatrixserverlib's RoomID panics on a malformed room id: check it
+	// first. Only a room version 12 create event has none.
+	var head struct {
+		RoomID   *string `json:"room_id"`
+		Type     string  `json:"type"`
+		StateKey *string `json:"state_key"`
+	}
+	if err := json.Unmarshal(raw, &head); err != nil {
+		return nil, err
+	}
+	switch {
+	case head.RoomID != nil:
+		if _, err := spec.NewRoomID(*head.RoomID); err != nil {
+			return nil, fmt.Errorf("room_id: %w", err)
+		}
+	case !ver.DomainlessRoomIDs() || head.Type != spec.MRoomCreate || head.StateKey == nil || *head.StateKey != "":
+		return nil, errors.New("the event has no room_id")
+	}
 	pdu, err := ver.NewEventFromUntrustedJSON(raw)
 	if err != nil {
 		var verr gomatrixserverlib.EventValidationError

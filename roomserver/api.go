@@ -22,11 +22,11 @@ type InputRequest struct {
 	// handled returns the events it made then. Empty: no deduplication.
 	InputID string `json:"input_id,omitempty"`
 	// RoomID is the room of a NewEvent.
-	RoomID     string       `json:"room_id,omitempty"`
-	NewEvent   *NewEvent    `json:"new_event,omitempty"`
-	CreateRoom *CreateRoom  `json:"create_room,omitempty"`
-	Remote     *RemoteEvent `json:"remote,omitempty"`
-	JoinRemote *JoinRemote  `json:"join_remote,omitempty"`
+	RoomID     string        `json:"room_id,omitempty"`
+	NewEvent   *NewEvent     `json:"new_event,omitempty"`
+	CreateRoom *CreateRoom   `json:"create_room,omitempty"`
+	Remote     *RemoteEvent  `json:"remote,omitempty"`
+	JoinRemote *JoinRemote   `json:"join_remote,omitempty"`
 	Invite     *RemoteInvite `json:"invite,omitempty"`
 }
 
