@@ -14,7 +14,9 @@ import (
 // sentPresence records what a Service hands to federation.
 type sentPresence struct{ updates []Update }
 
-func (s *sentPresence) SendPresence(_ context.Context, u []Update) { s.updates = append(s.updates, u...) }
+func (s *sentPresence) SendPresence(_ context.Context, u []Update) {
+	s.updates = append(s.updates, u...)
+}
 
 // TestRemotePresence: a remote user's reported presence is stored as
 // reported and then follows the rules their own server applies (idle
