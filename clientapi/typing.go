@@ -102,6 +102,8 @@ func (a *API) SetTyping(ctx context.Context, roomID, userID string, typing bool,
 		return false, err
 	}
 	key := typingKey{roomNID: roomNID, roomID: roomID, userID: userID}
+	_, err = a.users.LocalpartOf(userID)
+	local := err == nil
 	var changed bool
 	if typing {
 		now := time.Now()
@@ -110,6 +112,10 @@ func (a *API) SetTyping(ctx context.Context, roomID, userID string, typing bool,
 			return true, err
 		}
 		a.typing.schedule(a, key, timeout, expires)
+		if local {
+			// Before the wake-up, so that a woken sync sees both.
+			a.active(ctx, userID)
+		}
 	} else {
 		a.typing.cancel(key)
 		if changed, err = a.db.StopTyping(ctx, roomNID, userID); err != nil {
@@ -119,13 +125,8 @@ func (a *API) SetTyping(ctx context.Context, roomID, userID string, typing bool,
 	if changed {
 		a.wake.Rooms(roomID)
 	}
-	if _, err := a.users.LocalpartOf(userID); err == nil {
-		if typing {
-			a.active(ctx, userID)
-		}
-		if typing || changed {
-			a.sendTyping(ctx, roomID, userID, typing)
-		}
+	if local && (typing || changed) {
+		a.sendTyping(ctx, roomID, userID, typing)
 	}
 	return true, nil
 }
