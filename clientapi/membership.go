@@ -478,15 +478,17 @@ func (a *API) invite(r *http.Request, dev *userapi.Device) (any, error) {
 	if err := a.requireJoined(ctx, roomID, dev.UserID); err != nil {
 		return nil, err
 	}
+	// A user of another server is asked by their server, which may
+	// refuse (the roomserver has it countersign the invite).
 	localpart, err := a.users.LocalpartOf(target)
-	if userapi.IsRemoteUser(err) {
-		return nil, mxhttp.Errorf(http.StatusBadGateway, "M_UNKNOWN", "Inviting users of other servers needs federation, which is not available yet")
-	}
-	if err != nil {
+	switch {
+	case userapi.IsRemoteUser(err):
+	case err != nil:
 		return nil, mxhttp.InvalidParam("Invalid user_id %q", target)
-	}
-	if err := a.checkInvitable(ctx, localpart, target); err != nil {
-		return nil, err
+	default:
+		if err := a.checkInvitable(ctx, localpart, target); err != nil {
+			return nil, err
+		}
 	}
 	current, err := a.rooms.Membership(ctx, roomID, target)
 	if err != nil {

@@ -134,6 +134,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	if err := s.federation(fedRouter, keys, rooms, log.With("component", "federation")); err != nil {
 		return nil, err
 	}
+	rs.UseInviter(&federation.Inviter{Client: s.fedClient, Key: s.key, Keys: s.keyRing})
 	stopQueue, err := s.fedQueue.Start(runCtx)
 	if err != nil {
 		return nil, err
@@ -282,6 +283,7 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 		List: roomsummary.NewDirectory(summaries), AllowPublicRooms: f.AllowPublicRooms}).Routes(authed)
 	(&federation.UserKeys{DB: s.db, Keys: e2ee.New(s.db, s.cfg.ServerName), ServerName: keys.ServerName}).Routes(authed)
 	(&federation.ThirdPartyInvites{DB: s.db}).Routes(authed)
+	(&federation.InviteReceiver{DB: s.db, Rooms: rooms, Keys: s.keyRing, ServerName: keys.ServerName, Key: s.key}).Routes(authed)
 	return nil
 }
 

@@ -16,7 +16,7 @@ import (
 )
 
 // InputRequest asks the roomserver to add events. Exactly one of NewEvent,
-// CreateRoom, Remote and JoinRemote is set.
+// CreateRoom, Remote, JoinRemote and Invite is set.
 type InputRequest struct {
 	// InputID makes the input idempotent: an input with an id already
 	// handled returns the events it made then. Empty: no deduplication.
@@ -27,6 +27,27 @@ type InputRequest struct {
 	CreateRoom *CreateRoom  `json:"create_room,omitempty"`
 	Remote     *RemoteEvent `json:"remote,omitempty"`
 	JoinRemote *JoinRemote  `json:"join_remote,omitempty"`
+	Invite     *RemoteInvite `json:"invite,omitempty"`
+}
+
+// RemoteInvite is another server's invite of a local user (spec: PUT
+// /invite/v2), checked and signed by us already. In a room this server is
+// in it is an ordinary remote event; otherwise it is kept out of band: the
+// event and the stripped state sent with it, which is all the invitee
+// sees until they join.
+type RemoteInvite struct {
+	Origin      string          `json:"origin"`
+	RoomVersion string          `json:"room_version"`
+	Event       json.RawMessage `json:"event"`
+	// InviteRoomState is the JSON list of stripped state events.
+	InviteRoomState json.RawMessage `json:"invite_room_state,omitempty"`
+}
+
+// Inviter asks another server to countersign an invite of one of its
+// users (spec: PUT /invite/v2), with the stripped state the invitee is
+// shown. The federation package implements it.
+type Inviter interface {
+	Invite(ctx context.Context, ver gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU, inviteRoomState []json.RawMessage) (gomatrixserverlib.PDU, error)
 }
 
 // RemoteEvent is an event another server sent (in a transaction, or to

@@ -56,6 +56,10 @@ type remoteFacts struct {
 	// only: the event becomes the room's only forward extremity (a join
 	// through another server, after which our old extremities are stale).
 	only bool
+	// outOfBand: an outlier that still sets its target's membership (an
+	// invite to a room we are not in), with the stripped state shown.
+	outOfBand       bool
+	inviteRoomState []byte
 }
 
 // roomCommit is one room's share of a commit: the events to add, in
@@ -121,6 +125,7 @@ type groupTx struct {
 	snaps    []sql.Snapshot
 	current  []sql.StateChange
 	gone     []sql.StateChange // pieces of current state to remove
+	invites  []inviteState
 	members  []sql.MemberChange
 	rels     []sql.EventRelation
 	txns     []sql.EventTransaction
@@ -133,6 +138,12 @@ type groupTx struct {
 type freshEvent struct {
 	nid, roomNID int64
 	pdu          gomatrixserverlib.PDU
+}
+
+// inviteState is the stripped state of an out-of-band invite.
+type inviteState struct {
+	nid   int64
+	state []byte
 }
 
 // redactionRow is a redacted event's new JSON.
@@ -183,7 +194,7 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 	for _, rc := range rcs {
 		inputs = append(inputs, rc.inputs...)
 		for _, e := range rc.evs {
-			if e.remote == nil || !e.remote.outlier {
+			if e.remote == nil || !e.remote.outlier || e.remote.outOfBand {
 				total++
 			}
 			switch {
@@ -257,6 +268,9 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 		p.RedactEvent(r.nid, r.stripped, r.by)
 	}
 	p.SetMemberships(g.members)
+	for _, x := range g.invites {
+		p.AddInviteRoomState(x.nid, x.state)
+	}
 	return nil
 }
 

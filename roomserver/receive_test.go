@@ -452,3 +452,79 @@ func TestRejectAndSoftFail(t *testing.T) {
 		})
 	}
 }
+
+// Both servers change the same state at once (spec: state resolution):
+// each gets the other's change on a fork, and both settle on the same
+// resolved state.
+func TestForkConverges(t *testing.T) {
+	for _, engine := range sqltest.Engines() {
+		for _, version := range []string{"10", "12"} {
+			t.Run(fmt.Sprintf("%s/v%s", engine, version), func(t *testing.T) {
+				ctx := context.Background()
+				s := startTwo(t, engine, version)
+				if _, err := s.b.HandleInput(ctx, InputRequest{RoomID: s.roomID, JoinRemote: &JoinRemote{UserID: rBob, Servers: []string{"a.test"}}}); err != nil {
+					t.Fatal(err)
+				}
+				users := map[string]int{rAlice: 100, rBob: 50}
+				if version == "12" {
+					users = map[string]int{rBob: 50}
+				}
+				pl, err := s.a.HandleInput(ctx, InputRequest{RoomID: s.roomID, NewEvent: &NewEvent{Sender: rAlice, Type: "m.room.power_levels",
+					StateKey: ptr(""), Content: js(map[string]any{"users": users, "state_default": 50})}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := deliver(ctx, s.a, s.b, pl.EventIDs[0]); err != nil {
+					t.Fatal(err)
+				}
+				topic := func(rs *Roomserver, sender, text string) string {
+					resp, err := rs.HandleInput(ctx, InputRequest{RoomID: s.roomID, NewEvent: &NewEvent{Sender: sender, Type: "m.room.topic",
+						StateKey: ptr(""), Content: js(map[string]any{"topic": text})}})
+					if err != nil {
+						t.Fatal(err)
+					}
+					return resp.EventIDs[0]
+				}
+				ta, tb := topic(s.a, rAlice, "from A"), topic(s.b, rBob, "from B")
+				if err := deliver(ctx, s.a, s.b, ta); err != nil {
+					t.Fatalf("B takes A's topic: %v", err)
+				}
+				if err := deliver(ctx, s.b, s.a, tb); err != nil {
+					t.Fatalf("A takes B's topic: %v", err)
+				}
+				ea, err := s.a.CurrentStateEvent(ctx, s.roomID, "m.room.topic", "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				eb, err := s.b.CurrentStateEvent(ctx, s.roomID, "m.room.topic", "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ea.EventID() != eb.EventID() {
+					t.Fatalf("A's topic is %s, B's %s: they did not converge", ea.EventID(), eb.EventID())
+				}
+				// Both forks are extremities on both sides, and the next
+				// event of either merges them.
+				for name, rs := range map[string]*Roomserver{"A": s.a, "B": s.b} {
+					info, _ := rs.db.Room(ctx, s.roomID)
+					if len(info.Extremities) != 2 {
+						t.Errorf("%s's extremities %v, want both topics", name, info.Extremities)
+					}
+				}
+				merge := sendOn(t, s.a, s.roomID, rAlice, "merge")
+				if err := deliver(ctx, s.a, s.b, merge); err != nil {
+					t.Fatal(err)
+				}
+				for name, rs := range map[string]*Roomserver{"A": s.a, "B": s.b} {
+					info, _ := rs.db.Room(ctx, s.roomID)
+					if !slices.Equal(info.Extremities, []string{merge}) {
+						t.Errorf("%s's extremities after the merge %v", name, info.Extremities)
+					}
+					if e, _ := rs.CurrentStateEvent(ctx, s.roomID, "m.room.topic", ""); e.EventID() != ea.EventID() {
+						t.Errorf("%s's topic changed after the merge", name)
+					}
+				}
+			})
+		}
+	}
+}
