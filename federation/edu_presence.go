@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -35,13 +36,101 @@ type presencePush struct {
 	presence.Content
 }
 
+// Presence pings: servers forget a remote user's presence after 30
+// minutes without news (presence.FederationTimeout, Synapse's
+// FEDERATION_TIMEOUT), so the presence of local users who are not
+// offline is sent again when this process has not sent it for
+// presencePing (Synapse's FEDERATION_PING_INTERVAL), looked for every
+// presencePingCheck.
+const (
+	presencePing      = 25 * time.Minute
+	presencePingCheck = time.Minute
+	presencePingBatch = 500
+)
+
 // PresenceSender queues m.presence EDUs for the servers sharing a room
-// with this server's users (presence.Federation).
+// with this server's users (presence.Federation), and sends the presence
+// of those who are not offline again before other servers forget it
+// (Start). The zero value with its fields set works.
 type PresenceSender struct {
 	DB         *sql.DB
 	Queue      *Queue
 	ServerName spec.ServerName
 	Log        *slog.Logger
+
+	// mu guards sent: when this process last sent each local user's
+	// presence. It is never held during I/O.
+	mu   sync.Mutex
+	sent map[string]time.Time
+	// now is the clock (tests move it); nil means time.Now.
+	now func() time.Time
+}
+
+// Start sends, every presencePingCheck until ctx ends or stop is called,
+// the presence of the local users who are not offline and whose presence
+// this process has not sent for presencePing (after a start, all of them
+// once). content is their presence as clients see it
+// (presence.Service.Content).
+func (s *PresenceSender) Start(ctx context.Context, content func(sql.Presence) presence.Content) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(presencePingCheck)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := s.ping(ctx, content); err != nil && ctx.Err() == nil {
+				logOr(s.Log).Warn("federation: send presence again", "err", err)
+			}
+		}
+	})
+	return func() { cancel(); wg.Wait() }
+}
+
+// ping sends the presence due again, and forgets the users who went
+// offline.
+func (s *PresenceSender) ping(ctx context.Context, content func(sql.Presence) presence.Content) error {
+	now := s.clock()
+	seen := map[string]bool{}
+	for after := ""; ; {
+		rows, err := s.DB.LocalPresenceNotOffline(ctx, string(s.ServerName), after, presencePingBatch)
+		if err != nil {
+			return err
+		}
+		var due []presence.Update
+		s.mu.Lock()
+		for _, p := range rows {
+			seen[p.UserID] = true
+			if sent, ok := s.sent[p.UserID]; !ok || now.Sub(sent) >= presencePing {
+				due = append(due, presence.Update{UserID: p.UserID, Content: content(p)})
+			}
+		}
+		s.mu.Unlock()
+		s.SendPresence(ctx, due)
+		if len(rows) < presencePingBatch {
+			break
+		}
+		after = rows[len(rows)-1].UserID
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for u := range s.sent {
+		if !seen[u] {
+			delete(s.sent, u)
+		}
+	}
+	return nil
+}
+
+func (s *PresenceSender) clock() time.Time {
+	if s.now == nil {
+		return time.Now()
+	}
+	return s.now()
 }
 
 // SendPresence queues the presence of the local users among updates for
@@ -83,10 +172,28 @@ func (s *PresenceSender) SendPresence(ctx context.Context, updates []presence.Up
 		}
 	}
 	if len(edus) == 0 {
+		s.markSent(users) // nobody to tell
 		return
 	}
-	if err := s.Queue.SendEDUs(ctx, edus); err != nil && ctx.Err() == nil {
-		logOr(s.Log).WarnContext(ctx, "federation: queue presence", "users", len(users), "err", err)
+	if err := s.Queue.SendEDUs(ctx, edus); err != nil {
+		if ctx.Err() == nil {
+			logOr(s.Log).WarnContext(ctx, "federation: queue presence", "users", len(users), "err", err)
+		}
+		return
+	}
+	s.markSent(users)
+}
+
+// markSent records that the users' presence was sent now.
+func (s *PresenceSender) markSent(users []string) {
+	now := s.clock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sent == nil {
+		s.sent = map[string]time.Time{}
+	}
+	for _, u := range users {
+		s.sent[u] = now
 	}
 }
 

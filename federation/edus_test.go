@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -286,7 +287,8 @@ func TestPresenceEDUs(t *testing.T) {
 		}
 
 		q := unstartedQueue(t, db)
-		s := &PresenceSender{DB: db, Queue: q, ServerName: ours}
+		now := time.Now()
+		s := &PresenceSender{DB: db, Queue: q, ServerName: ours, now: func() time.Time { return now }}
 		ago := int64(5)
 		active := true
 		s.SendPresence(ctx, []presence.Update{
@@ -297,6 +299,33 @@ func TestPresenceEDUs(t *testing.T) {
 		want := `[m.presence {"push":[{"user_id":"@alice:ours.example","presence":"online","last_active_ago":5,"currently_active":true}]}]`
 		if got := fmt.Sprint(drainQueue(t, db, fedRemote)); got != want {
 			t.Errorf("queued %s, want %s", got, want)
+		}
+
+		// Pings: alice's presence (online, not offline) goes again once
+		// this process has not sent it for presencePing; bob's, a remote
+		// user's, never does.
+		if err := svc.Set(ctx, fedAlice, presence.Online, "pinging"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ping(ctx, svc.Content); err != nil {
+			t.Fatal(err)
+		}
+		if got := drainQueue(t, db, fedRemote); len(got) != 0 {
+			t.Errorf("ping right after a send: %v", got)
+		}
+		now = now.Add(presencePing)
+		if err := s.ping(ctx, svc.Content); err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(drainQueue(t, db, fedRemote)); !strings.Contains(got, `"user_id":"@alice:ours.example","presence":"online"`) || !strings.Contains(got, `"status_msg":"pinging"`) ||
+			strings.Contains(got, fedBob) {
+			t.Errorf("ping %s", got)
+		}
+		if err := s.ping(ctx, svc.Content); err != nil {
+			t.Fatal(err)
+		}
+		if got := drainQueue(t, db, fedRemote); len(got) != 0 {
+			t.Errorf("second ping at once: %v", got)
 		}
 	})
 }

@@ -154,9 +154,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys), clientapi.WithRemoteProfiles(profiles),
 		clientapi.WithRemoteTyping(eduSender), clientapi.WithRemoteReceipts(eduSender)}
 	var presenceOpts []presence.Option
+	presenceSender := &federation.PresenceSender{DB: s.db, Queue: s.fedQueue, ServerName: serverName, Log: fedLog}
 	if cfg.Presence.Enabled {
-		presenceOpts = append(presenceOpts, presence.WithFederation(&federation.PresenceSender{DB: s.db, Queue: s.fedQueue,
-			ServerName: serverName, Log: fedLog}))
+		presenceOpts = append(presenceOpts, presence.WithFederation(presenceSender))
 		capiOpts = append(capiOpts, clientapi.WithPresenceOptions(presenceOpts...))
 	}
 	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"), capiOpts...)
@@ -184,7 +184,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 			return nil, err
 		}
 		stopPresence := pres.Start(runCtx)
-		s.closers = append(s.closers, func() error { stopPresence(); return nil })
+		stopPings := presenceSender.Start(runCtx, pres.Content)
+		s.closers = append(s.closers, func() error { stopPings(); stopPresence(); return nil })
 		syncOpts = append(syncOpts, syncapi.WithPresence(pres))
 	}
 	sapi := syncapi.New(s.db, rooms, capi.Authed, log.With("component", "syncapi"), syncOpts...)
