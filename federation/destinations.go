@@ -2,8 +2,6 @@ package federation
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"slices"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -19,22 +17,29 @@ import (
 // room with a given user").
 
 // roomDestinations are the servers other than self with a user joined to
-// the room, less those the room's server ACL denies (spec: "Server Access
-// Control Lists"), sorted. q may be a transaction's.
+// the room now, less those the room's server ACL denies, sorted. q may be
+// a transaction's. (Events go to the servers joined in the state before
+// them instead: Sender.destinations.)
 func roomDestinations(ctx context.Context, q *sql.Queries, roomID string, self spec.ServerName) ([]spec.ServerName, error) {
 	members, err := q.RoomMembers(ctx, roomID, spec.Join)
 	if err != nil {
 		return nil, err
 	}
-	out := serversOf(members, self)
-	if len(out) == 0 {
+	return withoutDenied(ctx, q, roomID, serversOf(members, self))
+}
+
+// withoutDenied drops, in place, the servers the room's current server
+// ACL denies (spec: "Server Access Control Lists": nothing is sent to
+// them).
+func withoutDenied(ctx context.Context, q *sql.Queries, roomID string, servers []spec.ServerName) ([]spec.ServerName, error) {
+	if len(servers) == 0 {
 		return nil, nil
 	}
-	allows, err := roomACLIn(ctx, q, roomID)
+	allows, err := roomACL(ctx, q, roomID)
 	if err != nil {
 		return nil, err
 	}
-	return slices.DeleteFunc(out, func(d spec.ServerName) bool { return !allows(d) }), nil
+	return slices.DeleteFunc(servers, func(d spec.ServerName) bool { return !allows(d) }), nil
 }
 
 // userDestinations are, for each of the local users, the other servers
@@ -69,30 +74,4 @@ func serversOf(userIDs []string, self spec.ServerName) []spec.ServerName {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// roomACLIn reads the room's current m.room.server_acl once, through q,
-// and returns the check of a server against it (see aclAllows). A room
-// without the event allows everyone.
-func roomACLIn(ctx context.Context, q *sql.Queries, roomID string) (func(spec.ServerName) bool, error) {
-	everyone := func(spec.ServerName) bool { return true }
-	ev, err := q.CurrentStateEvent(ctx, roomID, sql.StateKey{Type: "m.room.server_acl"})
-	if errors.Is(err, sql.ErrNotFound) {
-		return everyone, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var parsed struct {
-		Content struct {
-			AllowIPLiterals any `json:"allow_ip_literals"`
-			Allow           any `json:"allow"`
-			Deny            any `json:"deny"`
-		} `json:"content"`
-	}
-	if json.Unmarshal(ev.JSON, &parsed) != nil {
-		return everyone, nil // unreadable content is no ACL
-	}
-	c := parsed.Content
-	return func(server spec.ServerName) bool { return aclAllows(c.AllowIPLiterals, c.Allow, c.Deny, server) }, nil
 }

@@ -113,7 +113,7 @@ func (r *ReceiptReceiver) room(ctx context.Context, q *sql.Queries, log *slog.Lo
 	if len(users) == 0 {
 		return false, nil
 	}
-	allows, err := roomACLIn(ctx, q, roomID)
+	allows, err := roomACL(ctx, q, roomID)
 	if err != nil {
 		return false, err
 	}

@@ -65,7 +65,7 @@ func (r *TypingReceiver) Handle(ctx context.Context, origin spec.ServerName, raw
 		log.WarnContext(ctx, "federation: typing EDU for a user not of its origin dropped", "origin", origin, "user_id", c.UserID)
 		return nil
 	}
-	allows, err := roomACLIn(ctx, &r.DB.Queries, c.RoomID)
+	allows, err := roomACL(ctx, &r.DB.Queries, c.RoomID)
 	if err != nil {
 		return err
 	}

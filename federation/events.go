@@ -122,17 +122,28 @@ func (e *Events) enterRoom(ctx context.Context, roomID string, origin spec.Serve
 	return info, nil
 }
 
-// aclAllows applies the room's current m.room.server_acl to a server
-// (m.room.server_acl: the port is ignored; an IP literal is denied when
-// allow_ip_literals is false; deny wins over allow; no allow entry
-// matching denies). A room without the event allows everyone.
+// aclAllows applies the room's current m.room.server_acl to a server.
 func (e *Events) aclAllows(ctx context.Context, roomID string, server spec.ServerName) (bool, error) {
-	ev, err := e.DB.CurrentStateEvent(ctx, roomID, sql.StateKey{Type: "m.room.server_acl"})
-	if errors.Is(err, sql.ErrNotFound) {
-		return true, nil
-	}
+	allows, err := roomACL(ctx, &e.DB.Queries, roomID)
 	if err != nil {
 		return false, err
+	}
+	return allows(server), nil
+}
+
+// roomACL reads the room's current m.room.server_acl once and returns
+// the check of a server against it (m.room.server_acl: the port is
+// ignored; an IP literal is denied when allow_ip_literals is false; deny
+// wins over allow; no allow entry matching denies). A room without the
+// event allows everyone. q may be a transaction's.
+func roomACL(ctx context.Context, q *sql.Queries, roomID string) (func(spec.ServerName) bool, error) {
+	everyone := func(spec.ServerName) bool { return true }
+	ev, err := q.CurrentStateEvent(ctx, roomID, sql.StateKey{Type: "m.room.server_acl"})
+	if errors.Is(err, sql.ErrNotFound) {
+		return everyone, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	var parsed struct {
 		Content struct {
@@ -142,9 +153,10 @@ func (e *Events) aclAllows(ctx context.Context, roomID string, server spec.Serve
 		} `json:"content"`
 	}
 	if json.Unmarshal(ev.JSON, &parsed) != nil {
-		return true, nil // unreadable content is no ACL
+		return everyone, nil // unreadable content is no ACL
 	}
-	return aclAllows(parsed.Content.AllowIPLiterals, parsed.Content.Allow, parsed.Content.Deny, server), nil
+	c := parsed.Content
+	return func(server spec.ServerName) bool { return aclAllows(c.AllowIPLiterals, c.Allow, c.Deny, server) }, nil
 }
 
 // aclAllows is the ACL check on decoded content fields. Entries that are

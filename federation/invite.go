@@ -120,9 +120,11 @@ func (i *InviteReceiver) invite(r *http.Request) (any, error) {
 }
 
 // userIDForSender maps sender ids to user ids; they are the same in every
-// room version Weft supports.
+// room version Weft supports. An invalid one is an error: given no user,
+// gomatrixserverlib's VerifyEventSignatures asks for no sender signature
+// at all.
 func userIDForSender(_ spec.RoomID, senderID spec.SenderID) (*spec.UserID, error) {
-	return senderID.ToUserID(), nil
+	return spec.NewUserID(string(senderID), true)
 }
 
 // Inviter implements roomserver.Inviter over federation.

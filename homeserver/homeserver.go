@@ -103,7 +103,15 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	s.closers = append(s.closers, users.Close)
 
 	clientRouter := mxhttp.NewRouter()
+	fedLog := log.With("component", "federation")
+	// The roomserver fetches from other servers: the client and key ring
+	// come first.
+	if err := s.federationClient(keys.ServerName, fedLog); err != nil {
+		return nil, err
+	}
 	rs := roomserver.New(s.db, s.bus, cfg.ServerName, s.key, log.With("component", "roomserver"))
+	rs.UseFederation(federation.NewFetcher(s.fedClient, s.keyRing, fedLog), nil)
+	rs.UseInviter(&federation.Inviter{Client: s.fedClient, Key: s.key, Keys: s.keyRing})
 	// The consumers live as long as the server, not as long as New's ctx.
 	runCtx, cancel := context.WithCancel(context.Background())
 	stopRooms, err := rs.Serve(runCtx)
@@ -131,15 +139,19 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	// Federation before the client API, which sends through its queue.
 	fedRouter := mxhttp.NewRouter()
 	keys.Routes(fedRouter)
-	if err := s.federation(fedRouter, keys, rooms, log.With("component", "federation")); err != nil {
+	if err := s.federation(fedRouter, keys, rooms, fedLog); err != nil {
 		return nil, err
 	}
-	rs.UseInviter(&federation.Inviter{Client: s.fedClient, Key: s.key, Keys: s.keyRing})
 	stopQueue, err := s.fedQueue.Start(runCtx)
 	if err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, func() error { stopQueue(); return nil })
+	stopSender, err := federation.NewSender(s.db, s.fedQueue, keys.ServerName, fedLog).Serve(runCtx, s.bus)
+	if err != nil {
+		return nil, fmt.Errorf("federation sender: %w", err)
+	}
+	s.closers = append(s.closers, func() error { stopSender(); return nil })
 	remoteKeys, err := federation.NewRemoteKeys(s.fedClient, s.key)
 	if err != nil {
 		return nil, err
@@ -148,7 +160,6 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	if err != nil {
 		return nil, err
 	}
-	fedLog := log.With("component", "federation")
 	eduSender := &federation.EDUSender{DB: s.db, Queue: s.fedQueue, ServerName: serverName}
 	capiOpts := []clientapi.Option{clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))),
 		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys), clientapi.WithRemoteProfiles(profiles),
@@ -229,13 +240,11 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	return s, nil
 }
 
-// federation builds the outbound client and the key ring, and registers
-// the notary and the authenticated federation endpoints on r (after the
-// key server's open routes).
-func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roomserver.API, log *slog.Logger) error {
+// federationClient builds the outbound client and the key ring.
+func (s *Server) federationClient(serverName spec.ServerName, log *slog.Logger) error {
 	f := s.cfg.Federation
 	var err error
-	s.fedClient, err = federation.NewClient(federation.ClientConfig{ServerName: keys.ServerName, Key: s.key,
+	s.fedClient, err = federation.NewClient(federation.ClientConfig{ServerName: serverName, Key: s.key,
 		TrustedCAFile: f.TrustedCAFile, InsecureSkipVerify: f.TLSInsecureSkipVerify, AllowNetworks: f.AllowPrivateNetworks,
 		StaticHosts: f.StaticHosts})
 	if err != nil {
@@ -245,8 +254,17 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 	for i, n := range f.KeyNotaries {
 		notaries[i] = spec.ServerName(n)
 	}
-	s.keyRing = federation.NewKeyRing(federation.KeyRingConfig{DB: s.db, ServerName: keys.ServerName, Key: s.key,
+	s.keyRing = federation.NewKeyRing(federation.KeyRingConfig{DB: s.db, ServerName: serverName, Key: s.key,
 		OldKeys: s.cfg.OldSigningKeys, Client: s.fedClient, Notaries: notaries, Log: log})
+	return nil
+}
+
+// federation registers the notary and the authenticated federation
+// endpoints on r (after the key server's open routes), and builds the
+// outbound queue.
+func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roomserver.API, log *slog.Logger) error {
+	f := s.cfg.Federation
+	var err error
 	(&federation.Notary{Keys: keys, DB: s.db, Fetch: s.keyRing, Log: log}).Routes(r)
 	// Services, not servers, call userinfo, unsigned: it stays outside
 	// the authenticated routes.
@@ -254,7 +272,7 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 	authed := (&federation.Authenticator{ServerName: keys.ServerName, Keys: s.keyRing}).Router(r)
 	(&federation.Query{DB: s.db, ServerName: keys.ServerName}).Routes(authed)
 	s.fedQueue, err = federation.NewQueue(federation.QueueConfig{DB: s.db, Client: s.fedClient, Key: s.key,
-		Origin: keys.ServerName, Log: log.With("part", "queue")})
+		Origin: keys.ServerName, Log: log.With("part", "queue"), PDUs: federation.StoredPDUs(s.db)})
 	if err != nil {
 		return fmt.Errorf("federation: %w", err)
 	}
@@ -277,7 +295,7 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 			return err
 		}
 	}
-	(&federation.Transactions{DB: s.db, EDUs: s.edus, Queue: s.fedQueue, Log: log}).Routes(authed)
+	(&federation.Transactions{DB: s.db, EDUs: s.edus, Rooms: rooms, Keys: s.keyRing, Queue: s.fedQueue, Log: log}).Routes(authed)
 	(&federation.Events{DB: s.db, ServerName: keys.ServerName}).Routes(authed)
 	summaries := &roomsummary.Reader{DB: s.db, Rooms: rooms}
 	(&federation.RoomDirectory{DB: s.db, ServerName: keys.ServerName, Summaries: summaries,
