@@ -49,6 +49,10 @@ type API struct {
 	// are listed in the failures of /keys/query and /keys/claim.
 	remoteKeys e2ee.RemoteKeys
 
+	// remoteAliases resolves other servers' room aliases (directory.go);
+	// nil: they are unknown here.
+	remoteAliases RemoteAliases
+
 	// remoteTyping (typing.go), remoteReceipts (receipts.go) and
 	// remoteProfiles (profile.go) reach other servers; nil: they are not
 	// told, or asked.

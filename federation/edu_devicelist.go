@@ -93,7 +93,7 @@ func NewDeviceLists(db *sql.DB, c *Client, key serverkey.Key, w *wake.Publisher,
 	d := &DeviceLists{db: db, serverName: c.Origin(), wake: w, log: logOr(log)}
 	d.fetch = func(ctx context.Context, userID spec.UserID) (userDevicesAnswer, error) {
 		var out userDevicesAnswer
-		err := r.json(ctx, http.MethodGet, userID.Domain(), "/_matrix/federation/v1/user/devices/"+url.PathEscape(userID.String()),
+		err := r.doLimited(ctx, http.MethodGet, userID.Domain(), "/_matrix/federation/v1/user/devices/"+url.PathEscape(userID.String()),
 			nil, maxKeysResponseBytes, &out)
 		return out, err
 	}

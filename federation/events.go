@@ -263,26 +263,35 @@ func (e *Events) stateBefore(r *http.Request) (state, chain []sql.Event, err err
 	if ev.Outlier {
 		return nil, nil, mxhttp.NotFound("The state at event %s is not known", eventID)
 	}
-	snap, err := e.DB.Snapshot(ctx, ev.StateBeforeNID)
-	if err != nil {
+	if state, err = e.snapshotEvents(ctx, ev.StateBeforeNID); err != nil {
 		return nil, nil, mxhttp.Internal(err)
+	}
+	if chain, err = e.authChain(ctx, room.NID, state); err != nil {
+		return nil, nil, mxhttp.Internal(err)
+	}
+	return state, chain, nil
+}
+
+// snapshotEvents loads the events of a state snapshot, oldest first.
+func (e *Events) snapshotEvents(ctx context.Context, snapshot int64) ([]sql.Event, error) {
+	snap, err := e.DB.Snapshot(ctx, snapshot)
+	if err != nil {
+		return nil, err
 	}
 	nids := make([]int64, 0, len(snap))
 	for _, nid := range snap {
 		nids = append(nids, nid)
 	}
+	var state []sql.Event
 	for chunk := range slices.Chunk(nids, idsPerQuery) {
 		evs, err := e.DB.EventsByNID(ctx, chunk)
 		if err != nil {
-			return nil, nil, mxhttp.Internal(err)
+			return nil, err
 		}
 		state = append(state, evs...)
 	}
 	sortByDepth(state)
-	if chain, err = e.authChain(ctx, room.NID, state); err != nil {
-		return nil, nil, mxhttp.Internal(err)
-	}
-	return state, chain, nil
+	return state, nil
 }
 
 // state is GET /state/{roomId}?event_id=…: {pdus, auth_chain}.

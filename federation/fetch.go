@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
@@ -133,9 +134,10 @@ func (f *Fetcher) Event(ctx context.Context, server spec.ServerName, ver gomatri
 // PDU whose content hash does not match comes back redacted, without
 // error: the spec takes it for a redacted copy and keeps it so.
 //
-// The signatures of all the PDUs are checked in one call to keys, so a
-// transaction of 50 PDUs costs one key lookup, not 50. err is a failure
-// of keys itself (its database), not of the PDUs.
+// The signatures of all the PDUs are checked in one call to keys per core
+// (see verifySignatures), so a transaction of 50 PDUs costs one key
+// lookup, not 50. err is a failure of keys itself (its database), not of
+// the PDUs.
 func verifyPDUs(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ver gomatrixserverlib.IRoomVersion,
 	raws []json.RawMessage) (pdus []gomatrixserverlib.PDU, errs []error, err error) {
 	pdus = make([]gomatrixserverlib.PDU, len(raws))
@@ -149,12 +151,6 @@ func verifyPDUs(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ver go
 		}
 		return pdus, errs, nil
 	}
-	// VerifyEventSignatures works out which servers must have signed an
-	// event and asks the verifier once per event. The recorder takes
-	// those requests for every event, then the key ring answers them all
-	// at once.
-	rec := &recordingVerifier{}
-	var owners []int
 	for i, raw := range raws {
 		pdu, err := parsePDU(ver, raw)
 		if err != nil {
@@ -162,32 +158,61 @@ func verifyPDUs(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ver go
 			continue
 		}
 		pdus[i] = pdu
-		before := len(rec.requests)
-		if err := gomatrixserverlib.VerifyEventSignatures(ctx, pdu, rec, userIDForSender); err != nil {
-			errs[i] = fmt.Errorf("event %s: %w", pdu.EventID(), err)
-			rec.requests = rec.requests[:before]
-			continue
-		}
-		for range len(rec.requests) - before {
-			owners = append(owners, i)
-		}
 	}
-	if len(rec.requests) == 0 {
-		return pdus, errs, nil
-	}
-	results, err := keys.VerifyJSONs(ctx, rec.requests)
-	if err != nil {
-		return nil, nil, fmt.Errorf("verify event signatures: %w", err)
-	}
-	if len(results) != len(rec.requests) {
-		return nil, nil, fmt.Errorf("verify event signatures: %d results for %d requests", len(results), len(rec.requests))
-	}
-	for j, res := range results {
-		if i := owners[j]; res.Error != nil && errs[i] == nil {
-			errs[i] = fmt.Errorf("event %s: bad signature of %s: %w", pdus[i].EventID(), rec.requests[j].ServerName, res.Error)
-		}
+	if err := verifySignatures(ctx, keys, pdus, errs); err != nil {
+		return nil, nil, err
 	}
 	return pdus, errs, nil
+}
+
+// verifySignatures checks the signatures of pdus (verifyPDUs), setting
+// errs[i] for each that fails; nil entries and those with an error
+// already are skipped. Each core checks a share of them, its signatures
+// in one call to keys. err is a failure of keys itself.
+func verifySignatures(ctx context.Context, keys gomatrixserverlib.JSONVerifier, pdus []gomatrixserverlib.PDU, errs []error) error {
+	var mu sync.Mutex
+	var failed error
+	inParallel(len(pdus), func(lo, hi int) {
+		// VerifyEventSignatures works out which servers must have signed
+		// an event and asks the verifier once per event. The recorder
+		// takes those requests for every event, then the key ring answers
+		// them all at once.
+		rec := &recordingVerifier{}
+		var owners []int
+		for i := lo; i < hi; i++ {
+			if pdus[i] == nil || errs[i] != nil {
+				continue
+			}
+			before := len(rec.requests)
+			if err := gomatrixserverlib.VerifyEventSignatures(ctx, pdus[i], rec, userIDForSender); err != nil {
+				errs[i] = fmt.Errorf("event %s: %w", pdus[i].EventID(), err)
+				rec.requests = rec.requests[:before]
+				continue
+			}
+			for range len(rec.requests) - before {
+				owners = append(owners, i)
+			}
+		}
+		if len(rec.requests) == 0 {
+			return
+		}
+		results, err := keys.VerifyJSONs(ctx, rec.requests)
+		if err == nil && len(results) != len(rec.requests) {
+			err = fmt.Errorf("%d results for %d requests", len(results), len(rec.requests))
+		}
+		if err != nil {
+			mu.Lock()
+			failed = fmt.Errorf("verify event signatures: %w", err)
+			mu.Unlock()
+			return
+		}
+		for j, res := range results {
+			if i := owners[j]; res.Error != nil && errs[i] == nil {
+				errs[i] = fmt.Errorf("event %s: bad signature of %s: %w", pdus[i].EventID(), rec.requests[j].ServerName, res.Error)
+			}
+		}
+	})
+	return failed
 }
 
 // parsePDU parses one PDU in the room version: its format, and its
@@ -195,6 +220,24 @@ func verifyPDUs(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ver go
 // Events over the byte limits of older room versions that the version
 // still lets through are taken, as Synapse and Dendrite take them.
 func parsePDU(ver gomatrixserverlib.IRoomVersion, raw []byte) (gomatrixserverlib.PDU, error) {
+	// gomatrixserverlib's RoomID panics on a malformed room id: check it
+	// first. Only a room version 12 create event has none.
+	var head struct {
+		RoomID   *string `json:"room_id"`
+		Type     string  `json:"type"`
+		StateKey *string `json:"state_key"`
+	}
+	if err := json.Unmarshal(raw, &head); err != nil {
+		return nil, err
+	}
+	switch {
+	case head.RoomID != nil:
+		if _, err := spec.NewRoomID(*head.RoomID); err != nil {
+			return nil, fmt.Errorf("room_id: %w", err)
+		}
+	case !ver.DomainlessRoomIDs() || head.Type != spec.MRoomCreate || head.StateKey == nil || *head.StateKey != "":
+		return nil, errors.New("the event has no room_id")
+	}
 	pdu, err := ver.NewEventFromUntrustedJSON(raw)
 	if err != nil {
 		var verr gomatrixserverlib.EventValidationError

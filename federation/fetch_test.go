@@ -289,3 +289,18 @@ func TestFetcherChecks(t *testing.T) {
 		t.Error("state_ids of a 404 succeeded")
 	}
 }
+
+// A malformed room id fails the parse: gomatrixserverlib's RoomID would
+// panic on it later.
+func TestParsePDURoomID(t *testing.T) {
+	ver := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersionV12)
+	for _, raw := range []string{
+		`{"type":"m.room.message","room_id":"!x","sender":"@a:b","content":{},"depth":1,"prev_events":[],"auth_events":[],"origin_server_ts":1}`,
+		`{"type":"m.room.message","sender":"@a:b","content":{},"depth":1,"prev_events":[],"auth_events":[],"origin_server_ts":1}`,
+		`{"type":"m.room.message","room_id":5}`,
+	} {
+		if _, err := parsePDU(ver, []byte(raw)); err == nil {
+			t.Errorf("parsePDU(%s) succeeded", raw)
+		}
+	}
+}

@@ -70,7 +70,7 @@ func (i *InviteReceiver) invite(r *http.Request) (any, error) {
 		return nil, mxhttp.Errorf(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION", "Room version %q is not supported here", body.RoomVersion).
 			With("room_version", body.RoomVersion)
 	}
-	ev, err := ver.NewEventFromUntrustedJSON(body.Event)
+	ev, err := parsePDU(ver, body.Event)
 	if err != nil {
 		return nil, mxhttp.BadJSON("Invalid event: %v", err)
 	}

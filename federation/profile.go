@@ -53,15 +53,15 @@ func (p *Profiles) Profile(ctx context.Context, userID spec.UserID, field string
 		q.Set("field", field)
 	}
 	var out map[string]json.RawMessage
-	err := p.json(ctx, http.MethodGet, userID.Domain(), "/_matrix/federation/v1/query/profile?"+q.Encode(), nil, maxProfileResponseBytes, &out)
-	var se *StatusError
+	err := p.doLimited(ctx, http.MethodGet, userID.Domain(), "/_matrix/federation/v1/query/profile?"+q.Encode(), nil, maxProfileResponseBytes, &out)
+	var re *remoteError
 	switch {
-	case errors.As(err, &se) && se.Status == http.StatusNotFound:
-		code := se.ErrCode
+	case errors.As(err, &re) && re.status == http.StatusNotFound:
+		code := re.code
 		if code == "" {
 			code = "M_NOT_FOUND"
 		}
-		return nil, mxhttp.Errorf(http.StatusNotFound, code, "%s", se.Message)
+		return nil, mxhttp.Errorf(http.StatusNotFound, code, "%s", re.message)
 	case err != nil:
 		return nil, &mxhttp.Error{Status: http.StatusBadGateway, Code: "M_UNKNOWN", Message: "Failed to fetch profile", Cause: err}
 	}

@@ -54,10 +54,10 @@ func (r *RemoteKeys) ClaimKeys(ctx context.Context, server string, oneTimeKeys m
 // post sends a signed POST to server and decodes its answer into out; an
 // error answer is an *e2ee.RemoteError with the server's status.
 func (r *RemoteKeys) post(ctx context.Context, server, path string, body, out any) error {
-	err := r.json(ctx, http.MethodPost, spec.ServerName(server), path, body, maxKeysResponseBytes, out)
-	var se *StatusError
-	if errors.As(err, &se) {
-		return &e2ee.RemoteError{Status: se.Status, Message: se.Error()}
+	err := r.doLimited(ctx, http.MethodPost, spec.ServerName(server), path, body, maxKeysResponseBytes, out)
+	var re *remoteError
+	if errors.As(err, &re) {
+		return &e2ee.RemoteError{Status: re.status, Message: re.Error()}
 	}
 	return err
 }

@@ -109,8 +109,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	if err := s.federationClient(keys.ServerName, fedLog); err != nil {
 		return nil, err
 	}
+	joiner, err := federation.NewJoiner(s.fedClient, s.key, s.keyRing, fedLog)
+	if err != nil {
+		return nil, err
+	}
 	rs := roomserver.New(s.db, s.bus, cfg.ServerName, s.key, log.With("component", "roomserver"))
-	rs.UseFederation(federation.NewFetcher(s.fedClient, s.keyRing, fedLog), nil)
+	rs.UseFederation(federation.NewFetcher(s.fedClient, s.keyRing, fedLog), joiner)
 	rs.UseInviter(&federation.Inviter{Client: s.fedClient, Key: s.key, Keys: s.keyRing})
 	// The consumers live as long as the server, not as long as New's ctx.
 	runCtx, cancel := context.WithCancel(context.Background())
@@ -156,13 +160,17 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	if err != nil {
 		return nil, err
 	}
+	remoteAliases, err := federation.NewRemoteAliases(s.fedClient, s.key)
+	if err != nil {
+		return nil, err
+	}
 	profiles, err := federation.NewProfiles(s.fedClient, s.key)
 	if err != nil {
 		return nil, err
 	}
 	eduSender := &federation.EDUSender{DB: s.db, Queue: s.fedQueue, ServerName: serverName}
 	capiOpts := []clientapi.Option{clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))),
-		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys), clientapi.WithRemoteProfiles(profiles),
+		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys), clientapi.WithRemoteAliases(remoteAliases), clientapi.WithRemoteProfiles(profiles),
 		clientapi.WithRemoteTyping(eduSender), clientapi.WithRemoteReceipts(eduSender)}
 	var presenceOpts []presence.Option
 	presenceSender := &federation.PresenceSender{DB: s.db, Queue: s.fedQueue, ServerName: serverName, Log: fedLog}
@@ -297,6 +305,7 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 	}
 	(&federation.Transactions{DB: s.db, EDUs: s.edus, Rooms: rooms, Keys: s.keyRing, Queue: s.fedQueue, Log: log}).Routes(authed)
 	(&federation.Events{DB: s.db, ServerName: keys.ServerName}).Routes(authed)
+	(&federation.Memberships{DB: s.db, ServerName: keys.ServerName, Key: s.key, Keys: s.keyRing, Rooms: rooms}).Routes(authed)
 	summaries := &roomsummary.Reader{DB: s.db, Rooms: rooms}
 	(&federation.RoomDirectory{DB: s.db, ServerName: keys.ServerName, Summaries: summaries,
 		List: roomsummary.NewDirectory(summaries), AllowPublicRooms: f.AllowPublicRooms}).Routes(authed)
