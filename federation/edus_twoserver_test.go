@@ -164,12 +164,7 @@ func TestTwoServersEDUs(t *testing.T) {
 				t.Fatal(err)
 			}
 			bobSince = syncUntil(t, bob, bobSince, "alice's presence on B", func(r *mautrix.RespSync) bool {
-				for _, ev := range r.Presence.Events {
-					if ev.Sender == alice.UserID && strings.Contains(string(ev.Content.VeryRaw), `"status_msg":"on federation"`) {
-						return true
-					}
-				}
-				return false
+				return presenceOf(r, alice.UserID, `"status_msg":"on federation"`)
 			})
 			c.wait(t, "alice's presence", func(e recordedEDU) bool {
 				return e.Type == "m.presence" && strings.Contains(e.Content, `"status_msg":"on federation"`)
@@ -211,6 +206,114 @@ func TestTwoServersEDUs(t *testing.T) {
 			queryAlice("with A gone (from the cache)")
 		})
 	}
+}
+
+// TestTwoServersEDUsJoined: alice of A and bob of B share a room through
+// a federated join; each one's typing, read receipt, presence and new
+// device keys reach the other's syncs through the real EDUs.
+func TestTwoServersEDUsJoined(t *testing.T) {
+	for _, engine := range sqltest.Engines() {
+		t.Run(string(engine), func(t *testing.T) {
+			ctx := context.Background()
+			cfgA, cfgB := hstest.FederationConfig(t, engine), hstest.FederationConfig(t, engine)
+			servers := hstest.StartFederated(t, cfgA, cfgB)
+			a, b := servers[0], servers[1]
+			alice := testclient.Register(t, a.ClientURL, "alice")
+			bob := testclient.Register(t, b.ClientURL, "bob")
+			created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			room := created.RoomID
+			if _, err := bob.JoinRoom(ctx, room.String(), &mautrix.ReqJoinRoom{Via: []string{cfgA.ServerName}}); err != nil {
+				t.Fatalf("bob joins over federation: %v", err)
+			}
+			aliceSince := syncUntil(t, alice, "", "bob joined on A", func(r *mautrix.RespSync) bool {
+				for _, ev := range r.Rooms.Join[room].Timeline.Events {
+					if ev.Type == event.StateMember && ev.GetStateKey() == bob.UserID.String() {
+						return true
+					}
+				}
+				return false
+			})
+			bobSince := syncUntil(t, bob, "", "the room on B", func(r *mautrix.RespSync) bool { return r.Rooms.Join[room] != nil })
+
+			// Bob types: alice sees it.
+			if _, err := bob.UserTyping(ctx, room, true, 20*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			aliceSince = syncUntil(t, alice, aliceSince, "bob typing on A", func(r *mautrix.RespSync) bool {
+				return ephemeral(r, room, event.EphemeralEventTyping.Type) == `{"user_ids":["`+bob.UserID.String()+`"]}`
+			})
+
+			// Alice's message reaches B, and her read receipt of it too.
+			sent, err := alice.SendText(ctx, room, "read me")
+			if err != nil {
+				t.Fatal(err)
+			}
+			bobSince = syncUntil(t, bob, bobSince, "alice's message on B", func(r *mautrix.RespSync) bool {
+				for _, ev := range r.Rooms.Join[room].Timeline.Events {
+					if ev.ID == sent.EventID {
+						return true
+					}
+				}
+				return false
+			})
+			if err := alice.SendReceipt(ctx, room, sent.EventID, event.ReceiptTypeRead, nil); err != nil {
+				t.Fatal(err)
+			}
+			bobSince = syncUntil(t, bob, bobSince, "alice's receipt on B", func(r *mautrix.RespSync) bool {
+				return strings.Contains(ephemeral(r, room, event.EphemeralEventReceipt.Type),
+					`"`+sent.EventID.String()+`":{"m.read":{"`+alice.UserID.String()+`"`)
+			})
+
+			// Presence both ways.
+			if err := alice.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceUnavailable, StatusMsg: "from A"}); err != nil {
+				t.Fatal(err)
+			}
+			bobSince = syncUntil(t, bob, bobSince, "alice's presence on B", func(r *mautrix.RespSync) bool {
+				return presenceOf(r, alice.UserID, `"status_msg":"from A"`)
+			})
+			if err := bob.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceOnline, StatusMsg: "from B"}); err != nil {
+				t.Fatal(err)
+			}
+			aliceSince = syncUntil(t, alice, aliceSince, "bob's presence on A", func(r *mautrix.RespSync) bool {
+				return presenceOf(r, bob.UserID, `"status_msg":"from B"`)
+			})
+
+			// New device keys: the other side's device_lists.changed.
+			if _, err := alice.UploadKeys(ctx, &mautrix.ReqUploadKeys{DeviceKeys: testclient.SignedDeviceKeys(t, alice)}); err != nil {
+				t.Fatal(err)
+			}
+			syncUntil(t, bob, bobSince, "alice in bob's device_lists.changed", func(r *mautrix.RespSync) bool {
+				return slices.Contains(r.DeviceLists.Changed, alice.UserID)
+			})
+			if _, err := bob.UploadKeys(ctx, &mautrix.ReqUploadKeys{DeviceKeys: testclient.SignedDeviceKeys(t, bob)}); err != nil {
+				t.Fatal(err)
+			}
+			syncUntil(t, alice, aliceSince, "bob in alice's device_lists.changed", func(r *mautrix.RespSync) bool {
+				return slices.Contains(r.DeviceLists.Changed, bob.UserID)
+			})
+			keys, err := alice.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{bob.UserID: {}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := keys.DeviceKeys[bob.UserID][bob.DeviceID]; !ok || len(keys.Failures) > 0 {
+				t.Fatalf("bob's keys from A: %+v", keys)
+			}
+		})
+	}
+}
+
+// presenceOf reports whether a sync response carries a presence event of
+// user whose content holds fragment.
+func presenceOf(r *mautrix.RespSync, user id.UserID, fragment string) bool {
+	for _, ev := range r.Presence.Events {
+		if ev.Sender == user && strings.Contains(string(ev.Content.VeryRaw), fragment) {
+			return true
+		}
+	}
+	return false
 }
 
 // startTrusting starts a server for each of start, each trusting the
