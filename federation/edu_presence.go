@@ -212,8 +212,9 @@ type PresenceReceiver struct {
 	Log        *slog.Logger
 }
 
-// Handle stores the presence of one EDU's push list. Left out, with a
-// log line: entries for users not of origin, with a state other than
+// Handle stores the presence of one EDU's push list (currently_active is
+// derived from last_active_ago, as the user's own server derives it: see
+// presence.ApplyRemote). Left out, with a log line: entries for users not of origin, with a state other than
 // online, unavailable and offline, or that do not parse, and users who
 // share no room with a user of this server (nobody here may see their
 // presence). An EDU without a push list is dropped.
