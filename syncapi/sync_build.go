@@ -272,6 +272,13 @@ func (b *syncBuilder) roomChanged(ctx context.Context, m sql.SyncMembership) err
 	if prev != nil {
 		prevMembership = memberOf(*prev)
 	}
+	if len(window) == 0 && m.StreamPos <= b.upper.Events && (m.Membership == spec.Invite || m.Membership == spec.Knock) {
+		// The change is in the window but no timeline holds it: an
+		// invite from another server to a room this server is not in,
+		// stored as an outlier (an out-of-band membership). Its
+		// membership row is all there is of it.
+		return b.stripped(ctx, m, m.EventNID, m.Membership)
+	}
 	if len(window) == 0 {
 		// The change is after upper, the next sync's; until then the
 		// membership is what it was at since.
