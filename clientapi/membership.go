@@ -358,6 +358,36 @@ func (a *API) joinRemote(ctx context.Context, dev *userapi.Device, roomID string
 	return joinedRoomResponse{roomID}, nil
 }
 
+// leaveRemote rejects an invite to a room this server is not in,
+// through the inviter's server and the room id's.
+func (a *API) leaveRemote(ctx context.Context, dev *userapi.Device, roomID, reason string) (any, error) {
+	inviter, err := a.inviterServer(ctx, roomID, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	var servers []string
+	if inviter != "" {
+		servers = append(servers, inviter)
+	}
+	via := joinServers(servers, roomID, a.users.ServerName())
+	if len(via) == 0 {
+		return nil, mxhttp.NotFound("No known servers to leave room %s through", roomID)
+	}
+	content := map[string]any{}
+	if reason != "" {
+		content["reason"] = reason
+	}
+	raw, err := json.Marshal(content)
+	if err != nil {
+		return nil, err
+	}
+	_, err = a.rooms.Input(ctx, roomserver.InputRequest{RoomID: roomID, LeaveRemote: &roomserver.JoinRemote{UserID: dev.UserID, Servers: via, Content: raw}})
+	if err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
 // inviterServer is the server of the user who invited userID to a room
 // this server is not in ("" without an invite): it is in the room, or
 // was, so it is worth asking (spec: "Joining Rooms"), as Synapse does.
@@ -575,6 +605,16 @@ func (a *API) leave(r *http.Request, dev *userapi.Device) (any, error) {
 		return struct{}{}, nil
 	case spec.Ban:
 		return nil, mxhttp.Forbidden("You are banned from this room")
+	case spec.Invite:
+		// An invite to a room this server is not in is rejected through
+		// the inviter's server (spec: "Leaving Rooms (Rejecting Invites)").
+		in, err := a.serverInRoom(ctx, roomID)
+		if err != nil {
+			return nil, err
+		}
+		if !in {
+			return a.leaveRemote(ctx, dev, roomID, body.Reason)
+		}
 	}
 	err = a.sendMembership(ctx, memberChange{roomID: roomID, sender: dev.UserID, target: dev.UserID,
 		membership: spec.Leave, reason: body.Reason})

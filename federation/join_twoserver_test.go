@@ -2,19 +2,15 @@ package federation_test
 
 import (
 	"context"
-	"encoding/json"
 	"slices"
 	"testing"
 
-	"github.com/matrix-org/gomatrixserverlib/spec"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/weft-chat/weft/config"
-	"github.com/weft-chat/weft/federation"
 	"github.com/weft-chat/weft/homeserver/hstest"
-	"github.com/weft-chat/weft/internal/serverkey"
 	"github.com/weft-chat/weft/internal/testclient"
 	"github.com/weft-chat/weft/sql/sqltest"
 )
@@ -232,30 +228,27 @@ func testTwoServersInvites(t *testing.T, engine config.Engine) {
 	}
 
 	rejected := invitedRoom()
-	key, err := serverkey.LoadOrGenerate(cfgB.SigningKeyPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	j, err := federation.NewJoiner(b.FederationClient(), key, b.KeyRing(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	via := []spec.ServerName{spec.ServerName(cfgA.ServerName)}
-	leave, err := j.Leave(ctx, via, rejected.String(), bob.UserID.String(), json.RawMessage(`{"reason":"no thanks"}`))
-	if err != nil {
-		t.Fatalf("reject through A: %v", err)
+	if _, err := bob.LeaveRoom(ctx, rejected, &mautrix.ReqLeave{Reason: "no thanks"}); err != nil {
+		t.Fatalf("bob rejects the invite: %v", err)
 	}
 	if m := membership(rejected); m != "leave" {
 		t.Fatalf("bob's membership on A after rejecting: %s", m)
 	}
-	var content map[string]any
-	_ = json.Unmarshal(leave.Content(), &content)
-	if content["reason"] != "no thanks" {
-		t.Errorf("leave content %v", content)
+	var m event.MemberEventContent
+	if err := alice.StateEvent(ctx, rejected, event.StateMember, bob.UserID.String(), &m); err != nil || m.Reason != "no thanks" {
+		t.Errorf("leave content %+v, %v", m, err)
 	}
-	// Nothing left to leave: A refuses.
-	if _, err := j.Leave(ctx, via, rejected.String(), bob.UserID.String(), nil); err == nil {
-		t.Errorf("second rejection accepted")
+	// B knows bob has left: the invite is gone from his joined and
+	// invited rooms, and leaving again changes nothing.
+	resp, err := bob.SyncRequest(ctx, 0, "", "", false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := resp.Rooms.Invite[rejected]; ok {
+		t.Errorf("bob's sync still shows the rejected invite")
+	}
+	if _, err := bob.LeaveRoom(ctx, rejected); err != nil {
+		t.Errorf("leaving again: %v", err)
 	}
 }
 

@@ -16,18 +16,21 @@ import (
 )
 
 // InputRequest asks the roomserver to add events. Exactly one of NewEvent,
-// CreateRoom, Remote, JoinRemote and Invite is set.
+// CreateRoom, Remote, JoinRemote, Invite and LeaveRemote is set.
+// LeaveRemote leaves a room this server is not in (rejects an invite to
+// it) through the servers that are: its Content is the leave's.
 type InputRequest struct {
 	// InputID makes the input idempotent: an input with an id already
 	// handled returns the events it made then. Empty: no deduplication.
 	InputID string `json:"input_id,omitempty"`
 	// RoomID is the room of a NewEvent.
-	RoomID     string        `json:"room_id,omitempty"`
-	NewEvent   *NewEvent     `json:"new_event,omitempty"`
-	CreateRoom *CreateRoom   `json:"create_room,omitempty"`
-	Remote     *RemoteEvent  `json:"remote,omitempty"`
-	JoinRemote *JoinRemote   `json:"join_remote,omitempty"`
-	Invite     *RemoteInvite `json:"invite,omitempty"`
+	RoomID      string        `json:"room_id,omitempty"`
+	NewEvent    *NewEvent     `json:"new_event,omitempty"`
+	CreateRoom  *CreateRoom   `json:"create_room,omitempty"`
+	Remote      *RemoteEvent  `json:"remote,omitempty"`
+	JoinRemote  *JoinRemote   `json:"join_remote,omitempty"`
+	Invite      *RemoteInvite `json:"invite,omitempty"`
+	LeaveRemote *JoinRemote   `json:"leave_remote,omitempty"`
 }
 
 // RemoteInvite is another server's invite of a local user (spec: PUT
@@ -97,6 +100,9 @@ type Joiner interface {
 	// accepted the join sent back, checked: signatures, and the state and
 	// auth chain against the auth rules.
 	Join(ctx context.Context, servers []spec.ServerName, roomID, userID string, content json.RawMessage) (*JoinResult, error)
+	// Leave does the same with make_leave and send_leave, and returns
+	// the leave event the first server that accepted it has.
+	Leave(ctx context.Context, servers []spec.ServerName, roomID, userID string, content json.RawMessage) (gomatrixserverlib.PDU, error)
 }
 
 // JoinResult is a completed join handshake.

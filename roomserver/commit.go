@@ -57,7 +57,8 @@ type remoteFacts struct {
 	// through another server, after which our old extremities are stale).
 	only bool
 	// outOfBand: an outlier that still sets its target's membership (an
-	// invite to a room we are not in), with the stripped state shown.
+	// invite to a room we are not in, or its rejection), with the
+	// stripped state shown with an invite.
 	outOfBand       bool
 	inviteRoomState []byte
 }

@@ -36,7 +36,9 @@ func (rs *Roomserver) stageRemote(ctx context.Context, g *groupTx, rc *roomCommi
 			*back--
 			m, _ := ev.Membership()
 			g.members = append(g.members, sql.MemberChange{RoomNID: info.NID, UserID: *ev.StateKey(), Membership: m, EventNID: nid, Back: *back})
-			g.invites = append(g.invites, inviteState{nid: nid, state: f.inviteRoomState})
+			if f.inviteRoomState != nil {
+				g.invites = append(g.invites, inviteState{nid: nid, state: f.inviteRoomState})
+			}
 			rc.outputs = append(rc.outputs, OutputEvent{RoomID: info.RoomID, EventID: ev.EventID(), Type: ev.Type(), StateKey: ev.StateKey(),
 				Sender: string(ev.SenderID()), StreamPos: *back, Membership: m})
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/weft-chat/weft/internal/mxhttp"
@@ -90,4 +91,40 @@ func (rs *Roomserver) joinRemote(ctx context.Context, req InputRequest) (InputRe
 		return InputResponse{}, err
 	}
 	return InputResponse{RoomID: req.RoomID, EventIDs: []string{res.Event.EventID()}}, nil
+}
+
+// leaveRemote handles a LeaveRemote input: the handshake through another
+// server (see Joiner.Leave), then the leave is kept out of band, as the
+// invite it answers was.
+func (rs *Roomserver) leaveRemote(ctx context.Context, req InputRequest) (InputResponse, error) {
+	lr := req.LeaveRemote
+	if rs.join == nil {
+		return InputResponse{}, mxhttp.Errorf(404, "M_NOT_FOUND", "Room %s is not known here and federation is off", req.RoomID)
+	}
+	unlock := rs.rooms.lock(req.RoomID)
+	defer unlock()
+	v, err := rs.view(ctx, req.RoomID)
+	if err != nil {
+		return InputResponse{}, err
+	}
+	servers := make([]spec.ServerName, len(lr.Servers))
+	for i, s := range lr.Servers {
+		servers[i] = spec.ServerName(s)
+	}
+	ev, err := rs.join.Leave(ctx, servers, req.RoomID, lr.UserID, lr.Content)
+	if err != nil {
+		return InputResponse{}, err
+	}
+	if m, err := ev.Membership(); err != nil || m != spec.Leave || ev.StateKey() == nil || *ev.StateKey() != lr.UserID || ev.RoomID().String() != req.RoomID {
+		return InputResponse{}, fmt.Errorf("leave handshake returned event %s, not %s's leave of %s", ev.EventID(), lr.UserID, req.RoomID)
+	}
+	ver, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(v.info.Version))
+	if err != nil {
+		return InputResponse{}, err
+	}
+	r := &receiver{rs: rs, roomID: req.RoomID, ver: ver}
+	if err := r.commit(ctx, v, pending{pdu: ev, remote: &remoteFacts{outlier: true, outOfBand: true}}); err != nil {
+		return InputResponse{}, err
+	}
+	return InputResponse{RoomID: req.RoomID, EventIDs: []string{ev.EventID()}}, nil
 }

@@ -191,6 +191,11 @@ func (p *peer) Join(ctx context.Context, _ []spec.ServerName, roomID, userID str
 	return res, nil
 }
 
+// Leave is not used by these tests.
+func (p *peer) Leave(context.Context, []spec.ServerName, string, string, json.RawMessage) (gomatrixserverlib.PDU, error) {
+	return nil, errors.New("the test peer does not leave through the other server")
+}
+
 type twoServers struct {
 	a, b   *Roomserver
 	toB    *peer // B asks A

@@ -120,6 +120,8 @@ func (rs *Roomserver) handleInputs(ctx context.Context, reqs []InputRequest) []i
 			res[i].resp, res[i].err = rs.joinRemote(ctx, req)
 		case req.Invite != nil:
 			res[i].resp, res[i].err = rs.receiveInvite(ctx, req)
+		case req.LeaveRemote != nil:
+			res[i].resp, res[i].err = rs.leaveRemote(ctx, req)
 		default:
 			res[i].err = mxhttp.BadJSON("empty room input")
 		}
