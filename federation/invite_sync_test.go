@@ -14,10 +14,10 @@ import (
 )
 
 // An invite from another server to a room this server is not in is an
-// out-of-band membership, an outlier that no timeline holds: a client
-// that synced before the invite must still see it in its next,
+// out-of-band membership, an outlier that no timeline holds, and so is its
+// rejection: a client that synced before must still see each in its next,
 // incremental, sync (found against Dendrite: only initial syncs showed
-// it).
+// them).
 func TestRemoteInviteInIncrementalSync(t *testing.T) {
 	for _, engine := range sqltest.Engines() {
 		t.Run(string(engine), func(t *testing.T) {
@@ -70,6 +70,38 @@ func TestRemoteInviteInIncrementalSync(t *testing.T) {
 			}
 			if _, again := resp.Rooms.Invite[room.RoomID]; again {
 				t.Error("the invite is served again by the following sync")
+			}
+			since = resp.NextBatch
+
+			// bob rejects it (through A, out of band too): his next sync
+			// moves the room to leave with his leave, once.
+			if _, err := bob.LeaveRoom(ctx, room.RoomID); err != nil {
+				t.Fatalf("bob rejects the invite: %v", err)
+			}
+			resp, err = bob.SyncRequest(ctx, 0, since, "", false, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			left := resp.Rooms.Leave[room.RoomID]
+			if left == nil {
+				t.Fatalf("bob's incremental sync does not show the rejected invite's room as left: %+v", resp.Rooms)
+			}
+			var sawLeave bool
+			for _, ev := range left.Timeline.Events {
+				sawLeave = sawLeave || ev.Type == event.StateMember && ev.GetStateKey() == bob.UserID.String() && ev.Content.Raw["membership"] == "leave"
+			}
+			if !sawLeave {
+				t.Errorf("left room's timeline %+v: want bob's leave", left.Timeline.Events)
+			}
+			if _, still := resp.Rooms.Invite[room.RoomID]; still {
+				t.Error("the rejected invite is still served")
+			}
+			resp, err = bob.SyncRequest(ctx, 0, resp.NextBatch, "", false, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, again := resp.Rooms.Leave[room.RoomID]; again {
+				t.Error("the leave is served again by the following sync")
 			}
 		})
 	}
