@@ -169,7 +169,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	capi.KeyChangesRoute(clientRouter, syncapi.ParseSyncPositions)
 	stopTyping := capi.StartTypingExpiry()
 	s.closers = append(s.closers, func() error { stopTyping(); return nil })
-	var syncOpts []syncapi.Option
+	syncOpts := []syncapi.Option{syncapi.WithBackfill(federation.NewBackfiller(s.fedClient, s.keyRing, s.db, rooms, fedLog))}
 	if cfg.Presence.Enabled {
 		pres := presence.New(s.db, wake.NewPublisher(s.bus.Conn(), log.With("component", "wake")), log.With("component", "presence"))
 		stopPresence := pres.Start(runCtx)
