@@ -7,9 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -19,9 +19,8 @@ import (
 	"github.com/weft-chat/weft/sql"
 )
 
-// SenderDurable names the durable consumer of room.output that wakes the
-// sender, and the sender's row in consumer_positions.
-const SenderDurable = "federation-sender"
+// SenderConsumer names the sender's row in consumer_positions.
+const SenderConsumer = "federation-sender"
 
 // senderBatch bounds the events read and queued in one transaction.
 const senderBatch = 100
@@ -39,8 +38,11 @@ const senderBatch = 100
 // after its position. So nothing committed is missed: not while no
 // process sends (the next start catches up), not when a publish is lost
 // (the next local event, or the next start, catches up), and not when a
-// process dies between queueing and acknowledging (the position moved
-// with the queue).
+// process dies between queueing and moving the position (both or
+// neither committed). The wake-ups come from an ephemeral tail of
+// room.output, with no acknowledgements: a durable consumer would hold
+// the messages a dead process had taken until their ack wait ran out,
+// and the sends behind them with it.
 type Sender struct {
 	db         *sql.DB
 	queue      *Queue
@@ -48,13 +50,17 @@ type Sender struct {
 	log        *slog.Logger
 	joined     snapshotServers
 
+	// kick wakes the goroutine of Serve (one wake-up pending at most:
+	// one catch-up covers any number of events).
+	kick chan struct{}
 	// mu serializes catch-ups in this process (other processes are kept
 	// out by the position's compare-and-set). It is held during database
 	// I/O; no other lock is taken while holding it.
 	mu sync.Mutex
 	// pos is the sender's position as last read or moved here; -1 until
-	// read. Another process may have moved it further.
-	pos int64
+	// read. Another process may have moved it further. Written under mu;
+	// read without it by the wake-ups, which only skip what it covers.
+	pos atomic.Int64
 }
 
 // NewSender makes a sender of serverName's events through queue.
@@ -62,75 +68,89 @@ func NewSender(db *sql.DB, queue *Queue, serverName spec.ServerName, log *slog.L
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Sender{db: db, queue: queue, serverName: serverName, log: log, pos: -1}
+	s := &Sender{db: db, queue: queue, serverName: serverName, log: log, kick: make(chan struct{}, 1)}
+	s.pos.Store(-1)
+	return s
 }
 
-// Serve follows room.output with the durable consumer federation-sender
-// and catches up at once on what was committed while no sender ran (or
-// whose room.output message was lost). It runs until ctx ends or stop is
-// called.
+// Serve catches up at once on what was committed while no sender ran
+// (or whose room.output message was lost), then again whenever
+// room.output announces an event of a local user not queued yet. It
+// runs until ctx ends or stop is called.
 func (s *Sender) Serve(ctx context.Context, b *bus.Bus) (stop func(), err error) {
-	stopConsume, err := bus.Consume(ctx, b, bus.StreamRoomOutput, SenderDurable, bus.RoomOutputSubjects, s.Handle, bus.Ordered())
+	stopTail, err := bus.Tail(ctx, b, bus.StreamRoomOutput, bus.RoomOutputSubjects, func(_ context.Context, o roomserver.OutputEvent) {
+		if sender, _ := serverOf(o.Sender); sender == s.serverName && o.StreamPos > s.pos.Load() {
+			s.wake()
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
+	s.wake()
 	go func() {
 		defer close(done)
-		s.startCatchUp(ctx)
+		s.run(ctx)
 	}()
 	return func() {
 		cancel()
 		<-done
-		stopConsume()
+		stopTail()
 	}, nil
 }
 
-// startCatchUp queues what waits after the recorded position, retrying
-// while the database fails: the sender may see no local event for long.
-func (s *Sender) startCatchUp(ctx context.Context) {
-	for wait := time.Second; ; wait = min(2*wait, time.Minute) {
-		err := s.CatchUp(ctx, math.MaxInt64)
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		s.log.WarnContext(ctx, "federation sender: catching up", "err", err, "retry_in", wait)
+func (s *Sender) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run catches up each time it is woken, retrying while the database
+// fails: the next wake-up may be long in coming.
+func (s *Sender) run(ctx context.Context) {
+	wait := time.Second
+	for {
 		select {
-		case <-time.After(wait):
+		case <-s.kick:
 		case <-ctx.Done():
 			return
 		}
+		if err := s.CatchUp(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.log.WarnContext(ctx, "federation sender: catching up", "err", err, "retry_in", wait)
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return
+			}
+			wait = min(2*wait, time.Minute)
+			s.wake()
+			continue
+		}
+		wait = time.Second
 	}
-}
-
-// Handle wakes the sender for one committed event: an event of a local
-// user above the sender's position is queued with every local event
-// before it not queued yet. Other servers' events and events already
-// queued cost nothing. Errors are the database's, worth a retry.
-func (s *Sender) Handle(ctx context.Context, o roomserver.OutputEvent) error {
-	if sender, _ := serverOf(o.Sender); o.StreamPos == 0 || sender != s.serverName {
-		return nil
-	}
-	return s.CatchUp(ctx, o.StreamPos)
 }
 
 // CatchUp queues the local users' events after the sender's position for
-// the servers that should get them, in stream order, unless the position
-// is at upTo already. Outliers (out-of-band memberships, events fetched
-// from others) and rejected events are not sent, as in Synapse.
-func (s *Sender) CatchUp(ctx context.Context, upTo int64) error {
+// the servers that should get them, in stream order. Outliers
+// (out-of-band memberships, events fetched from others) and rejected
+// events are not sent, as in Synapse.
+func (s *Sender) CatchUp(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.pos < 0 {
+	if s.pos.Load() < 0 {
 		if err := s.readPosition(ctx); err != nil {
 			return err
 		}
 	}
-	for s.pos < upTo {
-		evs, err := s.db.ServerEventsAfter(ctx, s.pos, string(s.serverName), senderBatch)
+	for {
+		evs, err := s.db.ServerEventsAfter(ctx, s.pos.Load(), string(s.serverName), senderBatch)
 		if err != nil {
-			return fmt.Errorf("federation sender: read events after %d: %w", s.pos, err)
+			return fmt.Errorf("federation sender: read events after %d: %w", s.pos.Load(), err)
 		}
 		if len(evs) == 0 {
 			return nil
@@ -148,15 +168,14 @@ func (s *Sender) CatchUp(ctx context.Context, upTo int64) error {
 			return nil // every local event committed so far is queued
 		}
 	}
-	return nil
 }
 
 func (s *Sender) readPosition(ctx context.Context) error {
-	pos, err := s.db.ConsumerPosition(ctx, SenderDurable)
+	pos, err := s.db.ConsumerPosition(ctx, SenderConsumer)
 	if err != nil {
 		return fmt.Errorf("federation sender: read position: %w", err)
 	}
-	s.pos = pos
+	s.pos.Store(pos)
 	return nil
 }
 
@@ -188,7 +207,7 @@ func (s *Sender) queueEvents(ctx context.Context, evs []sql.Event) error {
 	err := s.db.WithTx(ctx, func(tx *sql.Queries) error {
 		// First: on PostgreSQL the position's row lock keeps another
 		// process's catch-up waiting until this one commits.
-		if err := tx.AdvanceConsumer(ctx, SenderDurable, s.pos, last); err != nil {
+		if err := tx.AdvanceConsumer(ctx, SenderConsumer, s.pos.Load(), last); err != nil {
 			return err
 		}
 		for _, it := range items {
@@ -201,7 +220,7 @@ func (s *Sender) queueEvents(ctx context.Context, evs []sql.Event) error {
 	if err != nil {
 		return err
 	}
-	s.pos = last
+	s.pos.Store(last)
 	slices.Sort(woken)
 	s.queue.Wake(slices.Compact(woken)...)
 	return nil

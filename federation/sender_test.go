@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"slices"
 	"testing"
 	"time"
@@ -20,18 +19,6 @@ import (
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/sql/sqltest"
 )
-
-// outputOf is the room.output record of a stored event, as the
-// roomserver publishes it.
-func outputOf(t *testing.T, db *sql.DB, eventID string) roomserver.OutputEvent {
-	t.Helper()
-	ev, err := db.EventByID(context.Background(), eventID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return roomserver.OutputEvent{RoomID: ev.RoomID, EventID: ev.EventID, StreamPos: ev.StreamPos, Type: ev.Type,
-		StateKey: ev.StateKey, Sender: ev.Sender}
-}
 
 // queuedFor takes what waits in the queue for dest (the queue is not
 // started, so nothing is sent): the event ids of its PDUs, in order.
@@ -129,11 +116,10 @@ func TestSenderDestinations(t *testing.T) {
 }
 
 // TestSenderCatchUp: the sender queues from the database, after the
-// position it recorded, so a local event whose room.output message never
-// came (the test's roomserver publishes nothing) is queued with the next
-// one that does, in order; other servers' events are not queued, nothing
-// is queued twice, and a second process that lost the race for the
-// position queues nothing.
+// position it recorded: local events whose room.output message never
+// came (the test's roomserver publishes nothing) are queued in order;
+// other servers' events are not queued, nothing is queued twice, and a
+// second process that lost the race for the position queues nothing.
 func TestSenderCatchUp(t *testing.T) {
 	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
 		ctx := context.Background()
@@ -144,9 +130,9 @@ func TestSenderCatchUp(t *testing.T) {
 			t.Fatal(err)
 		}
 		s := NewSender(db, q, ours, nil)
-		handle := func(s *Sender, eventID string) {
+		catchUp := func(s *Sender) {
 			t.Helper()
-			if err := s.Handle(ctx, outputOf(t, db, eventID)); err != nil {
+			if err := s.CatchUp(ctx); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -157,35 +143,32 @@ func TestSenderCatchUp(t *testing.T) {
 			}
 		}
 		roomID, _ := fed.createRoom("10", "shared")
-		bobJoin := fed.member(roomID, fedBob, fedBob, "join")
-		handle(s, bobJoin)
+		fed.member(roomID, fedBob, fedBob, "join")
+		catchUp(s)
 		expect("remote join")
 
-		lost := fed.message(roomID, fedAlice, "published nowhere")
-		remote := fed.message(roomID, fedBob, "from remote")
-		next := fed.message(roomID, fedAlice, "published")
-		handle(s, remote)
-		expect("remote message")
-		handle(s, next)
-		expect("message after a lost one", lost, next)
-		handle(s, lost)
-		handle(s, next)
-		expect("handled again")
+		one := fed.message(roomID, fedAlice, "one")
+		fed.message(roomID, fedBob, "from remote")
+		two := fed.message(roomID, fedAlice, "two")
+		catchUp(s)
+		expect("local messages around a remote one", one, two)
+		catchUp(s)
+		expect("caught up again")
 
 		// Another process read the position before this one moved it.
 		other := NewSender(db, q, ours, nil)
-		if err := other.CatchUp(ctx, 0); err != nil {
-			t.Fatal(err)
-		}
-		third := fed.message(roomID, fedAlice, "third")
-		handle(s, third)
-		expect("third", third)
-		if err := other.CatchUp(ctx, math.MaxInt64); err != nil {
-			t.Fatal(err)
-		}
+		catchUp(other)
+		three := fed.message(roomID, fedAlice, "three")
+		catchUp(s)
+		expect("three", three)
+		catchUp(other)
 		expect("after the other process caught up")
-		if pos, err := db.ConsumerPosition(ctx, SenderDurable); err != nil || pos != outputOf(t, db, third).StreamPos {
-			t.Errorf("position %d, %v; want the third message's", pos, err)
+		stored, err := db.EventByID(ctx, three)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pos, err := db.ConsumerPosition(ctx, SenderConsumer); err != nil || pos != stored.StreamPos {
+			t.Errorf("position %d, %v; want the third message's, %d", pos, err, stored.StreamPos)
 		}
 
 		// A backlog longer than a batch comes whole, in order.
@@ -193,9 +176,7 @@ func TestSenderCatchUp(t *testing.T) {
 		for i := range senderBatch + 5 {
 			backlog = append(backlog, fed.message(roomID, fedAlice, fmt.Sprint("backlog ", i)))
 		}
-		if err := NewSender(db, q, ours, nil).CatchUp(ctx, math.MaxInt64); err != nil {
-			t.Fatal(err)
-		}
+		catchUp(NewSender(db, q, ours, nil))
 		var got []string
 		for {
 			batch := queuedFor(t, db, fedRemote)
