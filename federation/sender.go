@@ -241,22 +241,15 @@ func (s *Sender) destinations(ctx context.Context, ev sql.Event) ([]spec.ServerN
 	}
 	out := slices.Clone(joined)
 	if ev.Type == spec.MRoomMember && ev.StateKey != nil {
-		if d, ok := serverOf(*ev.StateKey); ok && d != s.serverName && !slices.Contains(out, d) {
-			if _, _, valid := spec.ParseAndValidateServerName(d); valid {
+		for _, d := range serversOf([]string{*ev.StateKey}, s.serverName) {
+			if !slices.Contains(out, d) {
 				out = append(out, d)
 			}
 		}
 	}
-	if len(out) == 0 {
-		return nil, nil
-	}
-	allows, err := roomACL(ctx, s.db, ev.RoomID)
-	if err != nil {
-		return nil, err
-	}
-	out = slices.DeleteFunc(out, func(d spec.ServerName) bool { return !allows(d) })
+	out, err = withoutDenied(ctx, &s.db.Queries, ev.RoomID, out)
 	slices.Sort(out)
-	return out, nil
+	return out, err
 }
 
 // joinedAt returns the other servers with a user joined in a state

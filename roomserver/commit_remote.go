@@ -20,6 +20,9 @@ import (
 func (rs *Roomserver) stageRemote(ctx context.Context, g *groupTx, rc *roomCommit, p pending, nid int64, state sql.StateMap, back *int64) (sql.StateMap, error) {
 	info := &rc.after.info
 	ev, f := p.pdu, p.remote
+	if f.backfill != nil {
+		return state, rs.stageBackfill(ctx, g, rc, p, nid)
+	}
 	row := sql.Event{NID: nid, RoomNID: info.NID, EventID: ev.EventID(), Type: ev.Type(), StateKey: ev.StateKey(),
 		Sender: string(ev.SenderID()), Depth: ev.Depth(), OriginServerTS: int64(ev.OriginServerTS()),
 		JSON: ev.JSON(), Outlier: f.outlier, Rejected: f.rejected}
