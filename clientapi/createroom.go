@@ -117,32 +117,7 @@ func (a *API) createRoom(r *http.Request, dev *userapi.Device) (any, error) {
 			return nil, mxhttp.Internal(err)
 		}
 	}
-	if err := a.inviteRemote(ctx, nr, roomID); err != nil {
-		return nil, err
-	}
 	return map[string]string{"room_id": roomID}, nil
-}
-
-// inviteRemote invites the users of other servers among the invitees,
-// once the room exists, as /invite does: their server must countersign
-// each invite (spec: PUT /invite/v2), which no event of the creation can
-// wait for. Like Synapse, an invite refused or unanswered fails the
-// request, although the room stays.
-func (a *API) inviteRemote(ctx context.Context, nr *newRoom, roomID string) error {
-	for _, u := range nr.invites {
-		if _, err := a.users.LocalpartOf(u); !userapi.IsRemoteUser(err) {
-			continue
-		}
-		var extra map[string]any
-		if nr.req.IsDirect {
-			extra = map[string]any{"is_direct": true}
-		}
-		if err := a.sendMembership(ctx, memberChange{roomID: roomID, sender: nr.creator, target: u,
-			membership: spec.Invite, withProfile: true, extra: extra}); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // checkCreateRoom validates a createRoom request, in the order Synapse
@@ -411,9 +386,6 @@ func (a *API) initialEvents(ctx context.Context, nr *newRoom) ([]roomserver.NewE
 		}
 	}
 	for _, u := range nr.invites {
-		if _, err := a.users.LocalpartOf(u); userapi.IsRemoteUser(err) {
-			continue // see inviteRemote
-		}
 		invite := a.memberProfile(ctx, u)
 		invite["membership"] = mustJSON(spec.Invite)
 		if nr.req.IsDirect {

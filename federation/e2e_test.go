@@ -416,7 +416,8 @@ func stateEventID(t *testing.T, cli *mautrix.Client, roomID id.RoomID, typ event
 	return ""
 }
 
-// syncSince is the next_batch of a sync of cli, for syncUntil.
+// syncSince is the next_batch of a sync of cli, for syncUntil
+// (edus_twoserver_test.go).
 func syncSince(t *testing.T, cli *mautrix.Client) string {
 	t.Helper()
 	resp, err := cli.SyncRequest(context.Background(), 0, "", "", false, "")
@@ -424,24 +425,6 @@ func syncSince(t *testing.T, cli *mautrix.Client) string {
 		t.Fatal(err)
 	}
 	return resp.NextBatch
-}
-
-// syncUntil long-polls cli's sync from since until a response satisfies
-// cond.
-func syncUntil(t *testing.T, cli *mautrix.Client, since, what string, cond func(*mautrix.RespSync) bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := cli.SyncRequest(context.Background(), 1000, since, "", false, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if cond(resp) {
-			return
-		}
-		since = resp.NextBatch
-	}
-	t.Fatalf("%s's sync never showed %s", cli.UserID, what)
 }
 
 // joinedMembers is the room's joined members as cli reads them.
