@@ -230,17 +230,20 @@ func (s *Sender) queueEvents(ctx context.Context, evs []sql.Event) error {
 // with a user joined to the room in the state before the event (as
 // Synapse: a server whose last user the event kicks still gets it, one
 // that joins after it does not, however late the event is handled), and,
-// for a membership event, the target's server, so that an invite, kick,
-// ban or leave reaches the server it concerns even when none of its
-// users is joined. A server the room's current server ACL denies gets
-// nothing (spec: "Server Access Control Lists").
+// for a membership event, the target's server, so that a kick, ban or
+// leave reaches the server it concerns even when none of its users is
+// joined. An invite has reached the invitee's server through /invite
+// already: sent again in a transaction, it reads there as an event of a
+// room that server is not in (Dendrite then asks for its history and is
+// refused). A server the room's current server ACL denies gets nothing
+// (spec: "Server Access Control Lists").
 func (s *Sender) destinations(ctx context.Context, ev sql.Event) ([]spec.ServerName, error) {
 	joined, err := s.joinedAt(ctx, ev.StateBeforeNID)
 	if err != nil {
 		return nil, err
 	}
 	out := slices.Clone(joined)
-	if ev.Type == spec.MRoomMember && ev.StateKey != nil {
+	if ev.Type == spec.MRoomMember && ev.StateKey != nil && contentString(ev.JSON, "membership") != spec.Invite {
 		for _, d := range serversOf([]string{*ev.StateKey}, s.serverName) {
 			if !slices.Contains(out, d) {
 				out = append(out, d)

@@ -101,6 +101,7 @@ func TestSenderDestinations(t *testing.T) {
 		expect("message before a kick", late, fedRemote, "other.example")
 		expect("kick of the last user of a server", kick, fedRemote, "other.example")
 		expect("message after the kick", fed.message(roomID, fedAlice, "after the kick"), fedRemote)
+		expect("invite of a user of a server not in the room", fed.member(roomID, fedAlice, "@frank:fourth.example", "invite"), fedRemote)
 		expect("ban of a user of a server not in the room", fed.member(roomID, fedAlice, dave, "ban"), fedRemote, "third.example")
 		fed.member(roomID, carol, carol, "join")
 		expect("ACL denying remote.example", fed.state(roomID, fedAlice, "m.room.server_acl", "",
