@@ -60,18 +60,16 @@ func (f *trio) threeServers(t *testing.T) {
 	alice, bob, carol := f.alice, f.bob, f.carol
 	users := []*mautrix.Client{alice, bob, carol}
 
+	since := []string{syncSince(t, bob), syncSince(t, carol)}
 	created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Name: "Three", Preset: "private_chat",
 		Invite: []id.UserID{bob.UserID, carol.UserID}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	roomID := created.RoomID
-	for _, cli := range []*mautrix.Client{bob, carol} {
-		// An initial sync: incremental ones miss invites to rooms
-		// the server is not in until branch interop's fix lands.
-		waitFor(t, func() bool {
-			resp, err := cli.SyncRequest(ctx, 0, "", "", false, "")
-			return err == nil && resp.Rooms.Invite[roomID] != nil
+	for i, cli := range []*mautrix.Client{bob, carol} {
+		syncUntil(t, cli, since[i], "the createRoom invite", func(r *mautrix.RespSync) bool {
+			return r.Rooms.Invite[roomID] != nil
 		})
 		// The room id names no server (version 12): the invite's does.
 		if _, err := cli.JoinRoom(ctx, roomID.String(), nil); err != nil {
