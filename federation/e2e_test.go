@@ -21,10 +21,11 @@ import (
 )
 
 // End-to-end federation between whole Weft servers over loopback TLS,
-// driven through the client API only, except where a test reaches into a
-// server's database to hold its outbound queue. Joins by id and by remote
-// alias, leave and rejoin, and remote invites are in join_twoserver_test.go
-// and invite_test.go.
+// driven through the client API, except where a test reaches into a
+// server's database for its outbound queue: to hold it, to see it empty,
+// or to age its back-off. Joins by id and by remote alias, leave and
+// rejoin are in join_twoserver_test.go, remote invites in invite_test.go,
+// remote profiles and EDUs in edus_twoserver_test.go.
 
 // TestFederation runs scenarios on three federated servers A, B and C,
 // with alice on A, bob on B and carol on C; each scenario has rooms of
