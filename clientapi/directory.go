@@ -85,6 +85,19 @@ func aliasVar(r *http.Request) (alias, domain string, err error) {
 	return alias, domain, err
 }
 
+// RemoteAliases resolves room aliases of other servers (spec: the
+// federation query/directory): the room and the servers to join it
+// through, or a Matrix error (404 M_NOT_FOUND for an unknown alias).
+type RemoteAliases interface {
+	ResolveAlias(ctx context.Context, alias string) (roomID string, servers []string, err error)
+}
+
+// WithRemoteAliases makes the API resolve other servers' aliases through
+// r, for GET /directory/room/{roomAlias} and joins by alias.
+func WithRemoteAliases(r RemoteAliases) Option {
+	return func(a *API) { a.remoteAliases = r }
+}
+
 type resolvedAlias struct {
 	RoomID  string   `json:"room_id"`
 	Servers []string `json:"servers"`
@@ -96,32 +109,43 @@ func (d *directory) resolveAlias(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx := r.Context()
-	if domain != d.users.ServerName() {
-		// The spec wants a federation query here; until federation can
-		// make one, the alias is as good as unknown to this server.
-		return nil, mxhttp.NotFound("Room alias %s not found: resolving aliases of other servers is not supported yet", alias)
-	}
-	roomID, err := d.db.AliasRoom(ctx, alias)
-	if errors.Is(err, sql.ErrNotFound) {
-		return nil, mxhttp.NotFound("Room alias %s not found.", alias)
-	}
-	if err != nil {
-		return nil, err
-	}
-	servers, err := d.roomServers(ctx, roomID)
+	roomID, servers, err := d.lookupAlias(r.Context(), alias, domain)
 	if err != nil {
 		return nil, err
 	}
 	return resolvedAlias{RoomID: roomID, Servers: servers}, nil
 }
 
+// lookupAlias resolves a checked alias of domain: a local one from the
+// database, with the servers of the room's joined members; another
+// server's by asking it over federation (directory.yaml).
+func (a *API) lookupAlias(ctx context.Context, alias, domain string) (roomID string, servers []string, err error) {
+	if domain != a.users.ServerName() {
+		if a.remoteAliases == nil {
+			return "", nil, mxhttp.NotFound("Room alias %s not found: this server does not federate", alias)
+		}
+		return a.remoteAliases.ResolveAlias(ctx, alias)
+	}
+	roomID, err = a.db.AliasRoom(ctx, alias)
+	if errors.Is(err, sql.ErrNotFound) {
+		return "", nil, mxhttp.NotFound("Room alias %s not found.", alias)
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	servers, err = a.roomServers(ctx, roomID)
+	if err != nil {
+		return "", nil, err
+	}
+	return roomID, servers, nil
+}
+
 // roomServers lists the servers a client may join a room through: this
 // server first (it hosts the alias), then the servers of the joined
 // members, as Synapse does.
-func (d *directory) roomServers(ctx context.Context, roomID string) ([]string, error) {
-	ours := d.users.ServerName()
-	members, err := d.db.RoomMembers(ctx, roomID, "join")
+func (a *API) roomServers(ctx context.Context, roomID string) ([]string, error) {
+	ours := a.users.ServerName()
+	members, err := a.db.RoomMembers(ctx, roomID, "join")
 	if err != nil {
 		return nil, err
 	}

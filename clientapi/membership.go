@@ -2,17 +2,19 @@ package clientapi
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"reflect"
-	"strconv"
+	"slices"
 	"strings"
 
 	"github.com/gorilla/mux"
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/weft-chat/weft/internal/joinrules"
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
@@ -26,9 +28,10 @@ import (
 // Synapse's) errors and to fill in what the auth rules expect the server to
 // have decided: the profile, and who authorises a restricted join.
 //
-// Only local rooms can be joined, left or knocked on: a room or alias on
-// another server needs federation, which does not exist yet, so those
-// answer 404 and inviting a remote user answers 502.
+// A room this server is not in is joined through other servers (the
+// roomserver's JoinRemote, spec: "Joining Rooms"); leaving, knocking and
+// inviting work in rooms this server is in: others answer 404, and
+// inviting a remote user answers 502.
 
 func (a *API) membershipRoutes(r *mux.Router) {
 	handle(r, "/join/{roomIdOrAlias}", a.authedJSON(a.joinByIDOrAlias), http.MethodPost)
@@ -44,10 +47,6 @@ func (a *API) membershipRoutes(r *mux.Router) {
 	handle(r, "/rooms/{roomId}/members", a.authedJSON(a.members), http.MethodGet)
 	handle(r, "/rooms/{roomId}/joined_members", a.authedJSON(a.joinedMembers), http.MethodGet)
 }
-
-// fieldAuthorisedVia is the member event field naming a restricted join's
-// authoriser.
-const fieldAuthorisedVia = "join_authorised_via_users_server"
 
 // joinedRoomResponse answers join and knock.
 type joinedRoomResponse struct {
@@ -107,41 +106,34 @@ func isRoomID(id string) bool {
 	return len(id) > 1 && id[0] == '!'
 }
 
-// resolveRoomIDOrAlias turns a room id or a local alias into a room id.
-func (a *API) resolveRoomIDOrAlias(ctx context.Context, idOrAlias string) (string, error) {
+// resolveRoomIDOrAlias turns a room id or an alias into a room id and,
+// for an alias, the servers its directory names to join through (the
+// alias's own server first).
+func (a *API) resolveRoomIDOrAlias(ctx context.Context, idOrAlias string) (string, []string, error) {
 	switch {
 	case isRoomID(idOrAlias):
-		return idOrAlias, nil
+		return idOrAlias, nil, nil
 	case strings.HasPrefix(idOrAlias, "#"):
-		_, domain, ok := strings.Cut(idOrAlias, ":")
-		if !ok || len(idOrAlias) < 4 || domain == "" {
-			return "", mxhttp.InvalidParam("Invalid room alias %q", idOrAlias)
-		}
-		if domain != a.users.ServerName() {
-			return "", mxhttp.NotFound("Room alias %s is on another server, and federation is not available yet", idOrAlias)
-		}
-		roomID, err := a.db.AliasRoom(ctx, idOrAlias)
-		if errors.Is(err, sql.ErrNotFound) {
-			return "", mxhttp.NotFound("Room alias %s not found", idOrAlias)
-		}
+		_, domain, err := parseAlias(idOrAlias)
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
-		return roomID, nil
+		roomID, servers, err := a.lookupAlias(ctx, idOrAlias, domain)
+		if err != nil {
+			return "", nil, err
+		}
+		return roomID, append([]string{domain}, servers...), nil
 	}
-	return "", mxhttp.InvalidParam("%q is neither a room id nor a room alias", idOrAlias)
+	return "", nil, mxhttp.InvalidParam("%q is neither a room id nor a room alias", idOrAlias)
 }
 
 // localRoomVersion is the room's version: 404 for rooms this server does not
-// have, saying so when the room is another server's.
+// have.
 func (a *API) localRoomVersion(ctx context.Context, roomID string) (gomatrixserverlib.IRoomVersion, error) {
 	v, err := a.rooms.RoomVersion(ctx, roomID)
 	var me *mxhttp.Error
 	if errors.As(err, &me) && me.Status == http.StatusNotFound {
-		if _, domain, ok := strings.Cut(roomID, ":"); ok && domain != a.users.ServerName() {
-			return nil, mxhttp.NotFound("Room %s is unknown to this server, and joining rooms over federation is not available yet", roomID)
-		}
-		return nil, mxhttp.NotFound("Unknown room %s", roomID)
+		return nil, mxhttp.NotFound("Room %s is unknown to this server", roomID)
 	}
 	if err != nil {
 		return nil, err
@@ -232,11 +224,11 @@ func (a *API) joinByIDOrAlias(r *http.Request, dev *userapi.Device) (any, error)
 	if err != nil {
 		return nil, err
 	}
-	roomID, err := a.resolveRoomIDOrAlias(r.Context(), idOrAlias)
+	roomID, aliasServers, err := a.resolveRoomIDOrAlias(r.Context(), idOrAlias)
 	if err != nil {
 		return nil, err
 	}
-	return a.join(r, dev, roomID)
+	return a.join(r, dev, roomID, aliasServers)
 }
 
 func (a *API) joinByID(r *http.Request, dev *userapi.Device) (any, error) {
@@ -244,16 +236,34 @@ func (a *API) joinByID(r *http.Request, dev *userapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return a.join(r, dev, roomID)
+	return a.join(r, dev, roomID, nil)
 }
 
-// join joins the caller to a local room. Joining a room one is already in
-// changes nothing.
-func (a *API) join(r *http.Request, dev *userapi.Device, roomID string) (any, error) {
+// join joins the caller to a room. Joining a room one is already in
+// changes nothing. A room this server is not in is joined through other
+// servers (see joinRemote); aliasServers are those an alias resolved to.
+func (a *API) join(r *http.Request, dev *userapi.Device, roomID string, aliasServers []string) (any, error) {
 	ctx := r.Context()
 	body, err := readSelfBody(r)
 	if err != nil {
 		return nil, err
+	}
+	resident, err := a.serverInRoom(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if !resident {
+		q := r.URL.Query()
+		// server_name is via's name before v1.12; Synapse reads both.
+		servers := append(append(q["via"], q["server_name"]...), aliasServers...)
+		inviter, err := a.inviterServer(ctx, roomID, dev.UserID)
+		if err != nil {
+			return nil, err
+		}
+		if inviter != "" {
+			servers = append(servers, inviter)
+		}
+		return a.joinRemote(ctx, dev, roomID, servers, body.Reason)
 	}
 	verImpl, err := a.localRoomVersion(ctx, roomID)
 	if err != nil {
@@ -285,13 +295,12 @@ func (a *API) join(r *http.Request, dev *userapi.Device, roomID string) (any, er
 		if err != nil {
 			return nil, err
 		}
-		restricted := jr.JoinRule == spec.Restricted || jr.JoinRule == spec.KnockRestricted && knockRestrictedKnown(verImpl)
-		if restricted && verImpl.CheckRestrictedJoinsAllowed() == nil {
-			via, err := a.authoriseRestrictedJoin(ctx, roomID, dev.UserID, jr)
+		if jr.Restricted(verImpl) {
+			via, err := joinrules.Authorise(ctx, a.db, a.users.ServerName(), roomID, dev.UserID, jr)
 			if err != nil {
 				return nil, err
 			}
-			c.extra = map[string]any{fieldAuthorisedVia: via}
+			c.extra = map[string]any{joinrules.FieldAuthorisedVia: via}
 		}
 	}
 	if err := a.sendMembership(ctx, c); err != nil {
@@ -300,35 +309,129 @@ func (a *API) join(r *http.Request, dev *userapi.Device, roomID string) (any, er
 	return joinedRoomResponse{roomID}, nil
 }
 
-// joinRulesContent is the content of m.room.join_rules.
-type joinRulesContent struct {
-	JoinRule string `json:"join_rule"`
-	Allow    []struct {
-		Type   string `json:"type"`
-		RoomID string `json:"room_id"`
-	} `json:"allow"`
-}
-
-// currentJoinRules reads a room's join rules; without the event the auth rules
-// treat the room as invite-only.
-func (a *API) currentJoinRules(ctx context.Context, roomID string) (joinRulesContent, error) {
-	jr := joinRulesContent{JoinRule: spec.Invite}
-	ev, err := a.rooms.CurrentStateEvent(ctx, roomID, spec.MRoomJoinRules, "")
-	if err != nil || ev == nil {
-		return jr, err
+// serverInRoom reports whether one of this server's users is joined to
+// the room: otherwise the room's state here, if any, cannot be built on.
+func (a *API) serverInRoom(ctx context.Context, roomID string) (bool, error) {
+	info, err := a.db.Room(ctx, roomID)
+	if errors.Is(err, sql.ErrNotFound) {
+		return false, nil
 	}
-	_ = json.Unmarshal(ev.Content(), &jr)
-	return jr, nil
+	if err != nil {
+		return false, err
+	}
+	return a.db.ServerHasMembership(ctx, info.NID, a.users.ServerName(), spec.Join)
 }
 
-// knockRestrictedKnown reports whether the room version knows the
-// knock_restricted join rule (room version 10 and later). The auth rules
-// of gomatrixserverlib accept it in every version with knocking, but in
-// versions 7 to 9 it is an unknown join rule, which only lets invited
-// users in.
-func knockRestrictedKnown(verImpl gomatrixserverlib.IRoomVersion) bool {
-	n, err := strconv.Atoi(string(verImpl.Version()))
-	return err != nil || n >= 10
+// joinRemote joins the caller to a room this server is not in, through
+// the servers given (via and server_name, those of the alias, the
+// inviter's) and the room id's own (see joinServers); 404 M_NOT_FOUND when that leaves
+// none, as Synapse answers. The roomserver runs the handshake (see
+// roomserver.Joiner for its errors). Guests join only rooms this server
+// is in, whose guest access it can check.
+func (a *API) joinRemote(ctx context.Context, dev *userapi.Device, roomID string, servers []string, reason string) (any, error) {
+	if _, err := spec.NewRoomID(roomID); err != nil {
+		return nil, mxhttp.InvalidParam("Bad room id %q", roomID)
+	}
+	if dev.IsGuest {
+		return nil, mxhttp.Forbidden("Guests cannot join rooms this server is not in")
+	}
+	via := joinServers(servers, roomID, a.users.ServerName())
+	if len(via) == 0 {
+		return nil, mxhttp.NotFound("No known servers to join room %s through", roomID)
+	}
+	content := map[string]any{}
+	if reason != "" {
+		content["reason"] = reason
+	}
+	if err := a.addProfile(ctx, dev.UserID, content); err != nil {
+		return nil, err
+	}
+	raw, err := json.Marshal(content)
+	if err != nil {
+		return nil, err
+	}
+	_, err = a.rooms.Input(ctx, roomserver.InputRequest{RoomID: roomID, InputID: "join:" + rand.Text(),
+		JoinRemote: &roomserver.JoinRemote{UserID: dev.UserID, Servers: via, Content: raw}})
+	if err != nil {
+		return nil, err
+	}
+	return joinedRoomResponse{roomID}, nil
+}
+
+// leaveRemote rejects an invite to a room this server is not in,
+// through the inviter's server and the room id's.
+func (a *API) leaveRemote(ctx context.Context, dev *userapi.Device, roomID, reason string) (any, error) {
+	inviter, err := a.inviterServer(ctx, roomID, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	var servers []string
+	if inviter != "" {
+		servers = append(servers, inviter)
+	}
+	via := joinServers(servers, roomID, a.users.ServerName())
+	if len(via) == 0 {
+		return nil, mxhttp.NotFound("No known servers to leave room %s through", roomID)
+	}
+	content := map[string]any{}
+	if reason != "" {
+		content["reason"] = reason
+	}
+	raw, err := json.Marshal(content)
+	if err != nil {
+		return nil, err
+	}
+	_, err = a.rooms.Input(ctx, roomserver.InputRequest{RoomID: roomID, LeaveRemote: &roomserver.JoinRemote{UserID: dev.UserID, Servers: via, Content: raw}})
+	if err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// inviterServer is the server of the user who invited userID to a room
+// this server is not in ("" without an invite): it is in the room, or
+// was, so it is worth asking (spec: "Joining Rooms"), as Synapse does.
+func (a *API) inviterServer(ctx context.Context, roomID, userID string) (string, error) {
+	ev, err := a.db.MembershipEvent(ctx, roomID, userID)
+	if errors.Is(err, sql.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	var invite struct {
+		Content json.RawMessage `json:"content"`
+	}
+	if json.Unmarshal(ev.JSON, &invite) != nil || membershipOf(invite.Content) != spec.Invite {
+		return "", nil
+	}
+	_, server, _ := strings.Cut(ev.Sender, ":")
+	return server, nil
+}
+
+// joinServers is the list of servers to join roomID through: servers,
+// then the room id's server (room versions before 12), in that order,
+// without repeats, invalid server names or ours.
+func joinServers(servers []string, roomID, ours string) []string {
+	if _, domain, ok := strings.Cut(roomID, ":"); ok {
+		servers = append(slices.Clip(servers), domain)
+	}
+	var via []string
+	for _, s := range servers {
+		if _, _, valid := spec.ParseAndValidateServerName(spec.ServerName(s)); valid && s != ours && !slices.Contains(via, s) {
+			via = append(via, s)
+		}
+	}
+	return via
+}
+
+// currentJoinRules reads a room's join rules.
+func (a *API) currentJoinRules(ctx context.Context, roomID string) (joinrules.Content, error) {
+	ev, err := a.rooms.CurrentStateEvent(ctx, roomID, spec.MRoomJoinRules, "")
+	if err != nil {
+		return joinrules.Content{}, err
+	}
+	return joinrules.FromEvent(ev), nil
 }
 
 // guestCanJoin reports whether m.room.guest_access lets guests join.
@@ -344,65 +447,6 @@ func (a *API) guestCanJoin(ctx context.Context, roomID string) (bool, error) {
 	return c.GuestAccess == "can_join", nil
 }
 
-// authoriseRestrictedJoin checks the restricted join rule's conditions for
-// a user joining without an invite (spec: "Restricted rooms") and picks
-// the local member who authorises the join: the join event names them in
-// join_authorised_via_users_server, and the auth rules (room version 8 and
-// later) accept it only if they are joined and may invite. Like Synapse,
-// the member with the highest power level is chosen.
-func (a *API) authoriseRestrictedJoin(ctx context.Context, roomID, userID string, jr joinRulesContent) (string, error) {
-	allowed := false
-	for _, cond := range jr.Allow {
-		if cond.Type != "m.room_membership" || cond.RoomID == "" {
-			continue
-		}
-		m, err := a.rooms.Membership(ctx, cond.RoomID, userID)
-		if err != nil {
-			return "", err
-		}
-		if m == spec.Join {
-			allowed = true
-			break
-		}
-	}
-	if !allowed {
-		return "", mxhttp.Forbidden("You do not belong to any of the rooms or spaces this room requires to join it")
-	}
-	power, err := a.rooms.Power(ctx, roomID)
-	if err != nil {
-		return "", err
-	}
-	state, err := a.rooms.CurrentState(ctx, roomID)
-	if err != nil {
-		return "", err
-	}
-	inviteLevel := power.Levels().Invite
-	best, bestLevel := "", int64(0)
-	for _, ev := range state {
-		if ev.Type() != spec.MRoomMember || ev.StateKey() == nil {
-			continue
-		}
-		member := *ev.StateKey()
-		if m, _ := ev.Membership(); m != spec.Join {
-			continue
-		}
-		if _, err := a.users.LocalpartOf(member); err != nil {
-			continue
-		}
-		level := power.UserLevel(member)
-		if level < inviteLevel {
-			continue
-		}
-		if best == "" || level > bestLevel || (level == bestLevel && member < best) {
-			best, bestLevel = member, level
-		}
-	}
-	if best == "" {
-		return "", mxhttp.Forbidden("No member of this room on this server can authorise your join")
-	}
-	return best, nil
-}
-
 // knock asks to join a room whose join rule is knock or knock_restricted
 // (room version 7 and later).
 func (a *API) knock(r *http.Request, dev *userapi.Device) (any, error) {
@@ -414,7 +458,7 @@ func (a *API) knock(r *http.Request, dev *userapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	roomID, err := a.resolveRoomIDOrAlias(ctx, idOrAlias)
+	roomID, _, err := a.resolveRoomIDOrAlias(ctx, idOrAlias)
 	if err != nil {
 		return nil, err
 	}
@@ -445,7 +489,7 @@ func (a *API) knock(r *http.Request, dev *userapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if jr.JoinRule != spec.Knock && !(jr.JoinRule == spec.KnockRestricted && knockRestrictedKnown(verImpl)) {
+	if jr.JoinRule != spec.Knock && !(jr.JoinRule == spec.KnockRestricted && joinrules.KnockRestrictedKnown(verImpl)) {
 		return nil, mxhttp.Forbidden("You are not allowed to knock on this room")
 	}
 	err = a.sendMembership(ctx, memberChange{roomID: roomID, sender: dev.UserID, target: dev.UserID,
@@ -478,15 +522,17 @@ func (a *API) invite(r *http.Request, dev *userapi.Device) (any, error) {
 	if err := a.requireJoined(ctx, roomID, dev.UserID); err != nil {
 		return nil, err
 	}
+	// A user of another server is asked by their server, which may
+	// refuse (the roomserver has it countersign the invite).
 	localpart, err := a.users.LocalpartOf(target)
-	if userapi.IsRemoteUser(err) {
-		return nil, mxhttp.Errorf(http.StatusBadGateway, "M_UNKNOWN", "Inviting users of other servers needs federation, which is not available yet")
-	}
-	if err != nil {
+	switch {
+	case userapi.IsRemoteUser(err):
+	case err != nil:
 		return nil, mxhttp.InvalidParam("Invalid user_id %q", target)
-	}
-	if err := a.checkInvitable(ctx, localpart, target); err != nil {
-		return nil, err
+	default:
+		if err := a.checkInvitable(ctx, localpart, target); err != nil {
+			return nil, err
+		}
 	}
 	current, err := a.rooms.Membership(ctx, roomID, target)
 	if err != nil {
@@ -559,6 +605,16 @@ func (a *API) leave(r *http.Request, dev *userapi.Device) (any, error) {
 		return struct{}{}, nil
 	case spec.Ban:
 		return nil, mxhttp.Forbidden("You are banned from this room")
+	case spec.Invite:
+		// An invite to a room this server is not in is rejected through
+		// the inviter's server (spec: "Leaving Rooms (Rejecting Invites)").
+		in, err := a.serverInRoom(ctx, roomID)
+		if err != nil {
+			return nil, err
+		}
+		if !in {
+			return a.leaveRemote(ctx, dev, roomID, body.Reason)
+		}
 	}
 	err = a.sendMembership(ctx, memberChange{roomID: roomID, sender: dev.UserID, target: dev.UserID,
 		membership: spec.Leave, reason: body.Reason})

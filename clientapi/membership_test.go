@@ -230,12 +230,14 @@ func TestJoinLeaveForget(t *testing.T) {
 		sn := h.srv.Config.ServerName
 		_, err = bob.JoinRoom(ctx, "!unknown:"+sn, nil)
 		wantMembershipError(t, err, 404, "M_NOT_FOUND")
+		// A room of another server is joined through it: 502 when it
+		// cannot be reached.
 		_, err = bob.JoinRoom(ctx, "!elsewhere:other.example", nil)
-		wantMembershipError(t, err, 404, "M_NOT_FOUND")
+		wantMembershipError(t, err, 502, "M_UNKNOWN")
 		_, err = bob.JoinRoom(ctx, "#nope:"+sn, nil)
 		wantMembershipError(t, err, 404, "M_NOT_FOUND")
 		_, err = bob.JoinRoom(ctx, "#remote:other.example", nil)
-		wantMembershipError(t, err, 404, "M_NOT_FOUND")
+		wantMembershipError(t, err, 502, "M_UNKNOWN")
 		_, err = bob.JoinRoom(ctx, "lobby", nil)
 		wantMembershipError(t, err, 400, "M_INVALID_PARAM")
 		h.call("POST", "/rooms/notaroom/join", bob, "{}").expectError(t, 400, "M_INVALID_PARAM")

@@ -94,7 +94,7 @@ func (a *API) getRoomSummary(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	roomID, err := a.resolveRoomIDOrAlias(ctx, idOrAlias)
+	roomID, _, err := a.resolveRoomIDOrAlias(ctx, idOrAlias)
 	if err != nil {
 		return nil, err
 	}

@@ -9,8 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -54,9 +57,14 @@ type Client struct {
 
 // Federation configures the server-server API listener.
 type Federation struct {
-	Listen          string `yaml:"listen"`
-	TLSCert         string `yaml:"tls_cert"`
-	TLSKey          string `yaml:"tls_key"`
+	Listen  string `yaml:"listen"`
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// TLSCACert and TLSCAKey are a certificate authority from which a
+	// fresh certificate for the server name is issued at every start, when
+	// TLSCert is not set (test federations such as Complement's).
+	TLSCACert       string `yaml:"tls_ca_cert"`
+	TLSCAKey        string `yaml:"tls_ca_key"`
 	WellKnownServer string `yaml:"well_known_server"`
 	// KeyNotaries are servers asked for other servers' keys when a direct
 	// fetch fails. Empty by default (Synapse defaults to matrix.org) so that
@@ -72,6 +80,9 @@ type Federation struct {
 	// federation never connects to private, loopback or link-local
 	// addresses.
 	AllowPrivateNetworks []string `yaml:"allow_private_networks"`
+	// StaticHosts are "server_name=host:port" entries: requests to that
+	// server name go to that address, skipping server discovery.
+	StaticHosts []string `yaml:"static_hosts"`
 	// AllowPublicRooms serves this server's published room directory to
 	// other servers (GET/POST /_matrix/federation/v1/publicRooms). Off by
 	// default, as Synapse's allow_public_rooms_over_federation.
@@ -212,4 +223,28 @@ func (c *Config) resolve() {
 	if c.Database.URL == "" {
 		c.Database.URL = "sqlite:" + filepath.Join(c.DataDir, "weft.db")
 	}
+}
+
+// ParseStaticHosts reads federation.static_hosts entries
+// ("server_name=host:port") into a map from server name to address.
+func ParseStaticHosts(entries []string) (map[string]string, error) {
+	out := make(map[string]string, len(entries))
+	for _, e := range entries {
+		name, addr, ok := strings.Cut(e, "=")
+		if !ok {
+			return nil, fmt.Errorf("%q: must look like server_name=host:port", e)
+		}
+		if err := ValidateServerName(name); err != nil {
+			return nil, fmt.Errorf("%q: server name: %w", e, err)
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if n, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("%q: the address must be host:port", e)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("%q: %s is given twice", e, name)
+		}
+		out[name] = addr
+	}
+	return out, nil
 }

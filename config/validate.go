@@ -51,6 +51,12 @@ func (c *Config) Validate() error {
 	if (c.Federation.TLSCert == "") != (c.Federation.TLSKey == "") {
 		return optionError("federation.tls_cert", c.Federation.TLSCert, fmt.Errorf("tls_cert and tls_key go together"))
 	}
+	if (c.Federation.TLSCACert == "") != (c.Federation.TLSCAKey == "") {
+		return optionError("federation.tls_ca_cert", c.Federation.TLSCACert, fmt.Errorf("tls_ca_cert and tls_ca_key go together"))
+	}
+	if c.Federation.TLSCACert != "" && c.Federation.TLSCert != "" {
+		return optionError("federation.tls_ca_cert", c.Federation.TLSCACert, fmt.Errorf("set tls_cert or tls_ca_cert, not both"))
+	}
 	for _, n := range c.Federation.KeyNotaries {
 		if err := ValidateServerName(n); err != nil {
 			return optionError("federation.key_notaries", n, err)
@@ -60,6 +66,9 @@ func (c *Config) Validate() error {
 		if _, err := netip.ParsePrefix(cidr); err != nil {
 			return optionError("federation.allow_private_networks", cidr, fmt.Errorf("must be a CIDR like 10.0.0.0/8"))
 		}
+	}
+	if _, err := ParseStaticHosts(c.Federation.StaticHosts); err != nil {
+		return fmt.Errorf("config option federation.static_hosts: %w", err)
 	}
 	if _, _, err := ParseDatabaseURL(c.Database.URL); err != nil {
 		return optionError("database.url", c.Database.URL, err)

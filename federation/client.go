@@ -16,6 +16,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/weft-chat/weft/config"
 	"github.com/weft-chat/weft/internal/serverkey"
 	"github.com/weft-chat/weft/internal/version"
 )
@@ -32,6 +33,9 @@ type ClientConfig struct {
 	// AllowNetworks are CIDRs exempt from the private-address rule
 	// (config: allow_private_networks).
 	AllowNetworks []string
+	// StaticHosts are "server_name=host:port" entries sent to the address
+	// without server discovery (config: static_hosts).
+	StaticHosts []string
 	// Timeout bounds a whole request, body included; 0 means 60s.
 	Timeout time.Duration
 }
@@ -102,6 +106,10 @@ func newTransport(cfg ClientConfig) (*transport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("allow_private_networks: %w", err)
 	}
+	static, err := config.ParseStaticHosts(cfg.StaticHosts)
+	if err != nil {
+		return nil, fmt.Errorf("static_hosts: %w", err)
+	}
 	roots, err := x509.SystemCertPool()
 	if err != nil {
 		roots = x509.NewCertPool()
@@ -139,6 +147,7 @@ func newTransport(cfg ClientConfig) (*transport, error) {
 	t.resolver = newResolver(func(ctx context.Context, host string) (string, time.Duration, error) {
 		return fetchWellKnown(ctx, wkClient, "https://"+host+"/.well-known/matrix/server")
 	}, net.DefaultResolver.LookupSRV)
+	t.resolver.static = static
 	return t, nil
 }
 

@@ -122,17 +122,28 @@ func (e *Events) enterRoom(ctx context.Context, roomID string, origin spec.Serve
 	return info, nil
 }
 
-// aclAllows applies the room's current m.room.server_acl to a server
-// (m.room.server_acl: the port is ignored; an IP literal is denied when
-// allow_ip_literals is false; deny wins over allow; no allow entry
-// matching denies). A room without the event allows everyone.
+// aclAllows applies the room's current m.room.server_acl to a server.
 func (e *Events) aclAllows(ctx context.Context, roomID string, server spec.ServerName) (bool, error) {
-	ev, err := e.DB.CurrentStateEvent(ctx, roomID, sql.StateKey{Type: "m.room.server_acl"})
-	if errors.Is(err, sql.ErrNotFound) {
-		return true, nil
-	}
+	allows, err := roomACL(ctx, &e.DB.Queries, roomID)
 	if err != nil {
 		return false, err
+	}
+	return allows(server), nil
+}
+
+// roomACL reads the room's current m.room.server_acl once and returns
+// the check of a server against it (m.room.server_acl: the port is
+// ignored; an IP literal is denied when allow_ip_literals is false; deny
+// wins over allow; no allow entry matching denies). A room without the
+// event allows everyone. q may be a transaction's.
+func roomACL(ctx context.Context, q *sql.Queries, roomID string) (func(spec.ServerName) bool, error) {
+	everyone := func(spec.ServerName) bool { return true }
+	ev, err := q.CurrentStateEvent(ctx, roomID, sql.StateKey{Type: "m.room.server_acl"})
+	if errors.Is(err, sql.ErrNotFound) {
+		return everyone, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	var parsed struct {
 		Content struct {
@@ -142,9 +153,10 @@ func (e *Events) aclAllows(ctx context.Context, roomID string, server spec.Serve
 		} `json:"content"`
 	}
 	if json.Unmarshal(ev.JSON, &parsed) != nil {
-		return true, nil // unreadable content is no ACL
+		return everyone, nil // unreadable content is no ACL
 	}
-	return aclAllows(parsed.Content.AllowIPLiterals, parsed.Content.Allow, parsed.Content.Deny, server), nil
+	c := parsed.Content
+	return func(server spec.ServerName) bool { return aclAllows(c.AllowIPLiterals, c.Allow, c.Deny, server) }, nil
 }
 
 // aclAllows is the ACL check on decoded content fields. Entries that are
@@ -251,26 +263,35 @@ func (e *Events) stateBefore(r *http.Request) (state, chain []sql.Event, err err
 	if ev.Outlier {
 		return nil, nil, mxhttp.NotFound("The state at event %s is not known", eventID)
 	}
-	snap, err := e.DB.Snapshot(ctx, ev.StateBeforeNID)
-	if err != nil {
+	if state, err = e.snapshotEvents(ctx, ev.StateBeforeNID); err != nil {
 		return nil, nil, mxhttp.Internal(err)
+	}
+	if chain, err = e.authChain(ctx, room.NID, state); err != nil {
+		return nil, nil, mxhttp.Internal(err)
+	}
+	return state, chain, nil
+}
+
+// snapshotEvents loads the events of a state snapshot, oldest first.
+func (e *Events) snapshotEvents(ctx context.Context, snapshot int64) ([]sql.Event, error) {
+	snap, err := e.DB.Snapshot(ctx, snapshot)
+	if err != nil {
+		return nil, err
 	}
 	nids := make([]int64, 0, len(snap))
 	for _, nid := range snap {
 		nids = append(nids, nid)
 	}
+	var state []sql.Event
 	for chunk := range slices.Chunk(nids, idsPerQuery) {
 		evs, err := e.DB.EventsByNID(ctx, chunk)
 		if err != nil {
-			return nil, nil, mxhttp.Internal(err)
+			return nil, err
 		}
 		state = append(state, evs...)
 	}
 	sortByDepth(state)
-	if chain, err = e.authChain(ctx, room.NID, state); err != nil {
-		return nil, nil, mxhttp.Internal(err)
-	}
-	return state, chain, nil
+	return state, nil
 }
 
 // state is GET /state/{roomId}?event_id=…: {pdus, auth_chain}.

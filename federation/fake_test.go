@@ -35,7 +35,7 @@ func newFakeServers() *fakeServers {
 
 // add makes a server with a fresh key publishing documents valid for
 // validity.
-func (f *fakeServers) add(t *testing.T, name spec.ServerName, validity time.Duration) *fakeServer {
+func (f *fakeServers) add(t testing.TB, name spec.ServerName, validity time.Duration) *fakeServer {
 	t.Helper()
 	k, err := serverkey.Generate()
 	if err != nil {

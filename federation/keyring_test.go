@@ -18,7 +18,7 @@ import (
 
 const ours = spec.ServerName("ours.example")
 
-func newTestRing(t *testing.T, db *sql.DB, fake *fakeServers, notaries ...spec.ServerName) (*KeyRing, serverkey.Key) {
+func newTestRing(t testing.TB, db *sql.DB, fake *fakeServers, notaries ...spec.ServerName) (*KeyRing, serverkey.Key) {
 	t.Helper()
 	k, err := serverkey.Generate()
 	if err != nil {

@@ -67,6 +67,9 @@ type resolver struct {
 	wellKnown wellKnownFunc
 	lookupSRV srvFunc
 	now       func() time.Time
+	// static maps server names to fixed addresses (static_hosts); read
+	// only after construction.
+	static map[string]string
 
 	// mu guards the maps; no I/O happens while it is held.
 	mu      sync.Mutex
@@ -98,6 +101,12 @@ func (r *resolver) resolve(ctx context.Context, serverName spec.ServerName) ([]t
 	host, port, ok := splitServerName(serverName)
 	if !ok {
 		return nil, fmt.Errorf("federation: invalid server name %q", serverName)
+	}
+	// An operator's fixed address replaces discovery, not the server's
+	// identity: Host and the certificate name stay the server name's.
+	if addr, ok := r.static[string(serverName)]; ok {
+		tlsName := strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+		return []target{{Addr: addr, Host: string(serverName), TLSName: tlsName}}, nil
 	}
 	// Steps 1 and 2: an IP literal or an explicit port need no lookup.
 	if t, ok := direct(host, port, string(serverName)); ok {

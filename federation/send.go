@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"sync"
@@ -17,13 +19,9 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 )
-
-// pduNotAccepted is the result of every PDU in a room we know, until the
-// roomserver takes events from other servers: the sender learns that the
-// event was not accepted rather than a false success.
-const pduNotAccepted = "This server does not accept room events over federation yet"
 
 // processTimeout bounds the processing of one transaction. Processing
 // does not stop when the sender gives up waiting: its retry of the same
@@ -31,12 +29,19 @@ const pduNotAccepted = "This server does not accept room events over federation 
 const processTimeout = 5 * time.Minute
 
 // Transactions serves PUT /_matrix/federation/v1/send/{txnId} (spec:
-// "Transactions"): the EDUs go to their handlers in the registry, and the
-// answer is recorded so that a retried transaction gets it again without
-// being processed twice.
+// "Transactions"): the PDUs are checked and go to the roomserver's input,
+// the EDUs to their handlers in the registry, and the answer is recorded
+// so that a retried transaction gets it again without being processed
+// twice. The answer is given only once every PDU's input has answered:
+// the roomserver commits before it answers, so a 200 means every
+// accepted PDU is stored.
 type Transactions struct {
 	DB   *sql.DB
 	EDUs *EDURegistry
+	// Rooms takes the PDUs (roomserver.API provides it).
+	Rooms roomInput
+	// Keys verifies the PDUs' signatures (a *KeyRing).
+	Keys gomatrixserverlib.JSONVerifier
 	// Queue, when set, learns from each transaction that its origin is
 	// reachable (see Queue.DestinationUp).
 	Queue *Queue
@@ -45,6 +50,12 @@ type Transactions struct {
 	// mu guards active: the transaction each origin has in processing.
 	mu     sync.Mutex
 	active map[spec.ServerName]*inflight
+}
+
+// roomInput is what /send needs of the roomserver: its input, where
+// remote events are checked against the auth rules and stored.
+type roomInput interface {
+	Input(ctx context.Context, req roomserver.InputRequest) (roomserver.InputResponse, error)
 }
 
 // inflight is a transaction being processed; done closes when resp and
@@ -164,7 +175,7 @@ func (t *Transactions) process(ctx context.Context, origin spec.ServerName, txnI
 	if !errors.Is(err, sql.ErrNotFound) {
 		return nil, mxhttp.Internal(err)
 	}
-	results, err := t.pduResults(ctx, body.PDUs)
+	results, err := t.pduResults(ctx, origin, body.PDUs)
 	if err != nil {
 		return nil, mxhttp.Internal(err)
 	}
@@ -183,13 +194,16 @@ func (t *Transactions) process(ctx context.Context, origin spec.ServerName, txnI
 	return resp, nil
 }
 
-// pduResults answers for each PDU whose event id can be known: one in a
-// room of a version we know, which the roomserver does not take from
-// other servers yet. A PDU of a room we do not know, or that does not
-// parse, gets no entry, as in Synapse.
-func (t *Transactions) pduResults(ctx context.Context, pdus []json.RawMessage) (map[string]fclient.PDUResult, error) {
-	results := make(map[string]fclient.PDUResult, len(pdus))
-	versions := make(map[string]string) // room id -> version, "" when unknown
+// pduResults submits the PDUs to the roomserver, the rooms in parallel
+// and each room's PDUs in the order they came, and returns the result of
+// each by event id: {} when the PDU was accepted, an error when it was
+// refused. A PDU of a room we do not know, or that does not parse, gets
+// no entry, as in Synapse: its event id cannot be known without the room
+// version. An error is a failure of ours (database, bus): the transaction
+// fails unrecorded, and the sender's retry submits its PDUs again.
+func (t *Transactions) pduResults(ctx context.Context, origin spec.ServerName, pdus []json.RawMessage) (map[string]fclient.PDUResult, error) {
+	byRoom := make(map[string][]json.RawMessage)
+	var rooms []string
 	for _, raw := range pdus {
 		var head struct {
 			RoomID string `json:"room_id"`
@@ -197,27 +211,92 @@ func (t *Transactions) pduResults(ctx context.Context, pdus []json.RawMessage) (
 		if json.Unmarshal(raw, &head) != nil || head.RoomID == "" {
 			continue
 		}
-		version, seen := versions[head.RoomID]
-		if !seen {
-			room, err := t.DB.Room(ctx, head.RoomID)
-			if err != nil && !errors.Is(err, sql.ErrNotFound) {
-				return nil, err
+		if _, ok := byRoom[head.RoomID]; !ok {
+			rooms = append(rooms, head.RoomID)
+		}
+		byRoom[head.RoomID] = append(byRoom[head.RoomID], raw)
+	}
+	results := make(map[string]fclient.PDUResult, len(pdus))
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	for _, roomID := range rooms {
+		wg.Go(func() {
+			res, err := t.roomPDUs(ctx, origin, roomID, byRoom[roomID])
+			mu.Lock()
+			defer mu.Unlock()
+			errs = append(errs, err)
+			maps.Copy(results, res)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return results, nil
+}
+
+// roomPDUs handles the PDUs of one room, in order (spec: "Checks
+// performed on receipt of a PDU"): all of them are refused when the
+// room's server ACL denies origin (spec: "ACLs MUST be applied to all
+// PDUs"); one that fails verifyPDUs is dropped with an error; the others
+// go to the roomserver, redacted if their content hash failed, and get
+// its answer.
+func (t *Transactions) roomPDUs(ctx context.Context, origin spec.ServerName, roomID string, raws []json.RawMessage) (map[string]fclient.PDUResult, error) {
+	info, err := t.DB.Room(ctx, roomID)
+	if errors.Is(err, sql.ErrNotFound) {
+		t.logger().DebugContext(ctx, "federation: PDUs of an unknown room ignored", "origin", origin, "room_id", roomID, "pdus", len(raws))
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	ver, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(info.Version))
+	if err != nil {
+		return nil, fmt.Errorf("room %s: %w", roomID, err)
+	}
+	results := make(map[string]fclient.PDUResult, len(raws))
+	allows, err := roomACL(ctx, &t.DB.Queries, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if !allows(origin) {
+		// Only parsed, to name them: a denied server costs no key lookups.
+		for _, raw := range raws {
+			if pdu, err := parsePDU(ver, raw); err == nil {
+				results[pdu.EventID()] = fclient.PDUResult{Error: "Server " + string(origin) + " is denied by the room's server ACL"}
 			}
-			version = room.Version
-			versions[head.RoomID] = version
 		}
-		if version == "" {
+		return results, nil
+	}
+	pdus, errs, err := verifyPDUs(ctx, t.Keys, ver, raws)
+	if err != nil {
+		return nil, err
+	}
+	for i, pdu := range pdus {
+		if pdu == nil {
 			continue
 		}
-		impl, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(version))
-		if err != nil {
+		id := pdu.EventID()
+		if errs[i] != nil {
+			t.logger().InfoContext(ctx, "federation: PDU dropped", "origin", origin, "event_id", id, "err", errs[i])
+			results[id] = fclient.PDUResult{Error: errs[i].Error()}
 			continue
 		}
-		ev, err := impl.NewEventFromUntrustedJSON(raw)
-		if err != nil {
-			continue
+		_, err := t.Rooms.Input(ctx, roomserver.InputRequest{RoomID: roomID,
+			Remote: &roomserver.RemoteEvent{Origin: string(origin), Event: json.RawMessage(pdu.JSON())}})
+		var me *mxhttp.Error
+		switch {
+		case err == nil:
+			results[id] = fclient.PDUResult{}
+		case errors.As(err, &me) && me.Status < http.StatusInternalServerError:
+			t.logger().InfoContext(ctx, "federation: PDU refused", "origin", origin, "event_id", id, "err", err)
+			results[id] = fclient.PDUResult{Error: me.Message}
+		default:
+			return nil, fmt.Errorf("input of %s from %s: %w", id, origin, err)
 		}
-		results[ev.EventID()] = fclient.PDUResult{Error: pduNotAccepted}
 	}
 	return results, nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,7 +19,7 @@ import (
 
 	"github.com/weft-chat/weft/config"
 	"github.com/weft-chat/weft/internal/mxhttp"
-	"github.com/weft-chat/weft/internal/serverkey"
+	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/sql/sqltest"
 )
@@ -27,10 +28,14 @@ const remote = spec.ServerName("remote.example")
 
 // sendEnv serves /send as if every request were authenticated as the
 // origin in the X-Test-Origin header (the Authenticator is tested on its
-// own), with an m.test EDU handler that records what it gets.
+// own), with an m.test EDU handler that records what it gets, PDUs
+// checked against the keys of the fake servers of pdus, and a roomserver
+// input that records what it takes.
 type sendEnv struct {
 	db      *sql.DB
 	handler http.Handler
+	pdus    *pduEnv
+	rooms   *recordingInput
 
 	mu   sync.Mutex
 	got  []string // origin + " " + content of each m.test EDU handled
@@ -40,8 +45,55 @@ type sendEnv struct {
 	hold, entered chan struct{}
 }
 
+// recordingInput plays the roomserver's input: it records the requests
+// it accepts, answering with answer's error (nil: accepted).
+type recordingInput struct {
+	mu     sync.Mutex
+	got    []roomserver.InputRequest
+	answer func(roomserver.InputRequest) error
+}
+
+func (r *recordingInput) Input(_ context.Context, req roomserver.InputRequest) (roomserver.InputResponse, error) {
+	r.mu.Lock()
+	answer := r.answer
+	r.mu.Unlock()
+	if answer != nil {
+		if err := answer(req); err != nil {
+			return roomserver.InputResponse{}, err
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, req)
+	return roomserver.InputResponse{RoomID: req.RoomID}, nil
+}
+
+func (r *recordingInput) setAnswer(f func(roomserver.InputRequest) error) {
+	r.mu.Lock()
+	r.answer = f
+	r.mu.Unlock()
+}
+
+// taken returns the event ids of the remote events taken, in order, as
+// the roomserver would compute them, and whether each came redacted.
+func (r *recordingInput) taken(t testing.TB) (ids []string, redacted []bool) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, req := range r.got {
+		info := gomatrixserverlib.MustGetRoomVersion("10")
+		ev, err := info.NewEventFromUntrustedJSON(req.Remote.Event)
+		if err != nil {
+			t.Fatalf("remote event %s: %v", req.Remote.Event, err)
+		}
+		ids = append(ids, ev.EventID())
+		redacted = append(redacted, ev.Redacted())
+	}
+	return ids, redacted
+}
+
 func newSendEnv(t testing.TB, db *sql.DB) *sendEnv {
-	e := &sendEnv{db: db, entered: make(chan struct{}, 10)}
+	e := &sendEnv{db: db, entered: make(chan struct{}, 10), pdus: newPDUEnv(t), rooms: &recordingInput{}}
 	reg := NewEDURegistry()
 	if err := reg.Register("m.test", func(_ context.Context, origin spec.ServerName, content json.RawMessage) error {
 		e.mu.Lock()
@@ -65,7 +117,7 @@ func newSendEnv(t testing.TB, db *sql.DB) *sendEnv {
 		t.Fatal("a second handler for m.test was registered")
 	}
 	r := mxhttp.NewRouter()
-	(&Transactions{DB: db, EDUs: reg}).Routes(r)
+	(&Transactions{DB: db, EDUs: reg, Rooms: e.rooms, Keys: e.pdus.ring}).Routes(r)
 	e.handler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		ctx := context.WithValue(req.Context(), originKey{}, spec.ServerName(req.Header.Get("X-Test-Origin")))
 		r.ServeHTTP(w, req.WithContext(ctx))
@@ -248,41 +300,166 @@ func TestSendConcurrentRetry(t *testing.T) {
 	}
 }
 
-// TestSendPDUResults: until the roomserver takes remote events, a PDU of
-// a room we know is answered with an error under its event id (no fake
-// success); one of a room we do not know, or that does not parse, gets no
-// entry, as in Synapse.
+// TestSendPDUResults: each PDU is checked and submitted to the roomserver
+// as a remote event from the origin, and answered under its event id: {}
+// when taken; an error when its signature fails (dropped, spec: "Checks
+// performed on receipt of a PDU", 2) or the roomserver refuses it. A PDU
+// whose content hash fails is taken redacted (check 3). One of a room we
+// do not know, or that does not parse, gets no entry, as in Synapse.
 func TestSendPDUResults(t *testing.T) {
 	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
 		ctx := context.Background()
 		e := newSendEnv(t, db)
-		if _, err := db.CreateRoom(ctx, "!known:ours.example", "10"); err != nil {
-			t.Fatal(err)
-		}
-		key, _ := serverkey.Generate()
-		build := func(roomID string) gomatrixserverlib.PDU {
-			verImpl := gomatrixserverlib.MustGetRoomVersion("10")
-			b := verImpl.NewEventBuilderFromProtoEvent(&gomatrixserverlib.ProtoEvent{SenderID: "@bob:remote.example", RoomID: roomID,
-				Type: "m.room.message", Content: spec.RawJSON(`{"body":"hi"}`), PrevEvents: []string{"$prev"},
-				AuthEvents: []string{"$auth"}, Depth: 3, Version: verImpl})
-			ev, err := b.Build(time.Now(), remote, key.ID, key.Private)
-			if err != nil {
+		for _, room := range []string{"!known:remote.example", "!second:remote.example"} {
+			if _, err := db.CreateRoom(ctx, room, "10"); err != nil {
 				t.Fatal(err)
 			}
-			return ev
 		}
-		known, unknown := build("!known:ours.example"), build("!unknown:ours.example")
-		code, resp := e.put(remote, "t1", txn(remote, []any{json.RawMessage(known.JSON()), json.RawMessage(unknown.JSON()),
-			map[string]any{"room_id": "!known:ours.example", "garbage": true}, "not an object"}))
+		in := func(room, body string) gomatrixserverlib.PDU {
+			return e.pdus.build("10", e.pdus.remote, gomatrixserverlib.ProtoEvent{RoomID: room, Type: "m.room.message",
+				Content: spec.RawJSON(`{"body":"` + body + `"}`)})
+		}
+		good, tampered, refused := in("!known:remote.example", "one"), in("!known:remote.example", "two"), in("!known:remote.example", "three")
+		second, unknown := in("!second:remote.example", "four"), in("!unknown:remote.example", "five")
+		forged := e.pdus.forge("!known:remote.example")
+		e.rooms.setAnswer(func(req roomserver.InputRequest) error {
+			if bytes.Contains(req.Remote.Event, []byte("three")) {
+				return mxhttp.Forbidden("not allowed by the auth rules")
+			}
+			return nil
+		})
+		code, resp := e.put(remote, "t1", txn(remote, []any{json.RawMessage(good.JSON()), withContent(t, tampered, `{"body":"evil"}`),
+			json.RawMessage(forged.JSON()), json.RawMessage(refused.JSON()), json.RawMessage(second.JSON()), json.RawMessage(unknown.JSON()),
+			map[string]any{"room_id": "!known:remote.example", "garbage": true}, "not an object", map[string]any{"room_id": 1}}))
 		if code != 200 {
 			t.Fatalf("status %d %v", code, resp)
 		}
 		results := resp["pdus"].(map[string]any)
-		r, ok := results[known.EventID()].(map[string]any)
-		if len(results) != 1 || !ok || r["error"] != pduNotAccepted {
-			t.Fatalf("results %v, want an error for %s only", results, known.EventID())
+		want := map[string]string{good.EventID(): "", tampered.EventID(): "", second.EventID(): "",
+			forged.EventID(): "bad signature", refused.EventID(): "not allowed by the auth rules"}
+		if len(results) != len(want) {
+			t.Errorf("%d results, want %d: %v", len(results), len(want), results)
+		}
+		for id, wantErr := range want {
+			r, ok := results[id].(map[string]any)
+			got, _ := r["error"].(string)
+			if !ok || (wantErr == "" && len(r) != 0) || (wantErr != "" && !strings.Contains(got, wantErr)) {
+				t.Errorf("result of %s: %v, want error %q", id, results[id], wantErr)
+			}
+		}
+		ids, redacted := e.rooms.taken(t)
+		byRoom := map[string][]string{}
+		e.rooms.mu.Lock()
+		for i, req := range e.rooms.got {
+			if req.Remote == nil || req.Remote.Origin != string(remote) || req.NewEvent != nil {
+				t.Errorf("input %d: %+v, want a remote event from %s", i, req, remote)
+			}
+			byRoom[req.RoomID] = append(byRoom[req.RoomID], ids[i])
+			if ids[i] == tampered.EventID() != redacted[i] {
+				t.Errorf("%s taken with redacted %v", ids[i], redacted[i])
+			}
+		}
+		e.rooms.mu.Unlock()
+		if !slices.Equal(byRoom["!known:remote.example"], []string{good.EventID(), tampered.EventID()}) ||
+			!slices.Equal(byRoom["!second:remote.example"], []string{second.EventID()}) || len(byRoom) != 2 {
+			t.Errorf("taken %v", byRoom)
 		}
 	})
+}
+
+// TestSendPDUACL: the PDUs of a room whose server ACL denies the origin
+// are all refused, without a key lookup, and none is submitted (spec:
+// "ACLs MUST be applied to all PDUs on a per-PDU basis").
+func TestSendPDUACL(t *testing.T) {
+	db := sqltest.Open(t, config.SQLite)
+	e := newSendEnv(t, db)
+	fed := newFedEnv(t, db)
+	roomID, _ := fed.createRoom("10", "shared")
+	fed.state(roomID, fedAlice, "m.room.server_acl", "", map[string]any{"allow": []string{"*"}, "deny": []string{"remote.example"}})
+	denied := e.pdus.build("10", e.pdus.remote, gomatrixserverlib.ProtoEvent{RoomID: roomID})
+	allowed := e.pdus.build("10", e.pdus.other, gomatrixserverlib.ProtoEvent{RoomID: roomID, SenderID: "@carol:other.example"})
+	e.pdus.ring.calls.Store(0)
+	code, resp := e.put(remote, "t1", txn(remote, []any{json.RawMessage(denied.JSON())}))
+	r, _ := resp["pdus"].(map[string]any)[denied.EventID()].(map[string]any)
+	if code != 200 || r == nil || !strings.Contains(fmt.Sprint(r["error"]), "denied by the room's server ACL") {
+		t.Fatalf("denied origin: %d %v", code, resp)
+	}
+	if ids, _ := e.rooms.taken(t); len(ids) != 0 || e.pdus.ring.calls.Load() != 0 {
+		t.Fatalf("denied origin: %d taken, %d key lookups", len(ids), e.pdus.ring.calls.Load())
+	}
+	code, resp = e.put("other.example", "t1", txn("other.example", []any{json.RawMessage(allowed.JSON())}))
+	if ids, _ := e.rooms.taken(t); code != 200 || len(ids) != 1 || ids[0] != allowed.EventID() {
+		t.Fatalf("allowed origin: %d %v, taken %v", code, resp, ids)
+	}
+}
+
+// TestSendPDUInputFailure: when the roomserver cannot be reached (not a
+// refusal), the transaction fails unrecorded and the sender's retry
+// submits its PDUs again.
+func TestSendPDUInputFailure(t *testing.T) {
+	db := sqltest.Open(t, config.SQLite)
+	e := newSendEnv(t, db)
+	if _, err := db.CreateRoom(context.Background(), "!room:remote.example", "10"); err != nil {
+		t.Fatal(err)
+	}
+	ev := e.pdus.build("10", e.pdus.remote, gomatrixserverlib.ProtoEvent{})
+	body := txn(remote, []any{json.RawMessage(ev.JSON())})
+	for _, failure := range []error{errors.New("wait for room input: context deadline exceeded"), mxhttp.Internal(errors.New("database down"))} {
+		e.rooms.setAnswer(func(roomserver.InputRequest) error { return failure })
+		if code, resp := e.put(remote, "t1", body); code != 500 || resp["errcode"] != "M_UNKNOWN" {
+			t.Fatalf("input failing with %v: %d %v", failure, code, resp)
+		}
+	}
+	e.rooms.setAnswer(nil)
+	code, resp := e.put(remote, "t1", body)
+	if r, ok := resp["pdus"].(map[string]any)[ev.EventID()].(map[string]any); code != 200 || !ok || len(r) != 0 {
+		t.Fatalf("retry: %d %v", code, resp)
+	}
+	if ids, _ := e.rooms.taken(t); !slices.Equal(ids, []string{ev.EventID()}) {
+		t.Fatalf("taken %v", ids)
+	}
+}
+
+// TestSendPDURoomsInParallel: the PDUs of different rooms are submitted
+// at once, each room's in the order they came, and the answer waits for
+// every input.
+func TestSendPDURoomsInParallel(t *testing.T) {
+	db := sqltest.Open(t, config.SQLite)
+	e := newSendEnv(t, db)
+	for _, room := range []string{"!a:remote.example", "!b:remote.example"} {
+		if _, err := db.CreateRoom(context.Background(), room, "10"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a1 := e.pdus.build("10", e.pdus.remote, gomatrixserverlib.ProtoEvent{RoomID: "!a:remote.example"})
+	a2 := e.pdus.build("10", e.pdus.remote, gomatrixserverlib.ProtoEvent{RoomID: "!a:remote.example", Type: "m.room.message", Content: spec.RawJSON(`{"n":2}`)})
+	b1 := e.pdus.build("10", e.pdus.remote, gomatrixserverlib.ProtoEvent{RoomID: "!b:remote.example"})
+	bTaken := make(chan struct{})
+	var once sync.Once
+	e.rooms.setAnswer(func(req roomserver.InputRequest) error {
+		if req.RoomID == "!b:remote.example" {
+			once.Do(func() { close(bTaken) })
+			return nil
+		}
+		select {
+		case <-bTaken:
+			return nil
+		case <-time.After(5 * time.Second):
+			return errors.New("room b was not handled while room a's input waited")
+		}
+	})
+	code, resp := e.put(remote, "t1", txn(remote, []any{json.RawMessage(a1.JSON()), json.RawMessage(a2.JSON()), json.RawMessage(b1.JSON())}))
+	if code != 200 || len(resp["pdus"].(map[string]any)) != 3 {
+		t.Fatalf("%d %v", code, resp)
+	}
+	// Room a's input succeeded, so room b's was taken while a1 waited.
+	// When b1 is recorded relative to a1 is a race, so only a's order is
+	// checked.
+	ids, _ := e.rooms.taken(t)
+	aOnly := slices.DeleteFunc(slices.Clone(ids), func(id string) bool { return id == b1.EventID() })
+	if len(ids) != 3 || !slices.Contains(ids, b1.EventID()) || !slices.Equal(aOnly, []string{a1.EventID(), a2.EventID()}) {
+		t.Fatalf("taken %v, want b1, and a1 before a2", ids)
+	}
 }
 
 // FuzzSendTransaction: whatever the body, /send answers 200, 400, 403 or

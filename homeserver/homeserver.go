@@ -52,6 +52,8 @@ type Server struct {
 	fedClient *federation.Client
 	keyRing   *federation.KeyRing
 	fedQueue  *federation.Queue
+	// edus routes inbound EDUs by type to the components handling them.
+	edus *federation.EDURegistry
 
 	servers []*listener
 	closers []func() error
@@ -103,7 +105,19 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	s.closers = append(s.closers, users.Close)
 
 	clientRouter := mxhttp.NewRouter()
+	fedLog := log.With("component", "federation")
+	// The roomserver fetches from other servers: the client and key ring
+	// come first.
+	if err := s.federationClient(keys.ServerName, fedLog); err != nil {
+		return nil, err
+	}
+	joiner, err := federation.NewJoiner(s.fedClient, s.key, s.keyRing, fedLog)
+	if err != nil {
+		return nil, err
+	}
 	rs := roomserver.New(s.db, s.bus, cfg.ServerName, s.key, log.With("component", "roomserver"))
+	rs.UseFederation(federation.NewFetcher(s.fedClient, s.keyRing, fedLog), joiner)
+	rs.UseInviter(&federation.Inviter{Client: s.fedClient, Key: s.key, Keys: s.keyRing})
 	// The consumers live as long as the server, not as long as New's ctx.
 	runCtx, cancel := context.WithCancel(context.Background())
 	stopRooms, err := rs.Serve(runCtx)
@@ -131,7 +145,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	// Federation before the client API, which sends through its queue.
 	fedRouter := mxhttp.NewRouter()
 	keys.Routes(fedRouter)
-	if err := s.federation(fedRouter, keys, rooms, log.With("component", "federation")); err != nil {
+	if err := s.federation(fedRouter, keys, rooms, fedLog); err != nil {
 		return nil, err
 	}
 	stopQueue, err := s.fedQueue.Start(runCtx)
@@ -139,22 +153,60 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 		return nil, err
 	}
 	s.closers = append(s.closers, func() error { stopQueue(); return nil })
+	stopSender, err := federation.NewSender(s.db, s.fedQueue, keys.ServerName, fedLog).Serve(runCtx, s.bus)
+	if err != nil {
+		return nil, fmt.Errorf("federation sender: %w", err)
+	}
+	s.closers = append(s.closers, func() error { stopSender(); return nil })
 	remoteKeys, err := federation.NewRemoteKeys(s.fedClient, s.key)
 	if err != nil {
 		return nil, err
 	}
-	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"),
-		clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))),
-		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys))
+	remoteAliases, err := federation.NewRemoteAliases(s.fedClient, s.key)
+	if err != nil {
+		return nil, err
+	}
+	profiles, err := federation.NewProfiles(s.fedClient, s.key)
+	if err != nil {
+		return nil, err
+	}
+	eduSender := &federation.EDUSender{DB: s.db, Queue: s.fedQueue, ServerName: serverName}
+	capiOpts := []clientapi.Option{clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))),
+		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys), clientapi.WithRemoteAliases(remoteAliases), clientapi.WithRemoteProfiles(profiles),
+		clientapi.WithRemoteTyping(eduSender), clientapi.WithRemoteReceipts(eduSender)}
+	var presenceOpts []presence.Option
+	presenceSender := &federation.PresenceSender{DB: s.db, Queue: s.fedQueue, ServerName: serverName, Log: fedLog}
+	if cfg.Presence.Enabled {
+		presenceOpts = append(presenceOpts, presence.WithFederation(presenceSender))
+		capiOpts = append(capiOpts, clientapi.WithPresenceOptions(presenceOpts...))
+	}
+	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"), capiOpts...)
+	// Typing from other servers goes through the client API's typing
+	// storage and expiry timers.
+	if err := s.edus.Register(federation.TypingEDUType, (&federation.TypingReceiver{DB: s.db, Store: capi, Log: fedLog}).Handle); err != nil {
+		return nil, err
+	}
+	deviceLists := federation.NewDeviceListSender(s.db, s.fedQueue, e2ee.New(s.db, cfg.ServerName), serverName, fedLog)
+	stopDeviceLists, err := deviceLists.Start(runCtx, s.bus.Conn())
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() error { stopDeviceLists(); return nil })
 	capi.Routes(clientRouter)
 	capi.KeyChangesRoute(clientRouter, syncapi.ParseSyncPositions)
 	stopTyping := capi.StartTypingExpiry()
 	s.closers = append(s.closers, func() error { stopTyping(); return nil })
-	var syncOpts []syncapi.Option
+	syncOpts := []syncapi.Option{syncapi.WithBackfill(federation.NewBackfiller(s.fedClient, s.keyRing, s.db, rooms, fedLog))}
 	if cfg.Presence.Enabled {
-		pres := presence.New(s.db, wake.NewPublisher(s.bus.Conn(), log.With("component", "wake")), log.With("component", "presence"))
+		pres := presence.New(s.db, wake.NewPublisher(s.bus.Conn(), log.With("component", "wake")), log.With("component", "presence"),
+			presenceOpts...)
+		if err := s.edus.Register(federation.PresenceEDUType, (&federation.PresenceReceiver{DB: s.db, Store: pres,
+			ServerName: serverName, Log: fedLog}).Handle); err != nil {
+			return nil, err
+		}
 		stopPresence := pres.Start(runCtx)
-		s.closers = append(s.closers, func() error { stopPresence(); return nil })
+		stopPings := presenceSender.Start(runCtx, pres.Content)
+		s.closers = append(s.closers, func() error { stopPings(); stopPresence(); return nil })
 		syncOpts = append(syncOpts, syncapi.WithPresence(pres))
 	}
 	// Idle long-polls park their connections instead of holding a
@@ -170,7 +222,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	federation.WellKnownRoutes(fedRouter, cfg.Federation.WellKnownServer)
 	healthRoute(fedRouter)
 
-	cert, err := serverkey.LoadOrMakeCertificate(cfg.Federation.TLSCert, cfg.Federation.TLSKey, cfg.DataDir, hostOf(cfg.ServerName))
+	var cert tls.Certificate
+	if f := cfg.Federation; f.TLSCACert != "" {
+		cert, err = serverkey.IssueCertificate(f.TLSCACert, f.TLSCAKey, hostOf(cfg.ServerName))
+	} else {
+		cert, err = serverkey.LoadOrMakeCertificate(f.TLSCert, f.TLSKey, cfg.DataDir, hostOf(cfg.ServerName))
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -198,14 +255,13 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	return s, nil
 }
 
-// federation builds the outbound client and the key ring, and registers
-// the notary and the authenticated federation endpoints on r (after the
-// key server's open routes).
-func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roomserver.API, log *slog.Logger) error {
+// federationClient builds the outbound client and the key ring.
+func (s *Server) federationClient(serverName spec.ServerName, log *slog.Logger) error {
 	f := s.cfg.Federation
 	var err error
-	s.fedClient, err = federation.NewClient(federation.ClientConfig{ServerName: keys.ServerName, Key: s.key,
-		TrustedCAFile: f.TrustedCAFile, InsecureSkipVerify: f.TLSInsecureSkipVerify, AllowNetworks: f.AllowPrivateNetworks})
+	s.fedClient, err = federation.NewClient(federation.ClientConfig{ServerName: serverName, Key: s.key,
+		TrustedCAFile: f.TrustedCAFile, InsecureSkipVerify: f.TLSInsecureSkipVerify, AllowNetworks: f.AllowPrivateNetworks,
+		StaticHosts: f.StaticHosts})
 	if err != nil {
 		return fmt.Errorf("federation: %w", err)
 	}
@@ -213,8 +269,17 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 	for i, n := range f.KeyNotaries {
 		notaries[i] = spec.ServerName(n)
 	}
-	s.keyRing = federation.NewKeyRing(federation.KeyRingConfig{DB: s.db, ServerName: keys.ServerName, Key: s.key,
+	s.keyRing = federation.NewKeyRing(federation.KeyRingConfig{DB: s.db, ServerName: serverName, Key: s.key,
 		OldKeys: s.cfg.OldSigningKeys, Client: s.fedClient, Notaries: notaries, Log: log})
+	return nil
+}
+
+// federation registers the notary and the authenticated federation
+// endpoints on r (after the key server's open routes), and builds the
+// outbound queue.
+func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roomserver.API, log *slog.Logger) error {
+	f := s.cfg.Federation
+	var err error
 	(&federation.Notary{Keys: keys, DB: s.db, Fetch: s.keyRing, Log: log}).Routes(r)
 	// Services, not servers, call userinfo, unsigned: it stays outside
 	// the authenticated routes.
@@ -222,24 +287,38 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 	authed := (&federation.Authenticator{ServerName: keys.ServerName, Keys: s.keyRing}).Router(r)
 	(&federation.Query{DB: s.db, ServerName: keys.ServerName}).Routes(authed)
 	s.fedQueue, err = federation.NewQueue(federation.QueueConfig{DB: s.db, Client: s.fedClient, Key: s.key,
-		Origin: keys.ServerName, Log: log.With("part", "queue")})
+		Origin: keys.ServerName, Log: log.With("part", "queue"), PDUs: federation.StoredPDUs(s.db)})
 	if err != nil {
 		return fmt.Errorf("federation: %w", err)
 	}
-	// Inbound EDUs by type; each feature registers its types here.
-	edus := federation.NewEDURegistry()
-	toDevice := &federation.ToDeviceReceiver{DB: s.db, ServerName: keys.ServerName,
-		Wake: wake.NewPublisher(s.bus.Conn(), log.With("component", "wake")), Log: log}
-	if err := edus.Register(federation.ToDeviceEDUType, toDevice.Handle); err != nil {
+	// Inbound EDUs by type; each feature registers its types here (typing
+	// and presence once their components exist, in New).
+	s.edus = federation.NewEDURegistry()
+	wakes := wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))
+	toDevice := &federation.ToDeviceReceiver{DB: s.db, ServerName: keys.ServerName, Wake: wakes, Log: log}
+	deviceLists, err := federation.NewDeviceLists(s.db, s.fedClient, s.key, wakes, log)
+	if err != nil {
 		return err
 	}
-	(&federation.Transactions{DB: s.db, EDUs: edus, Queue: s.fedQueue, Log: log}).Routes(authed)
+	for typ, h := range map[string]federation.EDUHandler{
+		federation.ToDeviceEDUType:         toDevice.Handle,
+		federation.ReceiptEDUType:          (&federation.ReceiptReceiver{DB: s.db, Wake: wakes, Log: log}).Handle,
+		federation.DeviceListUpdateEDUType: deviceLists.HandleDeviceListUpdate,
+		federation.SigningKeyUpdateEDUType: deviceLists.HandleSigningKeyUpdate,
+	} {
+		if err := s.edus.Register(typ, h); err != nil {
+			return err
+		}
+	}
+	(&federation.Transactions{DB: s.db, EDUs: s.edus, Rooms: rooms, Keys: s.keyRing, Queue: s.fedQueue, Log: log}).Routes(authed)
 	(&federation.Events{DB: s.db, ServerName: keys.ServerName}).Routes(authed)
+	(&federation.Memberships{DB: s.db, ServerName: keys.ServerName, Key: s.key, Keys: s.keyRing, Rooms: rooms}).Routes(authed)
 	summaries := &roomsummary.Reader{DB: s.db, Rooms: rooms}
 	(&federation.RoomDirectory{DB: s.db, ServerName: keys.ServerName, Summaries: summaries,
 		List: roomsummary.NewDirectory(summaries), AllowPublicRooms: f.AllowPublicRooms}).Routes(authed)
 	(&federation.UserKeys{DB: s.db, Keys: e2ee.New(s.db, s.cfg.ServerName), ServerName: keys.ServerName}).Routes(authed)
 	(&federation.ThirdPartyInvites{DB: s.db}).Routes(authed)
+	(&federation.InviteReceiver{DB: s.db, Rooms: rooms, Keys: s.keyRing, ServerName: keys.ServerName, Key: s.key}).Routes(authed)
 	return nil
 }
 

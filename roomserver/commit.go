@@ -29,10 +29,42 @@ const publishTimeout = 5 * time.Second
 // caller answers it with what it made then.
 var errInputDone = errors.New("input already handled")
 
-// pending is a built event waiting to be committed.
+// pending is a built or received event waiting to be committed.
 type pending struct {
 	pdu gomatrixserverlib.PDU
 	ne  *NewEvent
+	// remote is set for an event from another server that does not
+	// simply extend the room's state (see remoteFacts); nil otherwise.
+	remote *remoteFacts
+}
+
+// remoteFacts is what the roomserver worked out about an event from
+// another server whose place in the room is not on top of its current
+// state.
+type remoteFacts struct {
+	// outlier: not in the timeline (soft-failed, rejected, or fetched
+	// only for its state or auth chain): stored with the state before it
+	// where known, but no stream position, and the room's state and
+	// extremities stay as they are.
+	outlier, rejected bool
+	// before is the state before the event; nil: the room's current
+	// state (for an outlier: unknown).
+	before sql.StateMap
+	// current is the room's state once the event is in: the resolution
+	// of its forward extremities' states; nil: before plus the event.
+	current sql.StateMap
+	// only: the event becomes the room's only forward extremity (a join
+	// through another server, after which our old extremities are stale).
+	only bool
+	// outOfBand: an outlier that still sets its target's membership (an
+	// invite to a room we are not in, or its rejection), with the
+	// stripped state shown with an invite.
+	outOfBand       bool
+	inviteRoomState []byte
+	// backfill is set for history older than the room's timeline, which
+	// changes nothing of the room (see stageBackfill); the fields above
+	// are then unused.
+	backfill *historical
 }
 
 // roomCommit is one room's share of a commit: the events to add, in
@@ -97,8 +129,11 @@ type groupTx struct {
 	events   []sql.PendingEvent
 	snaps    []sql.Snapshot
 	current  []sql.StateChange
+	gone     []sql.StateChange // pieces of current state to remove
+	invites  []inviteState
 	members  []sql.MemberChange
 	rels     []sql.EventRelation
+	placed   []sql.PendingEvent // outliers put into the timeline as history
 	txns     []sql.EventTransaction
 	rooms    []sql.RoomMove
 	redacts  []redactionRow
@@ -109,6 +144,12 @@ type groupTx struct {
 type freshEvent struct {
 	nid, roomNID int64
 	pdu          gomatrixserverlib.PDU
+}
+
+// inviteState is the stripped state of an out-of-band invite.
+type inviteState struct {
+	nid   int64
+	state []byte
 }
 
 // redactionRow is a redacted event's new JSON.
@@ -144,7 +185,9 @@ func (rs *Roomserver) commitTx(ctx context.Context, rcs []*roomCommit) error {
 			// position allocated the event's is.
 			rc.outputs[i].StreamPos = last - rc.outputs[i].StreamPos
 		}
-		rc.after.info.LastStreamPos = rc.outputs[len(rc.outputs)-1].StreamPos
+		if len(rc.outputs) > 0 {
+			rc.after.info.LastStreamPos = rc.outputs[len(rc.outputs)-1].StreamPos
+		}
 	}
 	return nil
 }
@@ -156,9 +199,15 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 	total, states, newRooms := 0, 0, 0
 	for _, rc := range rcs {
 		inputs = append(inputs, rc.inputs...)
-		total += len(rc.evs)
 		for _, e := range rc.evs {
-			if e.pdu.StateKey() != nil {
+			if e.remote == nil || e.remote.backfill == nil && (!e.remote.outlier || e.remote.outOfBand) {
+				total++
+			}
+			switch {
+			case e.remote != nil:
+				// At most: the state before, after, and the room's.
+				states += 3
+			case e.pdu.StateKey() != nil:
 				states++
 			}
 		}
@@ -169,11 +218,15 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 	if err := p.RecordInputs(inputs); err != nil {
 		return err
 	}
-	nids, err := p.EventNIDs(total)
+	count := 0
+	for _, rc := range rcs {
+		count += len(rc.evs)
+	}
+	nids, err := p.EventNIDs(count)
 	if err != nil {
 		return err
 	}
-	g := &groupTx{byID: make(map[string]*freshEvent, total), redacted: make(map[int64]bool)}
+	g := &groupTx{byID: make(map[string]*freshEvent, count), redacted: make(map[int64]bool)}
 	if g.snapNIDs, err = p.SnapshotNIDs(states); err != nil {
 		return err
 	}
@@ -191,6 +244,11 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 		rc.after = &roomView{info: info, state: rc.v.state}
 		rc.nids, nids = nids[:len(rc.evs):len(rc.evs)], nids[len(rc.evs):]
 		for i, e := range rc.evs {
+			if e.remote != nil && e.remote.backfill != nil && e.remote.backfill.outlier != 0 {
+				// Stored already: it keeps its NID, the one reserved
+				// goes unused.
+				rc.nids[i] = e.remote.backfill.outlier
+			}
 			g.byID[e.pdu.EventID()] = &freshEvent{nid: rc.nids[i], roomNID: info.NID, pdu: e.pdu}
 		}
 	}
@@ -203,6 +261,7 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 	// What does not need stream positions goes before they are taken.
 	p.AddSnapshots(g.snaps)
 	p.SetCurrentState(g.current)
+	p.DeleteCurrentState(g.gone)
 	p.IndexRelations(g.rels)
 	p.AddEventTransactions(g.txns)
 	p.AllocEventPositions(total, last)
@@ -215,11 +274,15 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 		return err
 	}
 	p.InsertEvents(g.events)
+	p.PlaceOutliers(g.placed)
 	for _, r := range g.redacts {
 		// After the events: the redacted event may be one of them.
 		p.RedactEvent(r.nid, r.stripped, r.by)
 	}
 	p.SetMemberships(g.members)
+	for _, x := range g.invites {
+		p.AddInviteRoomState(x.nid, x.state)
+	}
 	return nil
 }
 
@@ -236,6 +299,14 @@ func (rs *Roomserver) stage(ctx context.Context, g *groupTx, rc *roomCommit, bac
 	rc.outputs, rc.redacted = rc.outputs[:0], rc.redacted[:0]
 	for i, p := range rc.evs {
 		ev, nid := p.pdu, rc.nids[i]
+		if p.remote != nil {
+			var err error
+			if state, err = rs.stageRemote(ctx, g, rc, p, nid, state, back); err != nil {
+				return err
+			}
+			cloned = false
+			continue
+		}
 		*back--
 		g.events = append(g.events, sql.PendingEvent{Event: sql.Event{
 			NID: nid, RoomNID: info.NID, EventID: ev.EventID(), Type: ev.Type(), StateKey: ev.StateKey(),
@@ -266,8 +337,7 @@ func (rs *Roomserver) stage(ctx context.Context, g *groupTx, rc *roomCommit, bac
 			} else {
 				info.ChainLength++
 			}
-			info.SnapshotNID, g.snapNIDs = g.snapNIDs[0], g.snapNIDs[1:]
-			g.snaps = append(g.snaps, sql.Snapshot{NID: info.SnapshotNID, RoomNID: info.NID, Base: base, ChainLength: info.ChainLength, Entries: entries})
+			info.SnapshotNID = g.snapshot(info.NID, base, info.ChainLength, entries)
 			g.current = append(g.current, sql.StateChange{RoomNID: info.NID, Key: k, EventNID: nid})
 			if ev.Type() == spec.MRoomMember {
 				m, err := ev.Membership()
@@ -292,7 +362,10 @@ func (rs *Roomserver) stage(ctx context.Context, g *groupTx, rc *roomCommit, bac
 		rc.outputs = append(rc.outputs, out)
 	}
 	rc.after.state = state
-	g.rooms = append(g.rooms, sql.RoomMove{Info: *info, PrevStreamPos: rc.v.info.LastStreamPos, Back: *back})
+	if len(rc.outputs) > 0 {
+		// Outliers alone leave the room where it is.
+		g.rooms = append(g.rooms, sql.RoomMove{Info: *info, PrevStreamPos: rc.v.info.LastStreamPos, Back: *back})
+	}
 	return nil
 }
 

@@ -33,8 +33,9 @@ type Roomserver struct {
 	log        *slog.Logger
 	now        func() time.Time
 	// Other servers, for remote input; nil until UseFederation.
-	fetch Fetcher
-	join  Joiner
+	fetch  Fetcher
+	join   Joiner
+	invite Inviter
 
 	rooms  roomLocks
 	views  viewCache
@@ -63,6 +64,10 @@ func New(db *sql.DB, b *bus.Bus, serverName string, key serverkey.Key, log *slog
 func (rs *Roomserver) UseFederation(f Fetcher, j Joiner) {
 	rs.fetch, rs.join = f, j
 }
+
+// UseInviter lets local users invite users of other servers. Call it
+// before Serve.
+func (rs *Roomserver) UseInviter(i Inviter) { rs.invite = i }
 
 // HandleInput handles one input: in-process callers come through here and
 // the bus consumer through handleInputs. Inputs for one room are
@@ -108,6 +113,17 @@ func (rs *Roomserver) handleInputs(ctx context.Context, reqs []InputRequest) []i
 			res[i].resp, res[i].err = rs.createRoom(ctx, req.InputID, req.CreateRoom)
 		case req.NewEvent != nil:
 			sends = append(sends, i)
+		case req.Remote != nil:
+			// One at a time: each may wait on other servers.
+			res[i].resp, res[i].err = rs.receive(ctx, req)
+		case req.JoinRemote != nil:
+			res[i].resp, res[i].err = rs.joinRemote(ctx, req)
+		case req.Invite != nil:
+			res[i].resp, res[i].err = rs.receiveInvite(ctx, req)
+		case req.LeaveRemote != nil:
+			res[i].resp, res[i].err = rs.leaveRemote(ctx, req)
+		case req.Backfill != nil:
+			res[i].resp, res[i].err = rs.backfill(ctx, req)
 		default:
 			res[i].err = mxhttp.BadJSON("empty room input")
 		}

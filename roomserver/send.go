@@ -167,6 +167,11 @@ func (rs *Roomserver) buildInto(ctx context.Context, w *roomWork, inputID string
 	if err != nil {
 		return "", err
 	}
+	if invitesRemoteUser(ev, rs.serverName) {
+		if ev, err = rs.countersigned(ctx, verImpl, ev, lookup); err != nil {
+			return "", err
+		}
+	}
 	w.rc.evs = append(w.rc.evs, pending{pdu: ev, ne: ne})
 	if inputID != "" {
 		w.rc.inputs = append(w.rc.inputs, sql.InputRecord{InputID: inputID, RoomID: roomID, EventIDs: []string{ev.EventID()}})
@@ -263,4 +268,17 @@ func withRedacts(content spec.RawJSON, redacts string, verImpl gomatrixserverlib
 	}
 	m["redacts"] = redacts
 	return json.Marshal(m)
+}
+
+// invitesRemoteUser reports whether ev invites a user of another server,
+// whose server must countersign it before it is sent.
+func invitesRemoteUser(ev gomatrixserverlib.PDU, local spec.ServerName) bool {
+	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil {
+		return false
+	}
+	if m, err := ev.Membership(); err != nil || m != spec.Invite {
+		return false
+	}
+	u, err := spec.NewUserID(*ev.StateKey(), true)
+	return err == nil && u.Domain() != local
 }

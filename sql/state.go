@@ -190,6 +190,15 @@ type StateChange struct {
 	EventNID int64
 }
 
+// DeleteCurrentState removes pieces of rooms' current state (state
+// resolution may leave a piece unset); EventNID is not used.
+func (p *Pipeline) DeleteCurrentState(gone []StateChange) {
+	for _, c := range gone {
+		p.exec(errPipelineStmt("delete current state"), `DELETE FROM current_state WHERE room_nid = $1 AND type = $2 AND state_key = $3`,
+			c.RoomNID, c.Key.Type, c.Key.StateKey)
+	}
+}
+
 // SetCurrentState records the events that now hold pieces of rooms'
 // current state; of several changes of one piece, the last wins.
 func (p *Pipeline) SetCurrentState(changes []StateChange) {

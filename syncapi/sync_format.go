@@ -11,6 +11,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 )
 
@@ -21,13 +22,6 @@ type strippedEvent struct {
 	Sender   string          `json:"sender"`
 	StateKey string          `json:"state_key"`
 	Type     string          `json:"type"`
-}
-
-// strippedStateKeys is the state that invites and knocks show (spec:
-// Stripped state; m.room.create is required since v1.16).
-var strippedStateKeys = []sql.StateKey{
-	{Type: spec.MRoomCreate}, {Type: spec.MRoomName}, {Type: "m.room.avatar"}, {Type: "m.room.topic"},
-	{Type: spec.MRoomJoinRules}, {Type: spec.MRoomCanonicalAlias}, {Type: "m.room.encryption"},
 }
 
 // stripped puts an invite or a knock in the response: the stripped state
@@ -43,7 +37,10 @@ func (b *syncBuilder) stripped(ctx context.Context, m sql.SyncMembership, eventN
 	if membership == spec.Invite && (b.invitesBlocked || b.ignored[own.Sender]) {
 		return nil
 	}
-	vals, err := b.a.db.SnapshotKeys(ctx, own.StateBeforeNID, strippedStateKeys)
+	if own.Outlier {
+		return b.outOfBand(ctx, m, own)
+	}
+	vals, err := b.a.db.SnapshotKeys(ctx, own.StateBeforeNID, roomserver.StrippedStateKeys)
 	if err != nil {
 		return fmt.Errorf("stripped state: %w", err)
 	}
@@ -52,7 +49,7 @@ func (b *syncBuilder) stripped(ctx context.Context, m sql.SyncMembership, eventN
 		return fmt.Errorf("stripped state: %w", err)
 	}
 	order := func(ev sql.Event) int {
-		return slices.IndexFunc(strippedStateKeys, func(k sql.StateKey) bool { return k.Type == ev.Type })
+		return slices.IndexFunc(roomserver.StrippedStateKeys, func(k sql.StateKey) bool { return k.Type == ev.Type })
 	}
 	slices.SortFunc(state, func(x, y sql.Event) int { return cmp.Compare(order(x), order(y)) })
 	list := &strippedList{Events: make([]strippedEvent, 0, len(state)+1)}
@@ -63,19 +60,54 @@ func (b *syncBuilder) stripped(ctx context.Context, m sql.SyncMembership, eventN
 		}
 		list.Events = append(list.Events, s)
 	}
+	b.putStripped(m.RoomID, membership, list)
+	return nil
+}
+
+// outOfBand puts an invite from another server to a room this server is
+// not in: the stripped state that server sent, then the invite.
+func (b *syncBuilder) outOfBand(ctx context.Context, m sql.SyncMembership, own sql.Event) error {
+	raw, err := b.a.db.InviteRoomState(ctx, own.NID)
+	if err != nil {
+		return fmt.Errorf("invite room state: %w", err)
+	}
+	var sent []strippedEvent
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &sent); err != nil {
+			return fmt.Errorf("invite room state of %s: %w", own.EventID, err)
+		}
+	}
+	list := &strippedList{Events: make([]strippedEvent, 0, len(sent)+1)}
+	for _, e := range sent {
+		if e.Type == "" || !bytes.HasPrefix(bytes.TrimSpace(e.Content), []byte("{")) {
+			continue // not an event a client can read
+		}
+		list.Events = append(list.Events, e)
+	}
+	s, err := stripEvent(own)
+	if err != nil {
+		return err
+	}
+	list.Events = append(list.Events, s)
+	b.putStripped(m.RoomID, spec.Invite, list)
+	return nil
+}
+
+// putStripped puts an invite's or a knock's stripped state in the
+// response.
+func (b *syncBuilder) putStripped(roomID, membership string, list *strippedList) {
 	rooms := b.rooms()
 	if membership == spec.Knock {
 		if rooms.Knock == nil {
 			rooms.Knock = make(map[string]*strippedRoom)
 		}
-		rooms.Knock[m.RoomID] = &strippedRoom{KnockState: list}
-		return nil
+		rooms.Knock[roomID] = &strippedRoom{KnockState: list}
+		return
 	}
 	if rooms.Invite == nil {
 		rooms.Invite = make(map[string]*strippedRoom)
 	}
-	rooms.Invite[m.RoomID] = &strippedRoom{InviteState: list}
-	return nil
+	rooms.Invite[roomID] = &strippedRoom{InviteState: list}
 }
 
 func stripEvent(ev sql.Event) (strippedEvent, error) {

@@ -45,6 +45,8 @@ type API struct {
 	presence Presence
 	// parking is nil when long-polls wait in their handlers.
 	parking *Parking
+	// backfill is nil when federation is off (see WithBackfill).
+	backfill Backfiller
 }
 
 // Option tunes the sync API at construction.
