@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -137,6 +139,13 @@ func (p *Parking) close() {
 	case <-time.After(parkingDrain):
 	}
 	close(p.done)
+	// Connections handed back as the listener closed wait for an Accept
+	// that will not come.
+	go func() {
+		for c := range p.conns {
+			c.Close()
+		}
+	}()
 }
 
 // giveBack hands an answered connection to the listener.
@@ -146,6 +155,13 @@ func (p *Parking) giveBack(c net.Conn) {
 	case <-p.done:
 		c.Close()
 	}
+}
+
+// stopping reports whether the listener closed.
+func (p *Parking) stopping() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closing
 }
 
 func (p *Parking) add(ps *parkedSync) bool {
@@ -302,9 +318,7 @@ func (ps *parkedSync) run() {
 			ps.finish(nil, err)
 			return
 		}
-		ctx, cancel := context.WithTimeout(ps.ctx, parkedBuildTimeout)
-		resp, err = ps.a.buildSync(ctx, ps.req)
-		cancel()
+		resp, err = ps.build()
 		if err != nil || !resp.empty() {
 			ps.finish(resp, err)
 			return
@@ -318,6 +332,19 @@ func (ps *parkedSync) run() {
 		}
 		ps.mu.Unlock()
 	}
+}
+
+// build is buildSync for a parked sync. No handler is below it any more:
+// a panic is its error here, as the router's recovery would make it.
+func (ps *parkedSync) build() (resp *syncResponse, err error) {
+	ctx, cancel := context.WithTimeout(ps.ctx, parkedBuildTimeout)
+	defer cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic building a parked sync: %v\n%s", p, debug.Stack())
+		}
+	}()
+	return ps.a.buildSync(ctx, ps.req)
 }
 
 // finish answers the sync with resp, or with err, on its connection, then
@@ -338,6 +365,8 @@ func (ps *parkedSync) finish(resp *syncResponse, err error) {
 	}
 	ps.mu.Unlock()
 	defer ps.a.parking.remove(ps)
+	// A stopping server serves no next request: say so, and close.
+	keepOpen := ps.keepOpen && !ps.a.parking.stopping()
 
 	ctx, cancel := context.WithTimeout(ps.ctx, parkedBuildTimeout)
 	defer cancel()
@@ -352,14 +381,14 @@ func (ps *parkedSync) finish(resp *syncResponse, err error) {
 	}
 	var out bytes.Buffer
 	hr := &http.Response{StatusCode: rec.status, ProtoMajor: 1, ProtoMinor: 1, Header: rec.header,
-		ContentLength: int64(rec.body.Len()), Body: io.NopCloser(&rec.body), Close: !ps.keepOpen}
+		ContentLength: int64(rec.body.Len()), Body: io.NopCloser(&rec.body), Close: !keepOpen}
 	if rec.status == 0 {
 		hr.StatusCode = http.StatusOK
 	}
 	hr.Header.Set("Date", time.Now().UTC().Format(http.TimeFormat))
 	_ = hr.Write(&out)
 	_ = ps.conn.SetWriteDeadline(time.Now().Add(parkedBuildTimeout))
-	if _, err := ps.conn.Write(out.Bytes()); err != nil || !ps.keepOpen {
+	if _, err := ps.conn.Write(out.Bytes()); err != nil || !keepOpen {
 		ps.conn.Close()
 		return
 	}
