@@ -144,35 +144,6 @@ func (t *Queries) RoomMemberCounts(ctx context.Context, roomNID int64) (joined, 
 	return joined, invited, err
 }
 
-// RoomHeroes returns up to limit users of a room other than exclude whose
-// membership is one of memberships, in the stream order of their
-// membership events (spec: m.heroes).
-func (t *Queries) RoomHeroes(ctx context.Context, roomNID int64, exclude string, memberships []string, limit int) ([]string, error) {
-	if len(memberships) == 0 {
-		return nil, nil
-	}
-	args := []any{roomNID, exclude, limit}
-	for _, m := range memberships {
-		args = append(args, m)
-	}
-	rows, err := t.q.QueryContext(ctx, `SELECT user_id FROM room_members
-		WHERE room_nid = $1 AND user_id <> $2 AND membership IN (`+placeholders(4, len(memberships))+`)
-		ORDER BY stream_pos LIMIT $3`, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
-			return nil, err
-		}
-		out = append(out, u)
-	}
-	return out, rows.Err()
-}
-
 // Streams /sync reads, as named in stream_positions. Writers take their
 // positions with AllocStreamPos in the transaction that writes the data.
 const (

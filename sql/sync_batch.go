@@ -183,3 +183,50 @@ func (t *Queries) RoomsCurrentState(ctx context.Context, roomNIDs []int64, types
 	}
 	return out, nil
 }
+
+// RoomsHeroes returns the heroes of several rooms (spec: room summary
+// m.heroes), by room NID, in one query (per 100 rooms): up to limit joined
+// or invited members other than exclude, in the order they came; for a
+// room with none of those, up to limit who left or were banned.
+func (t *Queries) RoomsHeroes(ctx context.Context, roomNIDs []int64, exclude string, limit int) (map[int64][]string, error) {
+	out := make(map[int64][]string, len(roomNIDs))
+	for len(roomNIDs) > 0 {
+		batch := roomNIDs[:min(len(roomNIDs), syncBatchRooms)]
+		roomNIDs = roomNIDs[len(batch):]
+		args := []any{exclude, limit}
+		for _, nid := range batch {
+			args = append(args, nid)
+		}
+		// present is 1 for the members, 0 for those gone; each group is
+		// numbered on its own, in the order of the membership events.
+		rows, err := t.q.QueryContext(ctx, `SELECT room_nid, user_id, present FROM (
+				SELECT room_nid, user_id, present, ROW_NUMBER() OVER (PARTITION BY room_nid, present ORDER BY stream_pos) AS n
+				FROM (SELECT room_nid, user_id, stream_pos,
+						CASE WHEN membership IN ('join', 'invite') THEN 1 ELSE 0 END AS present
+					FROM room_members WHERE room_nid IN (`+placeholders(3, len(batch))+`) AND user_id <> $1
+					AND membership IN ('join', 'invite', 'leave', 'ban')) m
+			) x WHERE n <= $2 ORDER BY room_nid, present DESC, n`, args...)
+		if err != nil {
+			return nil, err
+		}
+		gone := make(map[int64]bool) // rooms whose heroes are who left
+		for rows.Next() {
+			var nid int64
+			var user string
+			var present int
+			if err := rows.Scan(&nid, &user, &present); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			if present == 0 && len(out[nid]) > 0 && !gone[nid] {
+				continue // the room has members: they are its heroes
+			}
+			gone[nid] = present == 0
+			out[nid] = append(out[nid], user)
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

@@ -71,13 +71,24 @@ func TestRoomSummaryQueries(t *testing.T) {
 		if err != nil || joined != 3 || invited != 1 {
 			t.Fatalf("counts %d %d %v", joined, invited, err)
 		}
-		heroes, err := db.RoomHeroes(ctx, room, "@me:test", []string{"join", "invite"}, 2)
-		if err != nil || !slices.Equal(heroes, []string{"@c:test", "@a:test"}) {
+		heroes, err := db.RoomsHeroes(ctx, []int64{room}, "@me:test", 2)
+		if err != nil || !slices.Equal(heroes[room], []string{"@c:test", "@a:test"}) {
 			t.Errorf("heroes %v %v", heroes, err)
 		}
-		left, err := db.RoomHeroes(ctx, room, "@me:test", []string{"leave", "ban"}, 5)
-		if err != nil || !slices.Equal(left, []string{"@gone:test"}) {
-			t.Errorf("left heroes %v %v", left, err)
+		// A room with nobody else but who left: those are its heroes.
+		gone, err := db.CreateRoom(ctx, "!gone:test", "11")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, m := range []struct{ user, membership string }{{"@me:test", "join"}, {"@x:test", "ban"}, {"@y:test", "leave"}} {
+			if err := db.SetMembership(ctx, gone, m.user, m.membership, int64(200+i), int64(20+i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		both, err := db.RoomsHeroes(ctx, []int64{room, gone}, "@me:test", 5)
+		if err != nil || !slices.Equal(both[room], []string{"@c:test", "@a:test", "@b:test"}) ||
+			!slices.Equal(both[gone], []string{"@x:test", "@y:test"}) {
+			t.Errorf("heroes of two rooms %v %v", both, err)
 		}
 		mems, err := db.SyncMemberships(ctx, "@a:test")
 		if err != nil || len(mems) != 1 || mems[0].RoomID != "!summary:test" || mems[0].Membership != "join" || mems[0].StreamPos != 12 {

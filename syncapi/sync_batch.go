@@ -37,9 +37,14 @@ type prefetch struct {
 	// snapshots are the full states of likely timeline starts.
 	snapshots map[int64]sql.StateMap
 	counts    map[int64]sql.MemberCounts
-	// named says which rooms have a name or a canonical alias now.
-	named map[int64]bool
+	// named says which rooms have a name or a canonical alias now;
+	// heroes are the heroes of the others.
+	named  map[int64]bool
+	heroes map[int64][]string
 }
+
+// maxHeroes is how many heroes a room summary names, as Synapse's.
+const maxHeroes = 5
 
 // prefetchInitial reads, for the rooms an initial sync will serve as
 // joined, what each would read first.
@@ -89,6 +94,15 @@ func (b *syncBuilder) prefetchInitial(ctx context.Context, mems []sql.SyncMember
 			p.named[ev.RoomNID] = true
 		}
 	}
+	var unnamed []int64
+	for _, nid := range rooms {
+		if !p.named[nid] {
+			unnamed = append(unnamed, nid)
+		}
+	}
+	if p.heroes, err = b.a.db.RoomsHeroes(ctx, unnamed, b.req.dev.UserID, maxHeroes); err != nil {
+		return fmt.Errorf("heroes: %w", err)
+	}
 	for _, nid := range rooms {
 		if _, ok := p.timelines[nid]; !ok {
 			p.timelines[nid] = nil // read: the room has no event
@@ -107,6 +121,15 @@ func (p *prefetch) countsOf(roomNID int64) (sql.MemberCounts, bool) {
 		return sql.MemberCounts{}, false
 	}
 	return p.counts[roomNID], true
+}
+
+// heroesOf returns the prefetched heroes of an unnamed room (p may be
+// nil).
+func (p *prefetch) heroesOf(roomNID int64) ([]string, bool) {
+	if _, ok := p.countsOf(roomNID); !ok {
+		return nil, false
+	}
+	return p.heroes[roomNID], true
 }
 
 // prefetched returns the first page of a room's timeline if that is what

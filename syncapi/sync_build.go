@@ -237,7 +237,13 @@ func (b *syncBuilder) roomInitial(ctx context.Context, m sql.SyncMembership) err
 	}
 	switch membership {
 	case spec.Join:
-		return b.joined(ctx, m, roomWindow{hi: b.upper.Events, full: true})
+		w := roomWindow{hi: b.upper.Events, full: true}
+		if m.StreamPos <= b.upper.Events {
+			// Still joined by the join read: as an incremental sync
+			// trusts the stream order for a room joined all along.
+			w.joinedAfter = m.StreamPos
+		}
+		return b.joined(ctx, m, w)
 	case spec.Invite, spec.Knock:
 		return b.stripped(ctx, m, eventNID, membership)
 	case spec.Leave, spec.Ban:

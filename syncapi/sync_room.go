@@ -28,6 +28,10 @@ type roomWindow struct {
 	// history visibility always lets them see (spec: "the user was
 	// joined"), so the events need no visibility check.
 	joined bool
+	// joinedAfter, when not 0, is the stream position of the join the
+	// caller is still joined by: the events after it are seen as in a
+	// joined window, those before it are checked.
+	joinedAfter int64
 }
 
 // roomContent is what a sync serves of a joined or left room.
@@ -436,7 +440,7 @@ func (b *syncBuilder) keep(ctx context.Context, v *view.Viewer, w roomWindow, tf
 		return false, nil
 	case own != nil && ev.NID == own.NID:
 		return true, nil
-	case w.joined:
+	case w.joined, w.joinedAfter != 0 && ev.StreamPos > w.joinedAfter:
 		return !v.Ignores(ev), nil
 	}
 	return v.Shows(ctx, ev)
@@ -463,13 +467,13 @@ func (b *syncBuilder) summary(ctx context.Context, m sql.SyncMembership) (*roomS
 	if named {
 		return s, nil
 	}
-	userID := b.req.dev.UserID
-	heroes, err := b.a.db.RoomHeroes(ctx, m.RoomNID, userID, []string{spec.Join, spec.Invite}, 5)
-	if err == nil && len(heroes) == 0 {
-		heroes, err = b.a.db.RoomHeroes(ctx, m.RoomNID, userID, []string{spec.Leave, spec.Ban}, 5)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("heroes: %w", err)
+	heroes, ok := b.pre.heroesOf(m.RoomNID)
+	if !ok {
+		all, err := b.a.db.RoomsHeroes(ctx, []int64{m.RoomNID}, b.req.dev.UserID, maxHeroes)
+		if err != nil {
+			return nil, fmt.Errorf("heroes: %w", err)
+		}
+		heroes = all[m.RoomNID]
 	}
 	if heroes == nil {
 		heroes = []string{}
