@@ -136,9 +136,9 @@ func TestBackfiller(t *testing.T) {
 
 	// Nothing to ask for, or not in the room: no round, no error.
 	for name, b := range map[string]*Backfiller{
-		"nothing claimed":         NewBackfiller(client, e.ring, serverList{string(ours), string(origin)}, &fakeBackfillRooms{}, nil),
-		"not in the room":         NewBackfiller(client, e.ring, serverList{string(origin)}, rooms, nil),
-		"alone in the room":       NewBackfiller(client, e.ring, serverList{string(ours)}, rooms, nil),
+		"nothing claimed":   NewBackfiller(client, e.ring, serverList{string(ours), string(origin)}, &fakeBackfillRooms{}, nil),
+		"not in the room":   NewBackfiller(client, e.ring, serverList{string(origin)}, rooms, nil),
+		"alone in the room": NewBackfiller(client, e.ring, serverList{string(ours)}, rooms, nil),
 	} {
 		if n, err := b.Backfill(ctx, room, []string{"$gap"}, 100); n != 0 || err != nil {
 			t.Errorf("%s: %d, %v", name, n, err)
