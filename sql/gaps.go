@@ -2,6 +2,7 @@ package sql
 
 import (
 	"context"
+	stdsql "database/sql"
 	"time"
 )
 
@@ -156,4 +157,14 @@ func (t *Queries) GapPrevs(ctx context.Context, roomNID int64, prevs []string) (
 		out = append(out, id)
 	}
 	return out, rows.Err()
+}
+
+// NewestGapAt returns the stream position of a room's newest timeline
+// event in the stream range (lo, hi] that has a recorded gap, claimed or
+// not; 0 when none has.
+func (t *Queries) NewestGapAt(ctx context.Context, roomNID, lo, hi int64) (int64, error) {
+	var pos stdsql.NullInt64
+	err := t.q.QueryRowContext(ctx, `SELECT MAX(e.stream_pos) FROM backward_extremities b JOIN events e ON e.event_nid = b.event_nid
+		WHERE b.room_nid = $1 AND e.stream_pos > $2 AND e.stream_pos <= $3`, roomNID, lo, hi).Scan(&pos)
+	return pos.Int64, err
 }

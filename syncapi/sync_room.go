@@ -130,6 +130,15 @@ func (b *syncBuilder) roomContent(ctx context.Context, m sql.SyncMembership, mem
 		read.complete = true // nothing in the window
 	}
 	evs, newest := read.evs, read.newest
+	if w.full && !b.initial {
+		// A room joined in the window, maybe again, through another
+		// server: its timeline may span a gap.
+		cut, gapped, err := b.a.afterGap(ctx, m.RoomNID, evs)
+		if err != nil {
+			return nil, err
+		}
+		evs, read.limited = cut, read.limited || gapped
+	}
 	out.timeline.Limited = read.limited
 	served, err := b.timelineEvents(ctx, v, evs)
 	if err != nil {
