@@ -324,44 +324,87 @@ func (a *API) serverInRoom(ctx context.Context, roomID string) (bool, error) {
 
 // joinRemote joins the caller to a room this server is not in, through
 // the servers given (via and server_name, those of the alias, the
-// inviter's) and the room id's own (see joinServers); 404 M_NOT_FOUND when that leaves
-// none, as Synapse answers. The roomserver runs the handshake (see
-// roomserver.Joiner for its errors). Guests join only rooms this server
-// is in, whose guest access it can check.
+// inviter's) and the room id's own (see handshake). The roomserver runs
+// the handshake (see roomserver.Joiner for its errors).
 func (a *API) joinRemote(ctx context.Context, dev *userapi.Device, roomID string, servers []string, reason string) (any, error) {
-	if _, err := spec.NewRoomID(roomID); err != nil {
-		return nil, mxhttp.InvalidParam("Bad room id %q", roomID)
-	}
-	if dev.IsGuest {
-		return nil, mxhttp.Forbidden("Guests cannot join rooms this server is not in")
-	}
-	via := joinServers(servers, roomID, a.users.ServerName())
-	if len(via) == 0 {
-		return nil, mxhttp.NotFound("No known servers to join room %s through", roomID)
-	}
-	content := map[string]any{}
-	if reason != "" {
-		content["reason"] = reason
-	}
-	if err := a.addProfile(ctx, dev.UserID, content); err != nil {
-		return nil, err
-	}
-	raw, err := json.Marshal(content)
+	in, err := a.handshake(ctx, dev, roomID, servers, "join", reason, true)
 	if err != nil {
 		return nil, err
 	}
-	_, err = a.rooms.Input(ctx, roomserver.InputRequest{RoomID: roomID, InputID: "join:" + rand.Text(),
-		JoinRemote: &roomserver.JoinRemote{UserID: dev.UserID, Servers: via, Content: raw}})
-	if err != nil {
+	if _, err = a.rooms.Input(ctx, roomserver.InputRequest{RoomID: roomID, InputID: "join:" + rand.Text(), JoinRemote: in}); err != nil {
 		return nil, err
 	}
 	return joinedRoomResponse{roomID}, nil
 }
 
-// leaveRemote rejects an invite to a room this server is not in,
-// through the inviter's server and the room id's.
+// knockRemote knocks for the caller on a room this server is not in,
+// through the servers given and the room id's, as joinRemote joins.
+func (a *API) knockRemote(ctx context.Context, dev *userapi.Device, roomID string, servers []string, reason string) (any, error) {
+	in, err := a.handshake(ctx, dev, roomID, servers, "knock on", reason, true)
+	if err != nil {
+		return nil, err
+	}
+	if _, err = a.rooms.Input(ctx, roomserver.InputRequest{RoomID: roomID, KnockRemote: in}); err != nil {
+		return nil, err
+	}
+	return joinedRoomResponse{roomID}, nil
+}
+
+// handshake is the input for a membership change through other servers:
+// the servers to try (see joinServers; 404 M_NOT_FOUND when none is
+// left, as Synapse answers) and the event's content, with the caller's
+// profile if withProfile. Guests change memberships only in rooms this
+// server is in, whose guest access it can check.
+func (a *API) handshake(ctx context.Context, dev *userapi.Device, roomID string, servers []string, what, reason string, withProfile bool) (*roomserver.JoinRemote, error) {
+	if _, err := spec.NewRoomID(roomID); err != nil {
+		return nil, mxhttp.InvalidParam("Bad room id %q", roomID)
+	}
+	if dev.IsGuest {
+		return nil, mxhttp.Forbidden("Guests cannot %s rooms this server is not in", what)
+	}
+	via := joinServers(servers, roomID, a.users.ServerName())
+	if len(via) == 0 {
+		return nil, mxhttp.NotFound("No known servers to %s room %s through", what, roomID)
+	}
+	content := map[string]any{}
+	if reason != "" {
+		content["reason"] = reason
+	}
+	if withProfile {
+		if err := a.addProfile(ctx, dev.UserID, content); err != nil {
+			return nil, err
+		}
+	}
+	raw, err := json.Marshal(content)
+	if err != nil {
+		return nil, err
+	}
+	return &roomserver.JoinRemote{UserID: dev.UserID, Servers: via, Content: raw}, nil
+}
+
+// leaveRemote rejects an invite to, or retracts a knock on, a room this
+// server is not in, through the servers that sent the invite or the
+// room's state (see outOfBandServers) and the room id's.
 func (a *API) leaveRemote(ctx context.Context, dev *userapi.Device, roomID, reason string) (any, error) {
-	inviter, err := a.inviterServer(ctx, roomID, dev.UserID)
+	servers, err := a.outOfBandServers(ctx, roomID, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	in, err := a.handshake(ctx, dev, roomID, servers, "leave", reason, false)
+	if err != nil {
+		return nil, err
+	}
+	if _, err = a.rooms.Input(ctx, roomserver.InputRequest{RoomID: roomID, LeaveRemote: in}); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// outOfBandServers are the servers that know a room this server is not
+// in, as far as userID's invite to it or knock on it tells: the
+// inviter's, then those of the senders of the room state sent with it.
+func (a *API) outOfBandServers(ctx context.Context, roomID, userID string) ([]string, error) {
+	inviter, err := a.inviterServer(ctx, roomID, userID)
 	if err != nil {
 		return nil, err
 	}
@@ -369,23 +412,27 @@ func (a *API) leaveRemote(ctx context.Context, dev *userapi.Device, roomID, reas
 	if inviter != "" {
 		servers = append(servers, inviter)
 	}
-	via := joinServers(servers, roomID, a.users.ServerName())
-	if len(via) == 0 {
-		return nil, mxhttp.NotFound("No known servers to leave room %s through", roomID)
+	ev, err := a.db.MembershipEvent(ctx, roomID, userID)
+	if errors.Is(err, sql.ErrNotFound) {
+		return servers, nil
 	}
-	content := map[string]any{}
-	if reason != "" {
-		content["reason"] = reason
-	}
-	raw, err := json.Marshal(content)
 	if err != nil {
 		return nil, err
 	}
-	_, err = a.rooms.Input(ctx, roomserver.InputRequest{RoomID: roomID, LeaveRemote: &roomserver.JoinRemote{UserID: dev.UserID, Servers: via, Content: raw}})
-	if err != nil {
-		return nil, err
+	raw, err := a.db.InviteRoomState(ctx, ev.NID)
+	if err != nil || len(raw) == 0 {
+		return servers, err
 	}
-	return struct{}{}, nil
+	var state []struct {
+		Sender string `json:"sender"`
+	}
+	_ = json.Unmarshal(raw, &state) // sent by another server: what it says, if it parses
+	for _, e := range state {
+		if _, server, ok := strings.Cut(e.Sender, ":"); ok {
+			servers = append(servers, server)
+		}
+	}
+	return servers, nil
 }
 
 // inviterServer is the server of the user who invited userID to a room
@@ -458,13 +505,22 @@ func (a *API) knock(r *http.Request, dev *userapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	roomID, _, err := a.resolveRoomIDOrAlias(ctx, idOrAlias)
+	roomID, aliasServers, err := a.resolveRoomIDOrAlias(ctx, idOrAlias)
 	if err != nil {
 		return nil, err
 	}
 	body, err := readSelfBody(r)
 	if err != nil {
 		return nil, err
+	}
+	resident, err := a.serverInRoom(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if !resident {
+		q := r.URL.Query()
+		servers := append(append(q["via"], q["server_name"]...), aliasServers...)
+		return a.knockRemote(ctx, dev, roomID, servers, body.Reason)
 	}
 	verImpl, err := a.localRoomVersion(ctx, roomID)
 	if err != nil {
@@ -605,9 +661,10 @@ func (a *API) leave(r *http.Request, dev *userapi.Device) (any, error) {
 		return struct{}{}, nil
 	case spec.Ban:
 		return nil, mxhttp.Forbidden("You are banned from this room")
-	case spec.Invite:
-		// An invite to a room this server is not in is rejected through
-		// the inviter's server (spec: "Leaving Rooms (Rejecting Invites)").
+	case spec.Invite, spec.Knock:
+		// An invite to a room this server is not in is rejected, and a
+		// knock on one retracted, through the servers that are (spec:
+		// "Leaving Rooms (Rejecting Invites)").
 		in, err := a.serverInRoom(ctx, roomID)
 		if err != nil {
 			return nil, err

@@ -37,7 +37,7 @@ var supportedVersions = func() url.Values {
 // that are (spec: "Joining Rooms"): make_join, the join built from the
 // template and signed here, send_join (v2), and the answer checked before
 // the roomserver stores it. It implements roomserver.Joiner. It also
-// leaves such rooms (Leave).
+// leaves such rooms (Leave) and knocks on them (Knock).
 type Joiner struct {
 	req  requester
 	keys gomatrixserverlib.JSONVerifier
@@ -127,7 +127,8 @@ func (j *Joiner) tryServers(ctx context.Context, servers []spec.ServerName, what
 	return clientError(last, what+" "+roomID)
 }
 
-// make asks server for a make_join or make_leave template (kind).
+// make asks server for a make_join, make_leave or make_knock template
+// (kind).
 func (j *Joiner) make(ctx context.Context, server spec.ServerName, kind, roomID, userID, query string) (makeResponse, error) {
 	path := "/_matrix/federation/v1/make_" + kind + "/" + url.PathEscape(roomID) + "/" + url.PathEscape(userID)
 	if query != "" {

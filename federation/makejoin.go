@@ -21,10 +21,11 @@ import (
 	"github.com/weft-chat/weft/sql"
 )
 
-// Memberships serves the handshakes by which users of other servers join
-// and leave the rooms this server is in (spec: "Joining Rooms", "Leaving
-// Rooms"): make_join and send_join (v1 and v2) here, make_leave and
-// send_leave (v1 and v2) in leave.go.
+// Memberships serves the handshakes by which users of other servers join,
+// leave and knock on the rooms this server is in (spec: "Joining Rooms", "Leaving
+// Rooms", "Knocking upon a room"): make_join and send_join (v1 and v2)
+// here, make_leave and send_leave (v1 and v2) in leave.go, make_knock and
+// send_knock in knock.go.
 //
 // The make_ endpoints answer a template built on the room's current state
 // and forward extremities, checked against the auth rules (403 M_FORBIDDEN
@@ -65,6 +66,8 @@ func (m *Memberships) Routes(r *mux.Router) {
 	r.Handle(v1+"/make_leave/{roomId}/{userId}", mxhttp.JSON(m.makeLeave)).Methods(http.MethodGet)
 	r.Handle(v2+"/send_leave/{roomId}/{eventId}", mxhttp.JSON(m.sendLeave)).Methods(http.MethodPut)
 	r.Handle(v1+"/send_leave/{roomId}/{eventId}", mxhttp.JSON(v1Answer(m.sendLeave))).Methods(http.MethodPut)
+	r.Handle(v1+"/make_knock/{roomId}/{userId}", mxhttp.JSON(m.makeKnock)).Methods(http.MethodGet)
+	r.Handle(v1+"/send_knock/{roomId}/{eventId}", mxhttp.JSON(m.sendKnock)).Methods(http.MethodPut)
 }
 
 // v1Answer wraps a v2 answer the way the v1 endpoints send it: [200, body]
@@ -170,9 +173,8 @@ func (m *Memberships) makeJoin(r *http.Request) (any, error) {
 	if len(supported) == 0 {
 		supported = []string{"1"}
 	}
-	if !slices.Contains(supported, room.Version) {
-		return nil, mxhttp.Errorf(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION",
-			"Your server does not support room version %s, which the room uses", room.Version).With("room_version", room.Version)
+	if err := compatible(room, supported); err != nil {
+		return nil, err
 	}
 	if err := m.requireResident(ctx, room); err != nil {
 		return nil, err
@@ -186,6 +188,16 @@ func (m *Memberships) makeJoin(r *http.Request) (any, error) {
 		content[joinrules.FieldAuthorisedVia] = via
 	}
 	return m.template(ctx, room, verImpl, userID, content)
+}
+
+// compatible answers 400 M_INCOMPATIBLE_ROOM_VERSION, with the room's
+// version, unless it is among those the requesting server supports.
+func compatible(room sql.RoomInfo, supported []string) error {
+	if !slices.Contains(supported, room.Version) {
+		return mxhttp.Errorf(http.StatusBadRequest, "M_INCOMPATIBLE_ROOM_VERSION",
+			"Your server does not support room version %s, which the room uses", room.Version).With("room_version", room.Version)
+	}
+	return nil
 }
 
 // restrictedAuthoriser returns this server's member who authorises

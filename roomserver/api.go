@@ -16,9 +16,10 @@ import (
 )
 
 // InputRequest asks the roomserver to add events. Exactly one of NewEvent,
-// CreateRoom, Remote, JoinRemote, Invite, LeaveRemote and Backfill is
-// set. LeaveRemote leaves a room this server is not in (rejects an invite
-// to it) through the servers that are: its Content is the leave's.
+// CreateRoom, Remote, JoinRemote, Invite, LeaveRemote, KnockRemote and
+// Backfill is set. LeaveRemote leaves a room this server is not in
+// (rejects an invite to it, retracts a knock on it) and KnockRemote knocks
+// on one, through the servers that are: their Content is the event's.
 type InputRequest struct {
 	// InputID makes the input idempotent: an input with an id already
 	// handled returns the events it made then. Empty: no deduplication.
@@ -31,6 +32,7 @@ type InputRequest struct {
 	JoinRemote  *JoinRemote   `json:"join_remote,omitempty"`
 	Invite      *RemoteInvite `json:"invite,omitempty"`
 	LeaveRemote *JoinRemote   `json:"leave_remote,omitempty"`
+	KnockRemote *JoinRemote   `json:"knock_remote,omitempty"`
 	// Backfill stores history missing from the room's timeline here.
 	Backfill *BackfillRequest `json:"backfill,omitempty"`
 }
@@ -128,6 +130,18 @@ type Joiner interface {
 	// Leave does the same with make_leave and send_leave, and returns
 	// the leave event the first server that accepted it has.
 	Leave(ctx context.Context, servers []spec.ServerName, roomID, userID string, content json.RawMessage) (gomatrixserverlib.PDU, error)
+	// Knock does the same with make_knock and send_knock.
+	Knock(ctx context.Context, servers []spec.ServerName, roomID, userID string, content json.RawMessage) (*KnockResult, error)
+}
+
+// KnockResult is a completed knock handshake.
+type KnockResult struct {
+	RoomVersion gomatrixserverlib.IRoomVersion
+	// Event is the knock as sent to send_knock.
+	Event gomatrixserverlib.PDU
+	// RoomState is the knock_room_state the resident server answered:
+	// events a client shows the knock with.
+	RoomState json.RawMessage
 }
 
 // JoinResult is a completed join handshake.

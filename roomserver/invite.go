@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -18,6 +17,25 @@ import (
 var StrippedStateKeys = []sql.StateKey{
 	{Type: spec.MRoomCreate}, {Type: spec.MRoomName}, {Type: "m.room.avatar"}, {Type: "m.room.topic"},
 	{Type: spec.MRoomJoinRules}, {Type: spec.MRoomCanonicalAlias}, {Type: "m.room.encryption"},
+}
+
+// StrippedState is the state another server's user is shown with an
+// invite or a knock (invite_room_state, knock_room_state): the events of
+// StrippedStateKeys that lookup finds, whole, as the spec asks since
+// v1.16 ("formatted according to the room version"; the create event is
+// required, and servers check the room id against it).
+func StrippedState(ctx context.Context, lookup func(context.Context, sql.StateKey) (gomatrixserverlib.PDU, error)) ([]json.RawMessage, error) {
+	var stripped []json.RawMessage
+	for _, k := range StrippedStateKeys {
+		e, err := lookup(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		if e != nil {
+			stripped = append(stripped, e.JSON())
+		}
+	}
+	return stripped, nil
 }
 
 // receiveInvite handles a RemoteInvite input.
@@ -39,11 +57,7 @@ func (rs *Roomserver) receiveInvite(ctx context.Context, req InputRequest) (Inpu
 	}
 	unlock := rs.rooms.lock(req.RoomID)
 	defer unlock()
-	if _, err := rs.db.Room(ctx, req.RoomID); errors.Is(err, sql.ErrNotFound) {
-		if _, err := rs.db.CreateRoom(ctx, req.RoomID, in.RoomVersion); err != nil && !errors.Is(err, sql.ErrExists) {
-			return InputResponse{}, fmt.Errorf("add room %s: %w", req.RoomID, err)
-		}
-	} else if err != nil {
+	if err := rs.ensureRoom(ctx, req.RoomID, in.RoomVersion); err != nil {
 		return InputResponse{}, err
 	}
 	v, err := rs.view(ctx, req.RoomID)
@@ -85,26 +99,9 @@ func (rs *Roomserver) countersigned(ctx context.Context, ver gomatrixserverlib.I
 	if rs.invite == nil {
 		return nil, mxhttp.Forbidden("Users of other servers cannot be invited: federation is off")
 	}
-	var stripped []json.RawMessage
-	for _, k := range StrippedStateKeys {
-		e, err := lookup(ctx, k)
-		if err != nil {
-			return nil, err
-		}
-		if e == nil {
-			continue
-		}
-		if k.Type == spec.MRoomCreate {
-			// The create event goes whole (spec v1.16: servers check
-			// the room id against it).
-			stripped = append(stripped, e.JSON())
-			continue
-		}
-		js, err := json.Marshal(map[string]any{"type": e.Type(), "state_key": *e.StateKey(), "sender": string(e.SenderID()), "content": json.RawMessage(e.Content())})
-		if err != nil {
-			return nil, err
-		}
-		stripped = append(stripped, js)
+	stripped, err := StrippedState(ctx, lookup)
+	if err != nil {
+		return nil, err
 	}
 	signed, err := rs.invite.Invite(ctx, ver, ev, stripped)
 	if err != nil {

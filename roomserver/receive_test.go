@@ -191,9 +191,13 @@ func (p *peer) Join(ctx context.Context, _ []spec.ServerName, roomID, userID str
 	return res, nil
 }
 
-// Leave is not used by these tests.
+// Leave and Knock are not used by these tests.
 func (p *peer) Leave(context.Context, []spec.ServerName, string, string, json.RawMessage) (gomatrixserverlib.PDU, error) {
 	return nil, errors.New("the test peer does not leave through the other server")
+}
+
+func (p *peer) Knock(context.Context, []spec.ServerName, string, string, json.RawMessage) (*KnockResult, error) {
+	return nil, errors.New("the test peer does not knock through the other server")
 }
 
 type twoServers struct {

@@ -121,6 +121,10 @@ func (joinThrough) Leave(context.Context, []spec.ServerName, string, string, jso
 	return nil, errors.New("not used")
 }
 
+func (joinThrough) Knock(context.Context, []spec.ServerName, string, string, json.RawMessage) (*roomserver.KnockResult, error) {
+	return nil, errors.New("not used")
+}
+
 // Bob of b.test joins alice's room of a.test, where five messages came
 // before: B's timeline has a gap before bob's join (sql.GapsIn). A
 // backwards page of /messages that reaches the gap asks for one round of

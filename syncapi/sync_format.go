@@ -38,7 +38,7 @@ func (b *syncBuilder) stripped(ctx context.Context, m sql.SyncMembership, eventN
 		return nil
 	}
 	if own.Outlier {
-		return b.outOfBand(ctx, m, own)
+		return b.outOfBand(ctx, m, own, membership)
 	}
 	vals, err := b.a.db.SnapshotKeys(ctx, own.StateBeforeNID, roomserver.StrippedStateKeys)
 	if err != nil {
@@ -65,22 +65,25 @@ func (b *syncBuilder) stripped(ctx context.Context, m sql.SyncMembership, eventN
 }
 
 // outOfBand puts an invite from another server to a room this server is
-// not in: the stripped state that server sent, then the invite.
-func (b *syncBuilder) outOfBand(ctx context.Context, m sql.SyncMembership, own sql.Event) error {
+// not in, or a knock on one: the room state that server sent (entries a
+// client could not read are left out: that server's mistake must not
+// break our user's sync), then the invite or knock.
+func (b *syncBuilder) outOfBand(ctx context.Context, m sql.SyncMembership, own sql.Event, membership string) error {
 	raw, err := b.a.db.InviteRoomState(ctx, own.NID)
 	if err != nil {
 		return fmt.Errorf("invite room state: %w", err)
 	}
-	var sent []strippedEvent
+	var sent []json.RawMessage
 	if len(raw) > 0 {
 		if err := json.Unmarshal(raw, &sent); err != nil {
 			return fmt.Errorf("invite room state of %s: %w", own.EventID, err)
 		}
 	}
 	list := &strippedList{Events: make([]strippedEvent, 0, len(sent)+1)}
-	for _, e := range sent {
-		if e.Type == "" || !bytes.HasPrefix(bytes.TrimSpace(e.Content), []byte("{")) {
-			continue // not an event a client can read
+	for _, js := range sent {
+		var e strippedEvent
+		if json.Unmarshal(js, &e) != nil || e.Type == "" || !bytes.HasPrefix(bytes.TrimSpace(e.Content), []byte("{")) {
+			continue
 		}
 		list.Events = append(list.Events, e)
 	}
@@ -89,7 +92,7 @@ func (b *syncBuilder) outOfBand(ctx context.Context, m sql.SyncMembership, own s
 		return err
 	}
 	list.Events = append(list.Events, s)
-	b.putStripped(m.RoomID, spec.Invite, list)
+	b.putStripped(m.RoomID, membership, list)
 	return nil
 }
 
