@@ -18,8 +18,8 @@ import (
 
 // Limits of one round of backfill.
 const (
-	// backfillLimit is how many events a round asks a server for: the
-	// most a server answers (Synapse's limit, and ours).
+	// backfillLimit bounds how many events a round asks a server for:
+	// the most a server answers (Synapse's limit, and ours).
 	backfillLimit = backfillMaxLimit
 	// backfillServers bounds the servers a round tries, one after the
 	// other, until one answers with history.
@@ -31,10 +31,10 @@ const (
 )
 
 // BackfillRooms is what the Backfiller needs of the roomserver
-// (roomserver.API has it): where a room's history here begins, and the
-// input that stores what comes from before it.
+// (roomserver.API has it): which gaps in a room's history to fill, and
+// the input that stores what fills them.
 type BackfillRooms interface {
-	BackfillFrom(ctx context.Context, roomID string) (version string, from []string, err error)
+	BackfillFrom(ctx context.Context, roomID string, prevs []string) (version string, from []string, err error)
 	Input(ctx context.Context, req roomserver.InputRequest) (roomserver.InputResponse, error)
 }
 
@@ -44,14 +44,16 @@ type JoinedServers interface {
 	JoinedServersByAge(ctx context.Context, roomID string) ([]string, error)
 }
 
-// Backfiller fetches history older than what this server has of a room
-// from the other servers in it (spec: "Backfilling and retrieving missing
-// events", GET /backfill) and hands it to the roomserver as a Backfill
-// input: the sync API's /messages calls it when a backwards page reaches
-// the start of a room here. A round asks for the events before the
-// room's backward extremities (roomserver.BackfillFrom), from the
-// servers with users joined to the room, those longest in it first,
-// until one answers with events the roomserver places.
+// Backfiller fetches history missing from what this server has of a
+// room from the other servers in it (spec: "Backfilling and retrieving
+// missing events", GET /backfill) and hands it to the roomserver as a
+// Backfill input: the sync API's /messages calls it when a backwards
+// page reaches a gap in a room's history here (the start of it, for a
+// server that joined the room late). A round asks for the events before
+// the gaps' missing prev events that the roomserver lets it claim
+// (roomserver.BackfillFrom), from the servers with users joined to the
+// room, those longest in it first, until one answers with events the
+// roomserver places.
 type Backfiller struct {
 	client  *Client
 	keys    gomatrixserverlib.JSONVerifier
@@ -81,14 +83,15 @@ func NewBackfiller(client *Client, keys gomatrixserverlib.JSONVerifier, servers 
 	return &Backfiller{client: client, keys: keys, servers: servers, rooms: rooms, log: log, inFlight: make(map[string]*backfillRound)}
 }
 
-// Backfill runs one round for a room and returns how many events the
+// Backfill runs one round for a room, asking for up to limit events
+// before the missing prev events from, and returns how many events the
 // roomserver placed in its history: none when it has nothing to ask for
-// (its history here starts with the create event, or is hidden from
-// this server before that point, or this server is not in the room, or
-// no other server is). It
-// fails when no server answered with events the roomserver could use,
-// with what each server did.
-func (b *Backfiller) Backfill(ctx context.Context, roomID string) (int, error) {
+// (the gaps are filled, or backing off, or before history hidden from
+// this server, or this server is not in the room, or no other server
+// is). It fails when no server answered with events the roomserver could
+// use, with what each server did. A round asked for while another runs
+// in the same room waits for that one's result.
+func (b *Backfiller) Backfill(ctx context.Context, roomID string, from []string, limit int) (int, error) {
 	b.mu.Lock()
 	r, running := b.inFlight[roomID]
 	if !running {
@@ -104,7 +107,7 @@ func (b *Backfiller) Backfill(ctx context.Context, roomID string) (int, error) {
 			return 0, ctx.Err()
 		}
 	}
-	r.n, r.err = b.round(ctx, roomID)
+	r.n, r.err = b.round(ctx, roomID, from, min(max(limit, 1), backfillLimit))
 	b.mu.Lock()
 	delete(b.inFlight, roomID)
 	b.mu.Unlock()
@@ -112,8 +115,8 @@ func (b *Backfiller) Backfill(ctx context.Context, roomID string) (int, error) {
 	return r.n, r.err
 }
 
-func (b *Backfiller) round(ctx context.Context, roomID string) (int, error) {
-	version, from, err := b.rooms.BackfillFrom(ctx, roomID)
+func (b *Backfiller) round(ctx context.Context, roomID string, prevs []string, limit int) (int, error) {
+	version, from, err := b.rooms.BackfillFrom(ctx, roomID, prevs)
 	if err != nil || len(from) == 0 {
 		return 0, err
 	}
@@ -136,7 +139,7 @@ func (b *Backfiller) round(ctx context.Context, roomID string) (int, error) {
 		if tried++; tried > backfillServers {
 			break
 		}
-		evs, err := b.fetch(ctx, server, roomID, ver, from)
+		evs, err := b.fetch(ctx, server, roomID, ver, from, limit)
 		if err != nil {
 			failures = append(failures, err)
 			continue
@@ -154,7 +157,7 @@ func (b *Backfiller) round(ctx context.Context, roomID string) (int, error) {
 			}
 			evs = evs[n:]
 			resp, err := b.rooms.Input(ctx, roomserver.InputRequest{RoomID: roomID,
-				Backfill: &roomserver.BackfillRequest{Origin: s, Events: raws}})
+				Backfill: &roomserver.BackfillRequest{Origin: s, From: from, Events: raws}})
 			if err != nil {
 				return placed, fmt.Errorf("backfill %s from %s: %w", roomID, s, err)
 			}
@@ -169,20 +172,20 @@ func (b *Backfiller) round(ctx context.Context, roomID string) (int, error) {
 	return 0, errors.Join(failures...)
 }
 
-// fetch asks server for the events before from and returns those that
-// pass their checks (redacted where their content hash failed), newest
-// first.
+// fetch asks server for up to limit events before from and returns those
+// that pass their checks (redacted where their content hash failed),
+// newest first.
 func (b *Backfiller) fetch(ctx context.Context, server spec.ServerName, roomID string, ver gomatrixserverlib.IRoomVersion,
-	from []string) ([]gomatrixserverlib.PDU, error) {
-	txn, err := b.client.Backfill(ctx, b.client.Origin(), server, roomID, backfillLimit, from)
+	from []string, limit int) ([]gomatrixserverlib.PDU, error) {
+	txn, err := b.client.Backfill(ctx, b.client.Origin(), server, roomID, limit, from)
 	if err != nil {
 		return nil, fmt.Errorf("backfill from %s: %w", server, err)
 	}
 	raws := txn.PDUs
-	if len(raws) > backfillLimit {
+	if len(raws) > limit {
 		// More than asked for: servers answer newest first, and the
 		// newest are the ones next to our history.
-		raws = raws[:backfillLimit]
+		raws = raws[:limit]
 	}
 	pdus, errs, err := verifyPDUs(ctx, b.keys, ver, raws)
 	if err != nil {

@@ -26,10 +26,14 @@ type fakeBackfillRooms struct {
 	entered, release chan struct{}
 
 	mu     sync.Mutex
+	asked  [][]string // the prevs of each BackfillFrom
 	inputs []roomserver.BackfillRequest
 }
 
-func (f *fakeBackfillRooms) BackfillFrom(context.Context, string) (string, []string, error) {
+func (f *fakeBackfillRooms) BackfillFrom(_ context.Context, _ string, prevs []string) (string, []string, error) {
+	f.mu.Lock()
+	f.asked = append(f.asked, prevs)
+	f.mu.Unlock()
 	return "10", f.from, nil
 }
 
@@ -112,7 +116,7 @@ func TestBackfiller(t *testing.T) {
 
 	rooms := &fakeBackfillRooms{from: []string{"$from"}}
 	b := NewBackfiller(client, e.ring, serverList{string(ours), down.Listener.Addr().String(), string(origin)}, rooms, nil)
-	n, err := b.Backfill(ctx, room)
+	n, err := b.Backfill(ctx, room, []string{"$gap"}, 100)
 	if err != nil || n != 3 {
 		t.Fatalf("Backfill = %d, %v; want 3 events", n, err)
 	}
@@ -121,17 +125,22 @@ func TestBackfiller(t *testing.T) {
 		rooms.inputs[0].Origin != string(origin) {
 		t.Errorf("inputs %v from %s, want %v from %s", got, rooms.inputs[0].Origin, want, origin)
 	}
+	// The roomserver is asked for the gaps the caller gave, and the
+	// input carries what it claimed of them.
+	if len(rooms.asked) != 1 || !slices.Equal(rooms.asked[0], []string{"$gap"}) || !slices.Equal(rooms.inputs[0].From, []string{"$from"}) {
+		t.Errorf("claimed %v, input from %v", rooms.asked, rooms.inputs[0].From)
+	}
 	if tamp, _ := ver.NewEventFromUntrustedJSON(rooms.inputs[0].Events[1]); !tamp.Redacted() {
 		t.Error("the event whose content hash failed was not redacted")
 	}
 
 	// Nothing to ask for, or not in the room: no round, no error.
 	for name, b := range map[string]*Backfiller{
-		"no backward extremities": NewBackfiller(client, e.ring, serverList{string(ours), string(origin)}, &fakeBackfillRooms{}, nil),
-		"not in the room":         NewBackfiller(client, e.ring, serverList{string(origin)}, rooms, nil),
-		"alone in the room":       NewBackfiller(client, e.ring, serverList{string(ours)}, rooms, nil),
+		"nothing claimed":   NewBackfiller(client, e.ring, serverList{string(ours), string(origin)}, &fakeBackfillRooms{}, nil),
+		"not in the room":   NewBackfiller(client, e.ring, serverList{string(origin)}, rooms, nil),
+		"alone in the room": NewBackfiller(client, e.ring, serverList{string(ours)}, rooms, nil),
 	} {
-		if n, err := b.Backfill(ctx, room); n != 0 || err != nil {
+		if n, err := b.Backfill(ctx, room, []string{"$gap"}, 100); n != 0 || err != nil {
 			t.Errorf("%s: %d, %v", name, n, err)
 		}
 	}
@@ -142,7 +151,7 @@ func TestBackfiller(t *testing.T) {
 	// Every server failing: the error says what each did.
 	empty := fakeOrigin(t, map[string]any{backfillPath: txn(forged)})
 	b = NewBackfiller(client, e.ring, serverList{string(ours), down.Listener.Addr().String(), string(empty)}, rooms, nil)
-	if n, err := b.Backfill(ctx, room); n != 0 || err == nil || !strings.Contains(err.Error(), string(empty)+" answered no usable events") ||
+	if n, err := b.Backfill(ctx, room, []string{"$gap"}, 100); n != 0 || err == nil || !strings.Contains(err.Error(), string(empty)+" answered no usable events") ||
 		!strings.Contains(err.Error(), down.Listener.Addr().String()) {
 		t.Errorf("every server failing: %d, %v", n, err)
 	}
@@ -156,7 +165,7 @@ func TestBackfiller(t *testing.T) {
 	slices.Reverse(big)
 	rooms = &fakeBackfillRooms{from: []string{"$from"}}
 	b = NewBackfiller(client, e.ring, serverList{string(ours), string(fakeOrigin(t, map[string]any{backfillPath: txn(big...)}))}, rooms, nil)
-	if n, err := b.Backfill(ctx, room); n != len(big) || err != nil {
+	if n, err := b.Backfill(ctx, room, []string{"$gap"}, 100); n != len(big) || err != nil {
 		t.Fatalf("big answer: %d, %v", n, err)
 	}
 	got = rooms.inputIDs(t)
@@ -195,9 +204,9 @@ func TestBackfillerOneRoundAtATime(t *testing.T) {
 	rooms := &fakeBackfillRooms{from: []string{"$from"}, entered: make(chan struct{}, 2), release: make(chan struct{})}
 	b := NewBackfiller(testClient(t, key), e.ring, serverList{string(ours), string(origin)}, rooms, nil)
 	results := make(chan int, 2)
-	go func() { n, _ := b.Backfill(ctx, room); results <- n }()
+	go func() { n, _ := b.Backfill(ctx, room, []string{"$gap"}, 100); results <- n }()
 	<-rooms.entered
-	go func() { n, _ := b.Backfill(ctx, room); results <- n }()
+	go func() { n, _ := b.Backfill(ctx, room, []string{"$gap"}, 100); results <- n }()
 	// The second waits for the first, whose input is held.
 	select {
 	case n := <-results:

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -188,8 +189,9 @@ func TestServe(t *testing.T) {
 			fc := federationClient(t, cfg.DataDir, "localhost")
 
 			v := getJSON(t, c, "http://"+client+"/_matrix/client/versions", 200)
-			if _, ok := v["versions"].([]any); !ok {
-				t.Errorf("/versions has no versions list: %v", v)
+			// matrix-js-sdk (Element Web) refuses a server without v1.1.
+			if vs, ok := v["versions"].([]any); !ok || !slices.Contains(vs, any("v1.1")) {
+				t.Errorf("/versions lists no v1.1: %v", v)
 			}
 			if _, ok := v["unstable_features"].(map[string]any); !ok {
 				t.Errorf("/versions has no unstable_features object: %v", v)

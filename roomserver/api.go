@@ -33,7 +33,7 @@ type InputRequest struct {
 	Invite      *RemoteInvite `json:"invite,omitempty"`
 	LeaveRemote *JoinRemote   `json:"leave_remote,omitempty"`
 	KnockRemote *JoinRemote   `json:"knock_remote,omitempty"`
-	// Backfill stores history older than the room's timeline here.
+	// Backfill stores history missing from the room's timeline here.
 	Backfill *BackfillRequest `json:"backfill,omitempty"`
 }
 
@@ -58,13 +58,14 @@ type Inviter interface {
 }
 
 // BackfillRequest is what another server answered to GET /backfill from
-// the room's backward extremities (see Roomserver.BackfillFrom): events
-// older than the room's timeline here. The federation layer has checked
-// their signatures, and redacted those whose content hash did not match.
-// The roomserver keeps those that precede the timeline (the events asked
-// for and their ancestors among the answer), checks each against its auth
-// events and the state before it (fetched from Origin with /state_ids
-// where the answer does not reach it, then carried forward), and stores
+// missing prev events of the room's gaps (see Roomserver.BackfillFrom):
+// events missing from the room's timeline here. The federation layer has
+// checked their signatures, and redacted those whose content hash did not
+// match. The roomserver keeps those that fill the gaps (those of From
+// that are still missing, and their ancestors among the answer), checks
+// each against its auth events and the state before it (fetched from
+// Origin with /state_ids where the answer does not reach it, then
+// carried forward), and stores
 // them as history: /messages shows them in their topological place; /sync
 // never does, and the room's current state, forward extremities and
 // room.output do not change. Events failing the checks are stored as
@@ -73,6 +74,8 @@ type Inviter interface {
 type BackfillRequest struct {
 	// Origin is the server that answered, asked for what the events lack.
 	Origin string `json:"origin"`
+	// From are the missing prev events the server was asked for.
+	From []string `json:"from"`
 	// Events are PDUs in the room version's format, in any order.
 	Events []json.RawMessage `json:"events"`
 }

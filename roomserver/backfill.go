@@ -15,18 +15,24 @@ import (
 	"github.com/weft-chat/weft/sql"
 )
 
-// History older than the room's timeline (spec: server-server API,
+// History missing from a room's timeline (spec: server-server API,
 // "Backfilling and retrieving missing events"). A server that joined a
 // room through another holds the room's state and auth chain as outliers
-// and its join in the timeline, nothing before. When /messages reaches
-// that point, the federation layer asks servers in the room for the
-// events before it (GET /backfill from BackfillFrom) and hands them over
-// in a Backfill input. Each event is checked as one received live, but
-// for the room's current state (history is not soft-failed), and stored
-// as history: at a negative stream position (sql.AllocBackfillPositions)
-// with the state before it, and nothing else of the room changes.
-// Outliers the answer reaches (the create event, the state joined with)
-// take their place in the timeline there.
+// and its join in the timeline, nothing before; a server that left a
+// room and joined it again lacks what was said meanwhile; remote input
+// bridges long gaps with /state_ids. Each such hole is recorded where an
+// event enters the timeline without its prev events (see noteGaps).
+// When /messages pages back to one, the federation layer claims it
+// (BackfillFrom), asks servers in the room for the events before the
+// missing prev events (GET /backfill) and hands them over in a Backfill
+// input. Each event is checked as one received live, but for the room's
+// current state (history is not soft-failed), and stored as history: at
+// a negative stream position (sql.AllocBackfillPositions), which /sync
+// never reads, and at its depth, which places it in /messages' order
+// between the events around the hole; with the state before it, and
+// nothing else of the room changes. Outliers the answer reaches (the
+// create event, the state joined with) take their place in the timeline
+// there.
 
 const (
 	// maxBackfillEvents bounds the events of one Backfill input: the
@@ -51,14 +57,14 @@ type historical struct {
 	outlier int64
 }
 
-// BackfillFrom says where a room's history here begins, for a backfill:
-// the prev events of its earliest timeline events that are not in its
-// timeline (unknown, or outliers), at most five, and the room version
-// to parse what comes back in. There are none when the timeline begins
-// with the room's create event, or when the history before it is hidden
-// from this server (see serverSeesBefore). 404 M_NOT_FOUND for an
-// unknown room.
-func (rs *Roomserver) BackfillFrom(ctx context.Context, roomID string) (version string, from []string, err error) {
+// BackfillFrom claims a room's gaps at the given missing prev events
+// (see sql.GapsIn) for one backfill: it returns those of them to ask
+// other servers for, at most five, and the room version to parse what
+// comes back in. It leaves out gaps whose backoff has not passed (it
+// pushes back those it returns: a gap that is filled is forgotten), and
+// forgets gaps before history hidden from this server (see
+// serverSeesBefore). 404 M_NOT_FOUND for an unknown room.
+func (rs *Roomserver) BackfillFrom(ctx context.Context, roomID string, prevs []string) (version string, from []string, err error) {
 	info, err := rs.db.Room(ctx, roomID)
 	if errors.Is(err, sql.ErrNotFound) {
 		return "", nil, mxhttp.NotFound("Unknown room %s", roomID)
@@ -66,52 +72,43 @@ func (rs *Roomserver) BackfillFrom(ctx context.Context, roomID string) (version 
 	if err != nil {
 		return "", nil, err
 	}
-	from, err = rs.backwardExtremities(ctx, info)
-	return info.Version, from, err
-}
-
-func (rs *Roomserver) backwardExtremities(ctx context.Context, info sql.RoomInfo) ([]string, error) {
-	earliest, err := rs.db.TimelineEvents(ctx, info.NID, sql.TopoStart, sql.TopoEnd, false, maxBackwardExtremities)
-	if err != nil || len(earliest) == 0 || earliest[0].Type == spec.MRoomCreate {
-		return nil, err
+	if len(prevs) > maxBackwardExtremities {
+		prevs = prevs[:maxBackwardExtremities]
 	}
-	after := make(map[string]sql.Event) // a prev event → the first timeline event after it
-	var prevs []string
-	for _, e := range earliest {
-		pdu, err := rs.parseCached(e)
-		if err != nil {
-			return nil, err
-		}
-		for _, id := range pdu.PrevEventIDs() {
-			if _, ok := after[id]; !ok {
-				after[id] = e
-				prevs = append(prevs, id)
-			}
+	gaps, err := rs.db.ClaimGaps(ctx, info.NID, prevs)
+	if err != nil || len(gaps) == 0 {
+		return info.Version, nil, err
+	}
+	var nids []int64
+	for _, g := range gaps {
+		if !slices.Contains(nids, g.EventNID) {
+			nids = append(nids, g.EventNID)
 		}
 	}
-	known, err := rs.db.EventsByID(ctx, prevs)
+	after, err := rs.db.EventsByNID(ctx, nids)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	done := make(map[string]bool, len(known))
-	for _, k := range known {
-		// In the timeline already, rejected, or of another room:
-		// nothing to fetch before it.
-		done[k.EventID] = !k.Outlier || k.Rejected || k.RoomNID != info.NID
-	}
-	var from []string
-	for _, id := range prevs {
-		if !done[id] && len(from) < maxBackwardExtremities {
-			from = append(from, id)
+	visible := make(map[int64]bool, len(after))
+	var hidden []int64
+	for _, e := range after {
+		ok, err := rs.serverSeesBefore(ctx, e)
+		if err != nil {
+			return "", nil, err
+		}
+		if visible[e.NID] = ok; !ok {
+			hidden = append(hidden, e.NID)
 		}
 	}
-	if len(from) == 0 {
-		return nil, nil
+	if err := rs.db.DropGaps(ctx, hidden); err != nil {
+		return "", nil, err
 	}
-	if ok, err := rs.serverSeesBefore(ctx, after[from[0]]); err != nil || !ok {
-		return nil, err
+	for _, g := range gaps {
+		if visible[g.EventNID] && !slices.Contains(from, g.Prev) {
+			from = append(from, g.Prev)
+		}
 	}
-	return from, nil
+	return info.Version, from, nil
 }
 
 // serverSeesBefore reports whether this server may see the room's
@@ -162,7 +159,9 @@ func (rs *Roomserver) backfill(ctx context.Context, req InputRequest) (InputResp
 	if err != nil {
 		return InputResponse{}, mxhttp.Errorf(400, "M_UNSUPPORTED_ROOM_VERSION", "Unsupported room version %s", v.info.Version)
 	}
-	from, err := rs.backwardExtremities(ctx, v.info)
+	// What was asked for, and is still missing: anything else is no
+	// part of the answer.
+	from, err := rs.db.GapPrevs(ctx, v.info.NID, bf.From)
 	if err != nil {
 		return InputResponse{}, err
 	}
@@ -202,9 +201,9 @@ func (rs *Roomserver) backfill(ctx context.Context, req InputRequest) (InputResp
 	return resp, nil
 }
 
-// preceding keeps the events of evs that precede the timeline: those of
-// from (the backward extremities) and, through prev_events, their
-// ancestors among evs. Anything else a server sends is no part of what
+// preceding keeps the events of evs that fill the gaps: those of from
+// (the missing prev events) and, through prev_events, their ancestors
+// among evs. Anything else a server sends is no part of what
 // was asked. They come back parents before children (depth orders the
 // rest), so that the state before each is known by the time it is
 // checked.
@@ -381,7 +380,8 @@ func authKeys(ev gomatrixserverlib.PDU) []sql.StateKey {
 }
 
 // stageBackfill is stage for a historical event (remoteFacts.backfill):
-// its row at its own position with the state before it, its relation,
+// its row at its own position with the state before it, the gaps it
+// closes and opens, its relation,
 // and its redaction if it is one (the state before it decides the
 // redacter's power). The room's state, extremities and row stay as they
 // are, and nothing is published.
@@ -400,6 +400,7 @@ func (rs *Roomserver) stageBackfill(ctx context.Context, g *groupTx, rc *roomCom
 	} else {
 		g.events = append(g.events, row)
 	}
+	g.noteGaps(info.NID, nid, ev, true)
 	if rel, ok := sql.RelationOf(ev.Content()); ok {
 		g.rels = append(g.rels, sql.EventRelation{EventNID: nid, RoomNID: info.NID, DeclaredRelation: rel})
 	}

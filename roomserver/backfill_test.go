@@ -85,13 +85,34 @@ func topological(t *testing.T, rs *Roomserver, roomID string) (ids []string, sta
 	return ids, states, rows
 }
 
+// gapPrevs lists the missing prev events of a room's gaps that may be
+// asked for now, those of the newest gaps first, as /messages does
+// over the whole room.
+func gapPrevs(t *testing.T, rs *Roomserver, roomID string) []string {
+	t.Helper()
+	ctx := context.Background()
+	info, err := rs.db.Room(ctx, roomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gaps, err := rs.db.GapsIn(ctx, info.NID, sql.TopoStart, sql.TopoEnd, maxBackwardExtremities)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prevs []string
+	for _, g := range gaps {
+		prevs = append(prevs, g.Prev)
+	}
+	return prevs
+}
+
 // backfillRound runs one round as the federation layer does: where to
 // start, A's answer, B's input. It returns the events B placed, and
 // false when B has nothing to ask for.
 func backfillRound(t *testing.T, s *twoServers, limit int, extra ...json.RawMessage) ([]string, bool) {
 	t.Helper()
 	ctx := context.Background()
-	_, from, err := s.b.BackfillFrom(ctx, s.roomID)
+	_, from, err := s.b.BackfillFrom(ctx, s.roomID, gapPrevs(t, s.b, s.roomID))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +120,7 @@ func backfillRound(t *testing.T, s *twoServers, limit int, extra ...json.RawMess
 		return nil, false
 	}
 	evs := append(serveBackfill(t, s.a, from, limit), extra...)
-	resp, err := s.b.HandleInput(ctx, InputRequest{RoomID: s.roomID, Backfill: &BackfillRequest{Origin: "a.test", Events: evs}})
+	resp, err := s.b.HandleInput(ctx, InputRequest{RoomID: s.roomID, Backfill: &BackfillRequest{Origin: "a.test", From: from, Events: evs}})
 	if err != nil {
 		t.Fatalf("backfill from %v: %v", from, err)
 	}
@@ -251,15 +272,24 @@ func TestBackfillHiddenHistory(t *testing.T) {
 			if _, err := s.b.HandleInput(ctx, InputRequest{RoomID: s.roomID, JoinRemote: &JoinRemote{UserID: rBob, Servers: []string{"a.test"}}}); err != nil {
 				t.Fatal(err)
 			}
-			if _, from, err := s.b.BackfillFrom(ctx, s.roomID); err != nil || len(from) != 0 {
+			// The join's gap is recorded, and forgotten once claimed: it
+			// is never worth asking for.
+			gaps := gapPrevs(t, s.b, s.roomID)
+			if len(gaps) != 1 {
+				t.Fatalf("gaps %v, want the one before the join", gaps)
+			}
+			if _, from, err := s.b.BackfillFrom(ctx, s.roomID, gaps); err != nil || len(from) != 0 {
 				t.Errorf("backfill from %v, %v; want nowhere", from, err)
+			}
+			if gaps := gapPrevs(t, s.b, s.roomID); len(gaps) != 0 {
+				t.Errorf("gaps %v after a claim of hidden history", gaps)
 			}
 			// A room's own server never needs to: its timeline starts
 			// with the create event.
-			if _, from, err := s.a.BackfillFrom(ctx, s.roomID); err != nil || len(from) != 0 {
-				t.Errorf("A would backfill from %v, %v", from, err)
+			if gaps := gapPrevs(t, s.a, s.roomID); len(gaps) != 0 {
+				t.Errorf("A has gaps at %v", gaps)
 			}
-			if _, _, err := s.b.BackfillFrom(ctx, "!unknown:a.test"); err == nil {
+			if _, _, err := s.b.BackfillFrom(ctx, "!unknown:a.test", nil); err == nil {
 				t.Error("an unknown room has a place to backfill from")
 			}
 		})

@@ -134,6 +134,8 @@ type groupTx struct {
 	members  []sql.MemberChange
 	rels     []sql.EventRelation
 	placed   []sql.PendingEvent // outliers put into the timeline as history
+	gaps     []sql.GapRow       // prev events the timeline may lack (see noteGaps)
+	filled   []string           // events that close recorded gaps
 	txns     []sql.EventTransaction
 	rooms    []sql.RoomMove
 	redacts  []redactionRow
@@ -275,6 +277,9 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 	}
 	p.InsertEvents(g.events)
 	p.PlaceOutliers(g.placed)
+	// After the events, which they look up.
+	p.ClearGaps(g.filled)
+	p.RecordGaps(g.gaps)
 	for _, r := range g.redacts {
 		// After the events: the redacted event may be one of them.
 		p.RedactEvent(r.nid, r.stripped, r.by)

@@ -23,6 +23,9 @@ func (rs *Roomserver) stageRemote(ctx context.Context, g *groupTx, rc *roomCommi
 	if f.backfill != nil {
 		return state, rs.stageBackfill(ctx, g, rc, p, nid)
 	}
+	if !f.outlier || f.rejected {
+		g.noteGaps(info.NID, nid, ev, !f.outlier)
+	}
 	row := sql.Event{NID: nid, RoomNID: info.NID, EventID: ev.EventID(), Type: ev.Type(), StateKey: ev.StateKey(),
 		Sender: string(ev.SenderID()), Depth: ev.Depth(), OriginServerTS: int64(ev.OriginServerTS()),
 		JSON: ev.JSON(), Outlier: f.outlier, Rejected: f.rejected}

@@ -6,13 +6,15 @@ import (
 	"strings"
 )
 
-// History older than a room's timeline, fetched from other servers
-// (backfill), is stored with negative stream positions, as Synapse does:
-// each round of it takes a block below every position handed out so far,
-// from a counter of its own. The events stream's readers serve positions
-// above a since token, which is never negative, so /sync never shows
-// such events; /messages orders a room by (depth, stream position), where
-// they take their place by depth.
+// History missing from a room's timeline, fetched from other servers
+// (backfill: older than the timeline, or in a gap of it, see gaps.go), is
+// stored with negative stream positions, as Synapse does: each round of
+// it takes a block below every position handed out so far, from a
+// counter of its own. The events stream's readers serve positions above
+// a since token, which is never negative, so /sync never shows such
+// events; /messages orders a room by (depth, stream position), where
+// they take their place by depth, in a gap as well as before the
+// timeline.
 
 // BackfillStream names the counter of historical positions in
 // stream_positions. Its row holds the lowest position handed out (0:

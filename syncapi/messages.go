@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/http"
 	"slices"
 	"strings"
@@ -21,20 +22,25 @@ const (
 	// backfillTimeout bounds the wait of one /messages request for the
 	// history it asked other servers for.
 	backfillTimeout = 10 * time.Second
+	// maxPageGaps bounds the gaps one page asks to fill (the missing
+	// prev events of one round: Synapse's five backward extremities).
+	maxPageGaps = 5
 )
 
-// Backfiller fetches history older than what this server has of a room
-// from the other servers in it (federation.Backfiller): /messages asks
-// for it when a backwards page reaches the start of the room here.
+// Backfiller fetches history missing from what this server has of a
+// room from the other servers in it (federation.Backfiller): /messages
+// asks for it when a backwards page reaches a gap in the room's history
+// here (sql.GapsIn).
 type Backfiller interface {
-	// Backfill stores one round of the room's older history and says
-	// how many events it stored: none when there is nothing to fetch
-	// (the room's history here starts with its create event, or what
-	// precedes it is hidden from this server).
-	Backfill(ctx context.Context, roomID string) (int, error)
+	// Backfill stores one round of the room's history before the
+	// missing prev events from, up to limit events, and says how many
+	// events it stored: none when there is nothing to fetch (the gaps
+	// are filled or backing off, or what precedes them is hidden from
+	// this server).
+	Backfill(ctx context.Context, roomID string, from []string, limit int) (int, error)
 }
 
-// WithBackfill makes /messages fetch older history from other servers.
+// WithBackfill makes /messages fetch missing history from other servers.
 func WithBackfill(b Backfiller) Option {
 	return func(a *API) { a.backfill = b }
 }
@@ -108,8 +114,8 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, dev *userapi.Devi
 	if err != nil {
 		return err
 	}
-	if backward && to == nil && !p.more && a.backfill != nil {
-		if p, err = a.backfillPage(ctx, roomID, info.NID, p, limit, keep); err != nil {
+	if backward && a.backfill != nil {
+		if p, err = a.fillGaps(ctx, roomID, info.NID, start, end, p, limit, keep); err != nil {
 			return err
 		}
 	}
@@ -135,17 +141,35 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, dev *userapi.Devi
 	return writeJSON(w, resp)
 }
 
-// backfillPage goes on with a backwards page that reached the start of
-// the room's history here: one round of backfill, within
-// backfillTimeout, then the rest of the page from what it stored. A
-// failure is logged and the page served as it is. While rounds store
-// events the page ends with a token, even when it is not full (what
-// they stored may all be hidden from the caller): the next page asks
-// for the next round.
-func (a *API) backfillPage(ctx context.Context, roomID string, roomNID int64, p page, limit int,
+// fillGaps goes on with a backwards page over (end, start] that reached
+// gaps in the room's history here (sql.GapsIn; the gap at the event
+// just after start counts, as its missing events would come first): one
+// round of backfill for the newest few, within backfillTimeout, then the
+// page read again, with what the round stored in place. The round claims
+// the gaps it asks for (they back off), so a gap that no server fills is
+// not asked for again at once, and the page is served across it. Should
+// the page go on over a gap still to be asked for (one the round opened
+// further back, the history before what it fetched), it stops just
+// after that gap's event, with a token: the next page starts there and
+// asks for it. A failure is logged and the page served as it is.
+func (a *API) fillGaps(ctx context.Context, roomID string, roomNID int64, start, end sql.TopoPos, p page, limit int,
 	keep func(sql.Event) (bool, error)) (page, error) {
+	reached := end
+	if p.more {
+		reached = p.next
+	}
+	gaps, err := a.db.GapsIn(ctx, roomNID, reached, after(start), maxPageGaps)
+	if err != nil || len(gaps) == 0 {
+		return p, err
+	}
+	var from []string
+	for _, g := range gaps {
+		if !slices.Contains(from, g.Prev) {
+			from = append(from, g.Prev)
+		}
+	}
 	bctx, cancel := context.WithTimeout(ctx, backfillTimeout)
-	n, err := a.backfill.Backfill(bctx, roomID)
+	n, err := a.backfill.Backfill(bctx, roomID, from, limit)
 	cancel()
 	if err != nil {
 		a.log.WarnContext(ctx, "backfill failed", "room_id", roomID, "err", err)
@@ -153,13 +177,32 @@ func (a *API) backfillPage(ctx context.Context, roomID string, roomNID int64, p 
 	if n == 0 {
 		return p, nil
 	}
-	rest, err := paginate(ctx, a.timeline(roomNID), p.next, sql.TopoStart, true, limit-len(p.events), keep)
+	stop := end
+	next, err := a.db.GapsIn(ctx, roomNID, end, after(start), 1)
 	if err != nil {
 		return page{}, err
 	}
-	p.events = append(p.events, rest.events...)
-	p.next, p.more = rest.next, true
+	if len(next) > 0 {
+		if b := before(sql.Event{Depth: next[0].Key.Depth, StreamPos: next[0].Key.Stream}); end.Less(b) && b.Less(start) {
+			stop = b
+		}
+	}
+	if p, err = paginate(ctx, a.timeline(roomNID), start, stop, true, limit, keep); err != nil {
+		return page{}, err
+	}
+	if stop != end && !p.more {
+		p.next, p.more = stop, true
+	}
 	return p, nil
+}
+
+// after is the boundary just after the event a boundary stands before
+// (as an event's key), for a range that includes that event.
+func after(p sql.TopoPos) sql.TopoPos {
+	if p.Stream < math.MaxInt64 {
+		p.Stream++
+	}
+	return p
 }
 
 // timeline reads a room's timeline.

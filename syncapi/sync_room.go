@@ -152,6 +152,15 @@ func (b *syncBuilder) roomContent(ctx context.Context, m sql.SyncMembership, mem
 		}
 		b.membersUnchanged[m.RoomNID] = true
 	}
+	if w.full && !b.initial {
+		// A room joined in the window, maybe again, through another
+		// server: its timeline may span a gap.
+		cut, gapped, err := b.a.afterGap(ctx, m.RoomNID, evs)
+		if err != nil {
+			return nil, err
+		}
+		evs, read.limited = cut, read.limited || gapped
+	}
 	out.timeline.Limited = read.limited
 	deferred := b.deferServing(w) && !w.onlyOwn
 	if deferred {

@@ -1,0 +1,25 @@
+package roomserver
+
+import (
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/weft-chat/weft/sql"
+)
+
+// noteGaps records what an event from another server does to the room's
+// gaps (sql.RecordGaps): entering the timeline, it closes the gaps at it
+// and opens one at each of its prev events the timeline lacks, which a
+// backfill fills when /messages pages back to it. Rejected, it closes
+// the gaps at it: there is nothing to fetch there. Local events and
+// remote ones that extend the room as it is need none of this: their
+// prev events are the room's forward extremities, in the timeline, and
+// they are nobody's missing prev event.
+func (g *groupTx) noteGaps(roomNID, nid int64, ev gomatrixserverlib.PDU, timeline bool) {
+	g.filled = append(g.filled, ev.EventID())
+	if !timeline {
+		return
+	}
+	for _, id := range ev.PrevEventIDs() {
+		g.gaps = append(g.gaps, sql.GapRow{RoomNID: roomNID, EventNID: nid, Prev: id})
+	}
+}
