@@ -8,7 +8,7 @@ import (
 )
 
 // The unread counts kept per user, room and thread (migration
-// 0020_push_summary.sql), so that /sync reads a row per room and thread
+// 0021_push_summary.sql), so that /sync reads a row per room and thread
 // instead of counting notifications.
 //
 // Writers: the push counter adds an event's notifications
