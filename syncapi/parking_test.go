@@ -175,16 +175,47 @@ func TestSyncParkedPipelined(t *testing.T) {
 }
 
 // TestSyncParkedShutdown: stopping the server answers the parked
-// long-polls at once.
+// long-polls at once, each with Connection: close (no next request will
+// be served), and does not wait for an Accept of their connections
+// (more of them than the hand-back queue holds).
 func TestSyncParkedShutdown(t *testing.T) {
 	h := hs{hstest.StartEngine(t, "sqlite")}
 	bob := h.user(t, "bob")
 	since := h.sync(t, bob, nil).NextBatch
-	waiting := h.syncAsync(t, bob, since, time.Minute)
-	time.Sleep(300 * time.Millisecond)
-	go h.Shutdown(context.Background())
-	r := await(t, waiting, 10*time.Second)
-	if r.err != nil || r.status != http.StatusOK || r.resp.NextBatch == "" {
-		t.Fatalf("parked long-poll at shutdown: %d %+v %v", r.status, r.resp, r.err)
+	const polls = 80
+	answers := make(chan *http.Response, polls)
+	for range polls {
+		go func() {
+			req, _ := http.NewRequest(http.MethodGet, longPollURL(h, since, time.Minute), nil)
+			req.Header.Set("Authorization", "Bearer "+bob.AccessToken)
+			// A connection each, as idle clients have.
+			res, err := (&http.Client{Transport: &http.Transport{}}).Do(req)
+			if err == nil {
+				_, err = io.ReadAll(res.Body)
+				res.Body.Close()
+			}
+			if err != nil {
+				res = nil
+			}
+			answers <- res
+		}()
+	}
+	time.Sleep(time.Second) // all parked
+	start := time.Now()
+	if err := h.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Errorf("shutdown took %s", took)
+	}
+	for range polls {
+		select {
+		case res := <-answers:
+			if res == nil || res.StatusCode != http.StatusOK || !res.Close {
+				t.Fatalf("parked long-poll at shutdown: %+v", res)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a parked long-poll was not answered at shutdown")
+		}
 	}
 }
