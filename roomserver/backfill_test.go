@@ -341,7 +341,7 @@ func TestBackfillRelationsAndRedactions(t *testing.T) {
 					t.Errorf("carol's message on B: redacted by %q at %d, %v; want redacted by %s, in the history", row.RedactedBy, row.StreamPos, err, redaction.EventIDs[0])
 				}
 				info, _ := s.b.db.Room(ctx, s.roomID)
-				children, err := s.b.db.ChildrenOf(ctx, info.NID, []string{root}, []string{"m.thread"}, false)
+				children, err := s.b.db.ChildrenOf(ctx, []int64{info.NID}, []string{root}, []string{"m.thread"}, nil)
 				if err != nil || len(children) != 1 || children[0].Event.EventID != reply.EventIDs[0] {
 					t.Errorf("thread of the root on B: %v, %v", children, err)
 				}
