@@ -274,21 +274,9 @@ func (e *Events) stateBefore(r *http.Request) (state, chain []sql.Event, err err
 
 // snapshotEvents loads the events of a state snapshot, oldest first.
 func (e *Events) snapshotEvents(ctx context.Context, snapshot int64) ([]sql.Event, error) {
-	snap, err := e.DB.Snapshot(ctx, snapshot)
+	state, err := e.DB.SnapshotEvents(ctx, snapshot)
 	if err != nil {
 		return nil, err
-	}
-	nids := make([]int64, 0, len(snap))
-	for _, nid := range snap {
-		nids = append(nids, nid)
-	}
-	var state []sql.Event
-	for chunk := range slices.Chunk(nids, idsPerQuery) {
-		evs, err := e.DB.EventsByNID(ctx, chunk)
-		if err != nil {
-			return nil, err
-		}
-		state = append(state, evs...)
 	}
 	sortByDepth(state)
 	return state, nil

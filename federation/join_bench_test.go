@@ -18,6 +18,7 @@ import (
 	"github.com/weft-chat/weft/config"
 	"github.com/weft-chat/weft/homeserver/hstest"
 	"github.com/weft-chat/weft/internal/testclient"
+	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/sql/sqltest"
 )
 
@@ -74,7 +75,7 @@ func BenchmarkTwoServersJoin(b *testing.B) {
 	if b.Failed() {
 		b.FailNow()
 	}
-	settle()
+	settle(b, cfgA.Database.URL, created.RoomID.String())
 	via := &mautrix.ReqJoinRoom{Via: []string{cfgA.ServerName}}
 	if path := os.Getenv("WEFT_BENCH_CPUPROFILE"); path != "" {
 		f, err := os.Create(path)
@@ -117,10 +118,32 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// settle waits, a minute at most, until the servers are done with the
-// room's setup (its consumers run behind the inputs), so the join is
-// measured alone: until the process uses under a tenth of a core.
-func settle() {
+// settle waits until the resident server is done with the room's setup,
+// so that the join is measured alone: its push counter, which runs behind
+// the inputs, has counted every event (each for every member: minutes of
+// backlog in the biggest rooms), and then the process is idle (under a
+// tenth of a core).
+func settle(b *testing.B, dbURL, roomID string) {
+	ctx := context.Background()
+	db, err := sql.Open(ctx, dbURL, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	for {
+		room, err := db.Room(ctx, roomID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		counted, err := db.PushCountedUpTo(ctx, roomID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if counted >= room.LastStreamPos {
+			break
+		}
+		time.Sleep(time.Second)
+	}
 	const tick = 500 * time.Millisecond
 	for range 120 {
 		before := cpuTime()
