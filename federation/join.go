@@ -434,7 +434,12 @@ func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ve
 		parsed := make([]gomatrixserverlib.PDU, len(raws))
 		inParallel(len(raws), func(lo, hi int) {
 			for i := lo; i < hi; i++ {
-				parsed[i], _ = parseInRoom(verImpl, roomID, raws[i])
+				if parsed[i], _ = parseInRoom(verImpl, roomID, raws[i]); parsed[i] != nil {
+					// The event id of room versions 3 and later is a
+					// hash of the event, worked out here once, on every
+					// core, rather than on first use.
+					parsed[i].EventID()
+				}
 			}
 		})
 		return slices.DeleteFunc(parsed, func(ev gomatrixserverlib.PDU) bool { return ev == nil })
@@ -532,41 +537,65 @@ func inParallel(n int, f func(lo, hi int)) {
 // authCheck returns the events of byID that pass the auth rules against
 // their own auth events (see checkAuthSelection), each auth event
 // checked first; an event whose auth events are missing, rejected or
-// form a cycle is rejected.
+// form a cycle is rejected. The events are checked a level at a time,
+// each level's on every core: those whose auth events are all of lower
+// levels (in a room's state, most events stand on the same few: the
+// create event, the power levels, their sender's membership).
 func authCheck(byID map[string]gomatrixserverlib.PDU) map[string]bool {
 	const (
-		checking = iota + 1
-		ok
-		rejected
+		checking = -1
+		unusable = -2 // an auth event missing, or a cycle
 	)
-	status := make(map[string]int, len(byID))
-	accepted := make(map[string]bool, len(byID))
-	var visit func(ev gomatrixserverlib.PDU) bool
-	visit = func(ev gomatrixserverlib.PDU) bool {
-		switch status[ev.EventID()] {
-		case checking, rejected:
-			return false
-		case ok:
-			return true
+	level := make(map[string]int, len(byID))
+	var levelOf func(ev gomatrixserverlib.PDU) int
+	levelOf = func(ev gomatrixserverlib.PDU) int {
+		if l, seen := level[ev.EventID()]; seen {
+			if l == checking {
+				return unusable
+			}
+			return l
 		}
-		status[ev.EventID()] = checking
+		level[ev.EventID()] = checking
+		l := 0
 		for _, id := range ev.AuthEventIDs() {
 			a, found := byID[id]
-			if !found || !visit(a) {
-				status[ev.EventID()] = rejected
-				return false
+			al := unusable
+			if found {
+				al = levelOf(a)
+			}
+			if al == unusable {
+				l = unusable
+				break
+			}
+			l = max(l, al+1)
+		}
+		level[ev.EventID()] = l
+		return l
+	}
+	var levels [][]gomatrixserverlib.PDU
+	for _, ev := range byID {
+		if l := levelOf(ev); l >= 0 {
+			for len(levels) <= l {
+				levels = append(levels, nil)
+			}
+			levels[l] = append(levels[l], ev)
+		}
+	}
+	accepted := make(map[string]bool, len(byID))
+	for _, evs := range levels {
+		ok := make([]bool, len(evs))
+		// The checks of a level only read accepted, written between
+		// levels.
+		inParallel(len(evs), func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				ok[i] = checkAuthSelection(evs[i], byID, accepted) == nil
+			}
+		})
+		for i, ev := range evs {
+			if ok[i] {
+				accepted[ev.EventID()] = true
 			}
 		}
-		if checkAuthSelection(ev, byID, accepted) != nil {
-			status[ev.EventID()] = rejected
-			return false
-		}
-		status[ev.EventID()] = ok
-		accepted[ev.EventID()] = true
-		return true
-	}
-	for _, ev := range byID {
-		visit(ev)
 	}
 	return accepted
 }
