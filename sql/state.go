@@ -68,8 +68,13 @@ const chainOf = `WITH RECURSIVE chain (nid, n) AS (
 		SELECT s.base_nid, c.n + 1 FROM state_snapshots s JOIN chain c ON s.snapshot_nid = c.nid WHERE s.base_nid <> 0
 	) `
 
-// snapshotChain is the query over a snapshot's entries, through its chain.
-const snapshotChain = chainOf + `SELECT e.type, e.state_key, e.event_nid FROM chain c JOIN state_snapshot_entries e ON e.snapshot_nid = c.nid `
+// snapshotChain is the query over a snapshot's entries, through its
+// chain. The IN repeats the join's condition for SQLite: without it, not
+// knowing how short the chain is, it scans the entries of every snapshot
+// of every room (millions in a big room, which has a full snapshot every
+// few state changes) rather than look up the chain's own.
+const snapshotChain = chainOf + `SELECT e.type, e.state_key, e.event_nid
+	FROM chain c JOIN state_snapshot_entries e ON e.snapshot_nid = c.nid AND e.snapshot_nid IN (SELECT nid FROM chain) `
 
 // Snapshot returns the full state of a snapshot: its chain applied from
 // the oldest base up, in one query.
@@ -112,8 +117,9 @@ func (t *Queries) SnapshotEvents(ctx context.Context, nid int64) ([]Event, error
 	if nid == 0 {
 		return nil, nil
 	}
+	// The IN as in snapshotChain.
 	rows, err := t.q.QueryContext(ctx, chainOf+`SELECT c.n, s.type, s.state_key, `+eventColumns+`
-		FROM chain c JOIN state_snapshot_entries s ON s.snapshot_nid = c.nid
+		FROM chain c JOIN state_snapshot_entries s ON s.snapshot_nid = c.nid AND s.snapshot_nid IN (SELECT nid FROM chain)
 		JOIN events e ON e.event_nid = s.event_nid JOIN rooms r ON r.room_nid = e.room_nid`, nid)
 	if err != nil {
 		return nil, err
