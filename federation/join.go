@@ -430,21 +430,39 @@ func sameUnsigned(a, b []byte) (bool, error) {
 // whole answer.
 func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, verImpl gomatrixserverlib.IRoomVersion, roomID string,
 	join gomatrixserverlib.PDU, rawState, rawChain []json.RawMessage) (state, chain []gomatrixserverlib.PDU, err error) {
-	parse := func(raws []json.RawMessage) []gomatrixserverlib.PDU {
-		parsed := make([]gomatrixserverlib.PDU, len(raws))
+	// Each event is parsed with its signed form (see signedForms), which
+	// gives its id, on every core; an event without a form fails its
+	// signatures below.
+	type parsed struct {
+		pdu  gomatrixserverlib.PDU
+		form *signedForm
+		err  error
+	}
+	parse := func(raws []json.RawMessage) ([]parsed, []gomatrixserverlib.PDU) {
+		out := make([]parsed, len(raws))
 		inParallel(len(raws), func(lo, hi int) {
 			for i := lo; i < hi; i++ {
-				if parsed[i], _ = parseInRoom(verImpl, roomID, raws[i]); parsed[i] != nil {
-					// The event id of room versions 3 and later is a
-					// hash of the event, worked out here once, on every
-					// core, rather than on first use.
-					parsed[i].EventID()
+				pdu, err := parseInRoom(verImpl, roomID, raws[i])
+				if err != nil {
+					continue
+				}
+				out[i].pdu = pdu
+				if ev, form, err := withSignedForm(pdu); err != nil {
+					out[i].err = fmt.Errorf("event %s: %w", pdu.EventID(), err)
+				} else {
+					out[i].pdu, out[i].form = ev, form
 				}
 			}
 		})
-		return slices.DeleteFunc(parsed, func(ev gomatrixserverlib.PDU) bool { return ev == nil })
+		out = slices.DeleteFunc(out, func(p parsed) bool { return p.pdu == nil })
+		pdus := make([]gomatrixserverlib.PDU, len(out))
+		for i, p := range out {
+			pdus[i] = p.pdu
+		}
+		return out, pdus
 	}
-	state, chain = parse(rawState), parse(rawChain)
+	parsedState, state := parse(rawState)
+	parsedChain, chain := parse(rawChain)
 	keysSeen := make(map[gomatrixserverlib.StateKeyTuple]bool, len(state))
 	for _, ev := range state {
 		if ev.StateKey() == nil {
@@ -458,14 +476,15 @@ func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ve
 	}
 	byID := make(map[string]gomatrixserverlib.PDU, len(state)+len(chain))
 	var all []gomatrixserverlib.PDU
-	for _, ev := range append(chain, state...) {
-		if _, dup := byID[ev.EventID()]; !dup {
-			byID[ev.EventID()] = ev
-			all = append(all, ev)
+	var forms []*signedForm
+	var errs []error
+	for _, p := range slices.Concat(parsedChain, parsedState) {
+		if _, dup := byID[p.pdu.EventID()]; !dup {
+			byID[p.pdu.EventID()] = p.pdu
+			all, forms, errs = append(all, p.pdu), append(forms, p.form), append(errs, p.err)
 		}
 	}
-	errs := make([]error, len(all))
-	if err := verifySignatures(ctx, keys, all, errs); err != nil {
+	if err := verifySignedForms(ctx, keys, all, forms, errs); err != nil {
 		return nil, nil, err
 	}
 	for i, err := range errs {
