@@ -38,7 +38,8 @@ type API struct {
 
 	// presence reads and writes users' presence. It keeps nothing in
 	// memory: the sync API's shares everything through the database.
-	presence *presence.Service
+	presence     *presence.Service
+	presenceOpts []presence.Option
 
 	// remoteToDevice queues to-device messages for other servers
 	// (todevice.go); nil: they are dropped.
@@ -51,6 +52,13 @@ type API struct {
 	// remoteAliases resolves other servers' room aliases (directory.go);
 	// nil: they are unknown here.
 	remoteAliases RemoteAliases
+
+	// remoteTyping (typing.go), remoteReceipts (receipts.go) and
+	// remoteProfiles (profile.go) reach other servers; nil: they are not
+	// told, or asked.
+	remoteTyping   RemoteTyping
+	remoteReceipts RemoteReceipts
+	remoteProfiles RemoteProfiles
 }
 
 // Option tunes the client API at construction.
@@ -68,7 +76,7 @@ func New(cfg config.Config, users *userapi.Service, db *sql.DB, rooms Rooms, log
 	for _, o := range opts {
 		o(a)
 	}
-	a.presence = presence.New(db, a.wake, log)
+	a.presence = presence.New(db, a.wake, log, a.presenceOpts...)
 	if rl := cfg.RateLimits; rl.Enabled {
 		a.loginLimit = ratelimit.New(rl.Login.Rate, rl.Login.Burst)
 		a.registerLimit = ratelimit.New(rl.Registration.Rate, rl.Registration.Burst)

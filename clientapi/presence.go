@@ -28,6 +28,12 @@ func (a *API) presenceRoutes(r *mux.Router) {
 	}), http.MethodPut)
 }
 
+// WithPresenceOptions tunes the presence service of the client API (its
+// federation: presence.WithFederation).
+func WithPresenceOptions(opts ...presence.Option) Option {
+	return func(a *API) { a.presenceOpts = opts }
+}
+
 // active records that the user did something (sent an event, started
 // typing): their last_active_ago restarts and unavailable turns online
 // (spec: Presence, "Last active ago"; Synapse bumps it on the same

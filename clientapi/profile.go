@@ -1,12 +1,14 @@
 package clientapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"regexp"
 
 	"github.com/gorilla/mux"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/sql"
@@ -36,11 +38,15 @@ func (a *API) profileRoutes(r *mux.Router) {
 }
 
 // getProfile is GET /profile/{userId}: every field, or 404 M_NOT_FOUND when
-// the user has none or does not exist (spec and Synapse).
+// the user has none or does not exist (spec and Synapse). A user of
+// another server's profile comes from their server.
 func (a *API) getProfile(r *http.Request) (any, error) {
-	localpart, err := a.profileOwner(r)
+	localpart, remote, err := a.profileOwner(r)
 	if err != nil {
 		return nil, err
+	}
+	if remote != nil {
+		return a.remoteProfile(r.Context(), *remote, "")
 	}
 	fields, err := a.db.ProfileFields(r.Context(), localpart)
 	if err != nil {
@@ -58,9 +64,12 @@ func (a *API) getProfileField(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	localpart, err := a.profileOwner(r)
+	localpart, remote, err := a.profileOwner(r)
 	if err != nil {
 		return nil, err
+	}
+	if remote != nil {
+		return a.remoteProfile(r.Context(), *remote, key)
 	}
 	value, err := a.db.ProfileField(r.Context(), localpart, key)
 	if errors.Is(err, sql.ErrNotFound) {
@@ -70,6 +79,28 @@ func (a *API) getProfileField(r *http.Request) (any, error) {
 		return nil, mxhttp.Internal(err)
 	}
 	return map[string]json.RawMessage{key: value}, nil
+}
+
+// RemoteProfiles asks other servers for their users' profiles.
+type RemoteProfiles interface {
+	// Profile returns every field of the user's profile, or only field
+	// when it is not "". Its errors are the client API's answers (404
+	// M_NOT_FOUND, 502 when the server cannot be reached).
+	Profile(ctx context.Context, userID spec.UserID, field string) (map[string]json.RawMessage, error)
+}
+
+// WithRemoteProfiles reads the profiles of other servers' users through
+// f; without it they are 404 M_NOT_FOUND.
+func WithRemoteProfiles(f RemoteProfiles) Option {
+	return func(a *API) { a.remoteProfiles = f }
+}
+
+// remoteProfile asks the user's server for their profile, or one field.
+func (a *API) remoteProfile(ctx context.Context, userID spec.UserID, field string) (any, error) {
+	if a.remoteProfiles == nil {
+		return nil, mxhttp.NotFound("Profiles of users on other servers need federation, which is not available")
+	}
+	return a.remoteProfiles.Profile(ctx, userID, field)
 }
 
 // setProfileField is PUT /profile/{userId}/{keyName} with {keyName: value}.
@@ -145,21 +176,24 @@ func (a *API) deleteProfileField(r *http.Request, dev *userapi.Device) (any, err
 	return struct{}{}, nil
 }
 
-// profileOwner resolves the path's user for reading: 400 M_INVALID_PARAM
-// for a malformed id, 404 for a remote user (no federation yet).
-func (a *API) profileOwner(r *http.Request) (string, error) {
+// profileOwner resolves the path's user for reading: the localpart of a
+// local user, or the id of another server's; 400 M_INVALID_PARAM for a
+// malformed id.
+func (a *API) profileOwner(r *http.Request) (string, *spec.UserID, error) {
 	userID, err := pathVar(r, "userId")
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	localpart, err := a.users.LocalpartOf(userID)
 	if userapi.IsRemoteUser(err) {
-		return "", mxhttp.NotFound("Profiles of users on other servers need federation, which this server does not support yet")
+		if remote, err := spec.NewUserID(userID, true); err == nil {
+			return "", remote, nil
+		}
 	}
 	if err != nil {
-		return "", mxhttp.InvalidParam("%q is not a valid user id", userID)
+		return "", nil, mxhttp.InvalidParam("%q is not a valid user id", userID)
 	}
-	return localpart, nil
+	return localpart, nil, nil
 }
 
 // ownProfileKey checks a change to a profile: only the user themself may

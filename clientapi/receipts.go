@@ -193,18 +193,26 @@ func (a *API) receiptEvent(ctx context.Context, roomID, eventID string, dev *use
 }
 
 // putReceipt stores a receipt and, in the same transaction, marks the
-// caller's notifications up to the event as read. A receipt behind the
-// one stored is ignored, as Synapse ignores it; the reset is then a
-// no-op, since the stored receipt already reset further.
+// caller's notifications up to the event as read and queues a public one
+// for the room's other servers. A receipt behind the one stored is
+// ignored, as Synapse ignores it; the reset is then a no-op, since the
+// stored receipt already reset further.
 func (a *API) putReceipt(ctx context.Context, dev *userapi.Device, ev sql.Event, typ, threadID string) error {
 	var stored bool
+	var wakeRemote func()
 	err := a.db.WithTx(ctx, func(q *sql.Queries) error {
 		if err := q.ResetCountsNID(ctx, dev.UserID, ev.RoomNID, threadID, ev.StreamPos); err != nil {
 			return err
 		}
+		ts := time.Now().UnixMilli()
 		var err error
 		_, stored, err = q.PutReceipt(ctx, sql.Receipt{RoomNID: ev.RoomNID, Type: typ, UserID: dev.UserID, ThreadID: threadID,
-			EventID: ev.EventID, EventPos: ev.StreamPos, TS: time.Now().UnixMilli()})
+			EventID: ev.EventID, EventPos: ev.StreamPos, TS: ts})
+		// Private receipts never leave the server (spec: m.read.private).
+		if err != nil || !stored || typ != sql.ReceiptRead || a.remoteReceipts == nil {
+			return err
+		}
+		wakeRemote, err = a.remoteReceipts.QueueReceipt(ctx, q, ev.RoomID, dev.UserID, ev.EventID, threadID, ts)
 		return err
 	})
 	if err != nil {
@@ -213,6 +221,9 @@ func (a *API) putReceipt(ctx context.Context, dev *userapi.Device, ev sql.Event,
 	if !stored {
 		return nil
 	}
+	if wakeRemote != nil {
+		wakeRemote()
+	}
 	if typ == sql.ReceiptReadPrivate {
 		// Nobody else ever sees it.
 		a.wake.Users(dev.UserID)
@@ -220,6 +231,21 @@ func (a *API) putReceipt(ctx context.Context, dev *userapi.Device, ev sql.Event,
 		a.wake.Rooms(ev.RoomID)
 	}
 	return nil
+}
+
+// RemoteReceipts tells the other servers in a room about a local user's
+// read receipts: federation's queue, as m.receipt EDUs.
+type RemoteReceipts interface {
+	// QueueReceipt queues, in the caller's transaction tx, userID's m.read
+	// receipt at eventID (in thread threadID, "" for none) made at ts,
+	// and returns what wakes the senders, to call after the commit.
+	QueueReceipt(ctx context.Context, tx *sql.Queries, roomID, userID, eventID, threadID string, ts int64) (func(), error)
+}
+
+// WithRemoteReceipts tells other servers about local users' read receipts
+// through f; without it they are not told.
+func WithRemoteReceipts(f RemoteReceipts) Option {
+	return func(a *API) { a.remoteReceipts = f }
 }
 
 // setFullyRead moves the caller's fully read marker (room account data

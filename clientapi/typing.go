@@ -75,33 +75,83 @@ func (a *API) setTyping(r *http.Request, dev *userapi.Device) (any, error) {
 		}
 		timeout = time.Duration(min(*req.Timeout, float64(typingMaxTimeout.Milliseconds()))) * time.Millisecond
 	}
-	roomNID, err := a.db.JoinedRoomNID(ctx, roomID, dev.UserID)
-	if errors.Is(err, sql.ErrNotFound) {
-		return nil, mxhttp.Forbidden("You are not joined to this room")
-	}
+	joined, err := a.SetTyping(ctx, roomID, dev.UserID, *req.Typing, timeout)
 	if err != nil {
 		return nil, err
 	}
-	key := typingKey{roomNID: roomNID, roomID: roomID, userID: dev.UserID}
+	if !joined {
+		return nil, mxhttp.Forbidden("You are not joined to this room")
+	}
+	return struct{}{}, nil
+}
+
+// SetTyping records that userID, of this server or another, started
+// typing in the room for timeout, or stopped: the storage and the expiry
+// timers of PUT /typing, shared with typing that other servers report.
+// joined is false, and nothing is stored, when the user is not joined to
+// the room. A start or a stop that changes the room's typing list wakes
+// the room's members. For a local user, starting is activity (presence),
+// and the room's other servers are told of a start, its renewals (which
+// keep it alive there: they time typing out on their own) and a stop.
+func (a *API) SetTyping(ctx context.Context, roomID, userID string, typing bool, timeout time.Duration) (joined bool, err error) {
+	roomNID, err := a.db.JoinedRoomNID(ctx, roomID, userID)
+	if errors.Is(err, sql.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	key := typingKey{roomNID: roomNID, roomID: roomID, userID: userID}
+	_, err = a.users.LocalpartOf(userID)
+	local := err == nil
 	var changed bool
-	if *req.Typing {
+	if typing {
 		now := time.Now()
 		expires := now.Add(timeout).UnixMilli()
-		if changed, err = a.db.SetTyping(ctx, roomNID, dev.UserID, now.UnixMilli(), expires); err != nil {
-			return nil, err
+		if changed, err = a.db.SetTyping(ctx, roomNID, userID, now.UnixMilli(), expires); err != nil {
+			return true, err
 		}
 		a.typing.schedule(a, key, timeout, expires)
-		a.active(ctx, dev.UserID)
+		if local {
+			// Before the wake-up, so that a woken sync sees both.
+			a.active(ctx, userID)
+		}
 	} else {
 		a.typing.cancel(key)
-		if changed, err = a.db.StopTyping(ctx, roomNID, dev.UserID); err != nil {
-			return nil, err
+		if changed, err = a.db.StopTyping(ctx, roomNID, userID); err != nil {
+			return true, err
 		}
 	}
 	if changed {
 		a.wake.Rooms(roomID)
 	}
-	return struct{}{}, nil
+	if local && (typing || changed) {
+		a.sendTyping(ctx, roomID, userID, typing)
+	}
+	return true, nil
+}
+
+// RemoteTyping tells the other servers in a room about a local user's
+// typing: federation's queue, as m.typing EDUs.
+type RemoteTyping interface {
+	SendTyping(ctx context.Context, roomID, userID string, typing bool) error
+}
+
+// WithRemoteTyping tells other servers about local users' typing through
+// f; without it they are not told.
+func WithRemoteTyping(f RemoteTyping) Option {
+	return func(a *API) { a.remoteTyping = f }
+}
+
+// sendTyping tells the room's other servers, best effort: typing is
+// fleeting, and the typing itself is stored.
+func (a *API) sendTyping(ctx context.Context, roomID, userID string, typing bool) {
+	if a.remoteTyping == nil {
+		return
+	}
+	if err := a.remoteTyping.SendTyping(ctx, roomID, userID, typing); err != nil && ctx.Err() == nil {
+		a.log.Warn("send typing to other servers", "room_id", roomID, "user_id", userID, "err", err)
+	}
 }
 
 // typingKey names a user's typing in a room.
@@ -191,6 +241,15 @@ func (a *API) expireTyping(key typingKey, asOf int64) {
 	}
 	if changed {
 		a.wake.Rooms(key.roomID)
+		a.expiredTyping(ctx, key.roomID, key.userID)
+	}
+}
+
+// expiredTyping tells other servers that a local user's typing timed out
+// here (they time it out on their own too, later).
+func (a *API) expiredTyping(ctx context.Context, roomID, userID string) {
+	if _, err := a.users.LocalpartOf(userID); err == nil {
+		a.sendTyping(ctx, roomID, userID, false)
 	}
 }
 
@@ -218,6 +277,7 @@ func (a *API) sweepTyping(ctx context.Context) {
 		}
 		if changed {
 			rooms = append(rooms, e.RoomID)
+			a.expiredTyping(ctx, e.RoomID, e.UserID)
 		}
 	}
 	if len(rooms) > 0 {

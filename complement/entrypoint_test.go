@@ -92,17 +92,14 @@ func TestEntrypoint(t *testing.T) {
 	hs2.certificate(t, ca)
 	fed := federation{ca: ca, a: hs1, b: hs2, alice: alice, carol: testclient.Register(t, hs2.clientURL, "carol")}
 	// Each check drives one server's outgoing federation to the other.
-	// Joins over federation are being built (issue 6): when the
-	// roomserver accepts remote joins, add a check here that carol joins
-	// alice's room through hs1 and each sees the other's message. Remote
-	// profiles (GET /profile/@alice:hs1 on hs2) belong here too, once the
-	// client API asks other servers for them (it answers 404 today).
 	for _, c := range []struct {
 		name  string
 		check func(t *testing.T, f federation)
 	}{
 		{"hs2 fetches hs1's server keys", serverKeysThroughNotary},
 		{"hs2 queries the device keys of a user of hs1", remoteDeviceKeys},
+		{"hs2 looks up the profile of a user of hs1", remoteProfile},
+		{"a user of hs2 joins a room of hs1 and they talk", joinAndTalk},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.check(t, fed) })
 	}
@@ -250,6 +247,67 @@ func remoteDeviceKeys(t *testing.T, f federation) {
 	if got == "" || got != keys.Keys[edID] {
 		t.Errorf("alice's ed25519 key on hs2 is %q, want %q (device keys %v)", got, keys.Keys[edID], resp.DeviceKeys)
 	}
+}
+
+// remoteProfile has carol on hs2 read alice's display name, which hs2
+// asks hs1 for.
+func remoteProfile(t *testing.T, f federation) {
+	ctx := context.Background()
+	if err := f.alice.SetDisplayName(ctx, "Alice of hs1"); err != nil {
+		t.Fatal(err)
+	}
+	prof, err := f.carol.GetProfile(ctx, f.alice.UserID)
+	if err != nil || prof.DisplayName != "Alice of hs1" {
+		t.Fatalf("alice's profile on hs2: %+v, %v", prof, err)
+	}
+}
+
+// joinAndTalk has carol on hs2 join a public room of alice's on hs1
+// (make_join and send_join through the CA), then each sees the other's
+// message in their sync.
+func joinAndTalk(t *testing.T, f federation) {
+	ctx := context.Background()
+	room, err := f.alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "Across the CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.carol.JoinRoom(ctx, room.RoomID.String(), &mautrix.ReqJoinRoom{Via: []string{f.a.name}}); err != nil {
+		t.Fatalf("carol joins through hs1: %v", err)
+	}
+	if _, err := f.alice.SendText(ctx, room.RoomID, "hello from hs1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.carol.SendText(ctx, room.RoomID, "hello from hs2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		cli  *mautrix.Client
+		want string
+	}{{f.carol, "hello from hs1"}, {f.alice, "hello from hs2"}} {
+		if !seesText(ctx, c.cli, room.RoomID, c.want) {
+			t.Errorf("%s never saw %q", c.cli.UserID, c.want)
+		}
+	}
+}
+
+// seesText syncs until the room's timeline shows body, for up to 20 s.
+func seesText(ctx context.Context, cli *mautrix.Client, roomID id.RoomID, body string) bool {
+	since := ""
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+		resp, err := cli.SyncRequest(ctx, 1000, since, "", false, "")
+		if err != nil {
+			return false
+		}
+		since = resp.NextBatch
+		if jr, ok := resp.Rooms.Join[roomID]; ok {
+			for _, ev := range jr.Timeline.Events {
+				if b, _ := ev.Content.Raw["body"].(string); b == body {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // container is one homeserver run by entrypoint.sh on a root directory

@@ -72,15 +72,17 @@ func (c *cryptoClient) sync(timeout int) {
 	}
 	c.mach.ProcessSyncResponse(ctx, resp, c.since)
 	for _, room := range resp.Rooms.Join {
-		for _, evt := range room.Timeline.Events {
-			if evt.Type == event.EventEncrypted {
-				// A device without the session (one that joined later)
-				// keeps the event encrypted.
-				if dec, err := c.mach.DecryptMegolmEvent(ctx, evt); err == nil {
-					evt = dec
-				}
+		c.timeline = append(c.timeline, room.Timeline.Events...)
+	}
+	// Events still encrypted are tried again, as clients do when a room
+	// key comes: across servers the key (a to-device message) may come
+	// after the event. A device without the session (one that joined
+	// later) keeps the event encrypted.
+	for i, evt := range c.timeline {
+		if evt.Type == event.EventEncrypted {
+			if dec, err := c.mach.DecryptMegolmEvent(ctx, evt); err == nil {
+				c.timeline[i] = dec
 			}
-			c.timeline = append(c.timeline, evt)
 		}
 	}
 	c.since = resp.NextBatch

@@ -189,8 +189,10 @@ type QueryResult struct {
 // for (all their devices when the list is empty), with the signatures
 // uploaded over them. Only the caller sees their own user-signing key and
 // signatures that other users made, so nobody learns whom others verified.
-// Unknown users and devices are absent. Users of other servers are asked
-// for through RemoteKeys, within DefaultRemoteTimeout.
+// Unknown users and devices are absent. Users of other servers come from
+// the cache of their device lists when this server tracks them
+// completely, and are otherwise asked for through RemoteKeys, within
+// DefaultRemoteTimeout.
 func (s *Service) QueryKeys(ctx context.Context, callerUserID string, users map[string][]string) (QueryResult, error) {
 	return s.QueryKeysWithin(ctx, callerUserID, users, DefaultRemoteTimeout)
 }
@@ -206,9 +208,13 @@ func (s *Service) QueryKeysWithin(ctx context.Context, callerUserID string, user
 		UserSigningKeys: map[string]json.RawMessage{},
 		Failures:        map[string]any{},
 	}
+	cached, err := s.fromCache(ctx, users, &res)
+	if err != nil {
+		return QueryResult{}, err
+	}
 	remote := map[string]map[string][]string{}
 	for userID, devices := range users {
-		if _, err := s.localpart(userID); errors.Is(err, errRemote) {
+		if _, err := s.localpart(userID); errors.Is(err, errRemote) && !cached[userID] {
 			srv := domainOf(userID)
 			if remote[srv] == nil {
 				remote[srv] = map[string][]string{}

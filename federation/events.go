@@ -124,7 +124,7 @@ func (e *Events) enterRoom(ctx context.Context, roomID string, origin spec.Serve
 
 // aclAllows applies the room's current m.room.server_acl to a server.
 func (e *Events) aclAllows(ctx context.Context, roomID string, server spec.ServerName) (bool, error) {
-	allows, err := roomACL(ctx, e.DB, roomID)
+	allows, err := roomACL(ctx, &e.DB.Queries, roomID)
 	if err != nil {
 		return false, err
 	}
@@ -135,10 +135,10 @@ func (e *Events) aclAllows(ctx context.Context, roomID string, server spec.Serve
 // the check of a server against it (m.room.server_acl: the port is
 // ignored; an IP literal is denied when allow_ip_literals is false; deny
 // wins over allow; no allow entry matching denies). A room without the
-// event allows everyone.
-func roomACL(ctx context.Context, db *sql.DB, roomID string) (func(spec.ServerName) bool, error) {
+// event allows everyone. q may be a transaction's.
+func roomACL(ctx context.Context, q *sql.Queries, roomID string) (func(spec.ServerName) bool, error) {
 	everyone := func(spec.ServerName) bool { return true }
-	ev, err := db.CurrentStateEvent(ctx, roomID, sql.StateKey{Type: "m.room.server_acl"})
+	ev, err := q.CurrentStateEvent(ctx, roomID, sql.StateKey{Type: "m.room.server_acl"})
 	if errors.Is(err, sql.ErrNotFound) {
 		return everyone, nil
 	}

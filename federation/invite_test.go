@@ -36,20 +36,7 @@ func TestInviteAcrossServers(t *testing.T) {
 			if _, err := alice.InviteUser(ctx, room.RoomID, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
 				t.Fatalf("invite bob: %v", err)
 			}
-			var invite *mautrix.SyncInvitedRoom
-			deadline := time.Now().Add(10 * time.Second)
-			since := ""
-			for invite == nil && time.Now().Before(deadline) {
-				resp, err := bob.SyncRequest(ctx, 2000, since, "", false, "")
-				if err != nil {
-					t.Fatal(err)
-				}
-				since = resp.NextBatch
-				invite = resp.Rooms.Invite[room.RoomID]
-			}
-			if invite == nil {
-				t.Fatal("bob's sync shows no invite")
-			}
+			invite := syncInvite(t, bob, room.RoomID)
 			var name string
 			var sawInvite bool
 			for _, ev := range invite.State.Events {
@@ -87,6 +74,84 @@ func TestInviteAcrossServers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCreateRoomInvitesAcrossServers: createRoom's invite list may name
+// users of other servers (spec: createRoom "invite"), whose servers
+// countersign their invites as for /invite; a refusal fails the request
+// before the room exists, as for a local invitee who blocks invites.
+func TestCreateRoomInvitesAcrossServers(t *testing.T) {
+	for _, engine := range sqltest.Engines() {
+		t.Run(string(engine), func(t *testing.T) {
+			ctx := context.Background()
+			servers := hstest.StartFederated(t, hstest.FederationConfig(t, engine), hstest.FederationConfig(t, engine))
+			a, b := servers[0], servers[1]
+			alice := testclient.Register(t, a.ClientURL, "alice")
+			bob := testclient.Register(t, b.ClientURL, "bob")
+			carol := testclient.Register(t, b.ClientURL, "carol")
+			room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Name: "Made with an invite", Preset: "private_chat",
+				Invite: []id.UserID{bob.UserID}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			invite := syncInvite(t, bob, room.RoomID)
+			var name string
+			for _, ev := range invite.State.Events {
+				if ev.Type == event.StateRoomName {
+					name, _ = ev.Content.Raw["name"].(string)
+				}
+			}
+			if name != "Made with an invite" {
+				t.Errorf("invite_state %+v: want the room's name", invite.State.Events)
+			}
+			// The invite B countersigned is the one in A's room: bob can
+			// join the invite-only room through it.
+			if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+				t.Fatalf("bob joins: %v", err)
+			}
+			members, err := alice.Members(ctx, room.RoomID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m := membershipOf(members, bob.UserID); m != "join" {
+				t.Errorf("bob's membership on A: %q", m)
+			}
+
+			if err := carol.SetAccountData(ctx, "m.invite_permission_config", map[string]any{"default_action": "block"}); err != nil {
+				t.Fatal(err)
+			}
+			before, err := alice.JoinedRooms(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{carol.UserID}})
+			if !isMautrixError(err, 403, "M_INVITE_BLOCKED") {
+				t.Errorf("creating a room inviting carol: %v, want 403 M_INVITE_BLOCKED", err)
+			}
+			if after, err := alice.JoinedRooms(ctx); err != nil || len(after.JoinedRooms) != len(before.JoinedRooms) {
+				t.Errorf("alice's rooms after the refused create: %v (before %v), %v", after, before, err)
+			}
+		})
+	}
+}
+
+// syncInvite syncs as cli until its invite to roomID shows.
+func syncInvite(t *testing.T, cli *mautrix.Client, roomID id.RoomID) *mautrix.SyncInvitedRoom {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	since := ""
+	for time.Now().Before(deadline) {
+		resp, err := cli.SyncRequest(context.Background(), 2000, since, "", false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		since = resp.NextBatch
+		if invite := resp.Rooms.Invite[roomID]; invite != nil {
+			return invite
+		}
+	}
+	t.Fatalf("%s's sync shows no invite to %s", cli.UserID, roomID)
+	return nil
 }
 
 func membershipOf(resp *mautrix.RespMembers, user id.UserID) string {

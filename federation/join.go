@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
-	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/weft-chat/weft/internal/mxhttp"
@@ -34,73 +32,6 @@ var supportedVersions = func() url.Values {
 	}
 	return q
 }()
-
-// requester sends signed requests to other servers and decodes their
-// answers; an error answer is a *remoteError.
-type requester struct {
-	doer   httpDoer
-	origin spec.ServerName
-	key    serverkey.Key
-}
-
-func newRequester(c *Client, key serverkey.Key) (requester, error) {
-	doer, ok := c.FederationClient.(httpDoer)
-	if !ok {
-		return requester{}, errors.New("federation: the client cannot send raw requests")
-	}
-	return requester{doer: doer, origin: c.Origin(), key: key}, nil
-}
-
-// remoteError is an error answer of another server.
-type remoteError struct {
-	server  spec.ServerName
-	status  int
-	code    string
-	message string
-}
-
-func (e *remoteError) Error() string {
-	return fmt.Sprintf("%s answered %d %s: %s", e.server, e.status, e.code, e.message)
-}
-
-// do sends a signed request with body (nil: none) and decodes a 2xx
-// answer into out.
-func (q requester) do(ctx context.Context, method string, server spec.ServerName, path string, body, out any) error {
-	fr := fclient.NewFederationRequest(method, q.origin, server, path)
-	if body != nil {
-		if err := fr.SetContent(body); err != nil {
-			return fmt.Errorf("encode request: %w", err)
-		}
-	}
-	if err := fr.Sign(q.origin, q.key.ID, q.key.Private); err != nil {
-		return fmt.Errorf("sign request: %w", err)
-	}
-	req, err := fr.HTTPRequest()
-	if err != nil {
-		return err
-	}
-	resp, err := q.doer.DoHTTPRequest(ctx, req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		e := &remoteError{server: server, status: resp.StatusCode, message: strings.TrimSpace(string(raw[:min(len(raw), 300)]))}
-		var merr struct {
-			ErrCode string `json:"errcode"`
-			Error   string `json:"error"`
-		}
-		if json.Unmarshal(raw, &merr) == nil && merr.ErrCode != "" {
-			e.code, e.message = merr.ErrCode, merr.Error
-		}
-		return e
-	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("%s: malformed answer: %w", server, err)
-	}
-	return nil
-}
 
 // Joiner joins this server's users to rooms it is not in through servers
 // that are (spec: "Joining Rooms"): make_join, the join built from the

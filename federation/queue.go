@@ -294,6 +294,17 @@ func (q *Queue) StoreEDUs(ctx context.Context, tx *sql.Queries, edus []EDU) erro
 // senders; the event's JSON is read (QueueConfig.PDUs) when its
 // transaction is built.
 func (q *Queue) SendPDU(ctx context.Context, destinations []spec.ServerName, eventID string) error {
+	if err := q.StorePDU(ctx, &q.db.Queries, destinations, eventID); err != nil {
+		return err
+	}
+	q.Wake(destinations...)
+	return nil
+}
+
+// StorePDU queues an event, by id, for the destinations in the caller's
+// database transaction tx (see StoreEDUs); the caller wakes them with
+// Wake after the commit.
+func (q *Queue) StorePDU(ctx context.Context, tx *sql.Queries, destinations []spec.ServerName, eventID string) error {
 	if q.cfg.PDUs == nil {
 		return errors.New("federation queue: no PDU source configured")
 	}
@@ -304,11 +315,7 @@ func (q *Queue) SendPDU(ctx context.Context, destinations []spec.ServerName, eve
 		}
 		names = append(names, string(d))
 	}
-	if err := q.db.QueueFederationPDU(ctx, names, eventID); err != nil {
-		return err
-	}
-	q.Wake(destinations...)
-	return nil
+	return tx.QueueFederationPDU(ctx, names, eventID)
 }
 
 func (q *Queue) checkDestination(d spec.ServerName) error {

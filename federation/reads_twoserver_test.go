@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
@@ -305,9 +306,13 @@ func TestTwoServersRoomReads(t *testing.T) {
 			clientPost(t, bob, []any{"keys", "device_signing", "upload"}, map[string]any{"master_key": csk("master", master),
 				"self_signing_key": csk("self_signing", self), "user_signing_key": csk("user_signing", user)})
 
-			devices, err := fc.GetUserDevices(ctx, nameA, nameB, bobID)
-			if err != nil {
-				t.Fatalf("user/devices: %v", err)
+			// The stream_id is that of B's latest device-list update about
+			// bob, which B's sender makes right after the uploads.
+			var devices fclient.RespUserDevices
+			for deadline := time.Now().Add(10 * time.Second); devices.StreamID == 0 && time.Now().Before(deadline); {
+				if devices, err = fc.GetUserDevices(ctx, nameA, nameB, bobID); err != nil {
+					t.Fatalf("user/devices: %v", err)
+				}
 			}
 			if devices.UserID != bobID || devices.StreamID == 0 || len(devices.Devices) != 1 || devices.Devices[0].DeviceID != devID ||
 				devices.Devices[0].Keys.Keys[gomatrixserverlib.KeyID("ed25519:"+devID)].Encode() != dev.pub || devices.MasterKey == nil || devices.SelfSigningKey == nil {

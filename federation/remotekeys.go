@@ -4,12 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
-	"strings"
 
-	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/weft-chat/weft/e2ee"
@@ -26,19 +22,17 @@ const maxKeysResponseBytes = 16 << 20
 // re-encoding through typed structs would drop fields the signatures
 // cover.
 type RemoteKeys struct {
-	doer   httpDoer
-	origin spec.ServerName
-	key    serverkey.Key
+	requester
 }
 
 // NewRemoteKeys makes the fetcher; requests are signed with key as c's
 // origin.
 func NewRemoteKeys(c *Client, key serverkey.Key) (*RemoteKeys, error) {
-	doer, ok := c.FederationClient.(httpDoer)
-	if !ok {
-		return nil, errors.New("federation remote keys: the client cannot send raw requests")
+	r, err := newRequester(c, key)
+	if err != nil {
+		return nil, err
 	}
-	return &RemoteKeys{doer: doer, origin: c.Origin(), key: key}, nil
+	return &RemoteKeys{r}, nil
 }
 
 // QueryKeys implements e2ee.RemoteKeys.
@@ -60,42 +54,10 @@ func (r *RemoteKeys) ClaimKeys(ctx context.Context, server string, oneTimeKeys m
 // post sends a signed POST to server and decodes its answer into out; an
 // error answer is an *e2ee.RemoteError with the server's status.
 func (r *RemoteKeys) post(ctx context.Context, server, path string, body, out any) error {
-	fr := fclient.NewFederationRequest(http.MethodPost, r.origin, spec.ServerName(server), path)
-	if err := fr.SetContent(body); err != nil {
-		return fmt.Errorf("encode request: %w", err)
+	err := r.doLimited(ctx, http.MethodPost, spec.ServerName(server), path, body, maxKeysResponseBytes, out)
+	var re *remoteError
+	if errors.As(err, &re) {
+		return &e2ee.RemoteError{Status: re.status, Message: re.Error()}
 	}
-	if err := fr.Sign(r.origin, r.key.ID, r.key.Private); err != nil {
-		return fmt.Errorf("sign request: %w", err)
-	}
-	req, err := fr.HTTPRequest()
-	if err != nil {
-		return err
-	}
-	resp, err := r.doer.DoHTTPRequest(ctx, req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxKeysResponseBytes+1))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode/100 != 2 {
-		msg := strings.TrimSpace(string(raw[:min(len(raw), 300)]))
-		var merr struct {
-			ErrCode string `json:"errcode"`
-			Error   string `json:"error"`
-		}
-		if json.Unmarshal(raw, &merr) == nil && merr.ErrCode != "" {
-			msg = merr.ErrCode + ": " + merr.Error
-		}
-		return &e2ee.RemoteError{Status: resp.StatusCode, Message: fmt.Sprintf("%s answered %d: %s", server, resp.StatusCode, msg)}
-	}
-	if len(raw) > maxKeysResponseBytes {
-		return fmt.Errorf("%s: answer larger than %d bytes", server, maxKeysResponseBytes)
-	}
-	if err := json.Unmarshal(raw, out); err != nil {
-		return fmt.Errorf("%s: malformed answer: %w", server, err)
-	}
-	return nil
+	return err
 }

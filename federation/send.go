@@ -258,7 +258,7 @@ func (t *Transactions) roomPDUs(ctx context.Context, origin spec.ServerName, roo
 		return nil, fmt.Errorf("room %s: %w", roomID, err)
 	}
 	results := make(map[string]fclient.PDUResult, len(raws))
-	allows, err := roomACL(ctx, t.DB, roomID)
+	allows, err := roomACL(ctx, &t.DB.Queries, roomID)
 	if err != nil {
 		return nil, err
 	}

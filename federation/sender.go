@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
@@ -17,22 +19,48 @@ import (
 	"github.com/weft-chat/weft/sql"
 )
 
-// SenderDurable names the durable consumer of room.output that queues
-// local events for other servers. Its position survives restarts: events
-// committed while no process sent are queued when one starts.
-const SenderDurable = "federation-sender"
+// SenderConsumer names the sender's row in consumer_positions.
+const SenderConsumer = "federation-sender"
+
+// senderBatch bounds the events read and queued in one transaction.
+const senderBatch = 100
 
 // Sender sends the events of this server's users to the other servers in
-// their rooms (DESIGN.md: "the federation sender"). It follows
-// room.output after the commit, so sending never holds up room input,
-// and hands each event to the Queue, which delivers it to each
-// destination on its own (one slow or dead server delays no other).
+// their rooms (DESIGN.md: "the federation sender"). It runs behind the
+// commits, so sending never holds up room input, and hands each event to
+// the Queue, which delivers it to each destination on its own (one slow
+// or dead server delays no other).
+//
+// The database, not NATS, says what is to be sent: the sender's position
+// (the last events stream position it queued, in consumer_positions)
+// moves in the transaction that queues the events up to it, and a
+// room.output message only wakes the sender to read the local events
+// after its position. So nothing committed is missed: not while no
+// process sends (the next start catches up), not when a publish is lost
+// (the next local event, or the next start, catches up), and not when a
+// process dies between queueing and moving the position (both or
+// neither committed). The wake-ups come from an ephemeral tail of
+// room.output, with no acknowledgements: a durable consumer would hold
+// the messages a dead process had taken until their ack wait ran out,
+// and the sends behind them with it.
 type Sender struct {
 	db         *sql.DB
 	queue      *Queue
 	serverName spec.ServerName
 	log        *slog.Logger
 	joined     snapshotServers
+
+	// kick wakes the goroutine of Serve (one wake-up pending at most:
+	// one catch-up covers any number of events).
+	kick chan struct{}
+	// mu serializes catch-ups in this process (other processes are kept
+	// out by the position's compare-and-set). It is held during database
+	// I/O; no other lock is taken while holding it.
+	mu sync.Mutex
+	// pos is the sender's position as last read or moved here; -1 until
+	// read. Another process may have moved it further. Written under mu;
+	// read without it by the wake-ups, which only skip what it covers.
+	pos atomic.Int64
 }
 
 // NewSender makes a sender of serverName's events through queue.
@@ -40,47 +68,161 @@ func NewSender(db *sql.DB, queue *Queue, serverName spec.ServerName, log *slog.L
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Sender{db: db, queue: queue, serverName: serverName, log: log}
+	s := &Sender{db: db, queue: queue, serverName: serverName, log: log, kick: make(chan struct{}, 1)}
+	s.pos.Store(-1)
+	return s
 }
 
-// Serve consumes room.output with the durable consumer federation-sender,
-// one event at a time in stream order, so that each destination's queue
-// holds a room's events in the order they were committed. It runs until
-// ctx ends or stop is called.
+// Serve catches up at once on what was committed while no sender ran
+// (or whose room.output message was lost), then again whenever
+// room.output announces an event of a local user not queued yet. It
+// runs until ctx ends or stop is called.
 func (s *Sender) Serve(ctx context.Context, b *bus.Bus) (stop func(), err error) {
-	return bus.Consume(ctx, b, bus.StreamRoomOutput, SenderDurable, bus.RoomOutputSubjects, s.Handle, bus.Ordered())
+	stopTail, err := bus.Tail(ctx, b, bus.StreamRoomOutput, bus.RoomOutputSubjects, func(_ context.Context, o roomserver.OutputEvent) {
+		if sender, _ := serverOf(o.Sender); sender == s.serverName && o.StreamPos > s.pos.Load() {
+			s.wake()
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	s.wake()
+	go func() {
+		defer close(done)
+		s.run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+		stopTail()
+	}, nil
 }
 
-// Handle queues one committed event for the servers that should get it,
-// when a local user sent it. Outliers (out-of-band memberships, events
-// fetched from others) are not sent, as in Synapse. Errors are the
-// database's, worth a retry; a redelivered event is queued again, which
-// the destination ignores as an event it has.
-func (s *Sender) Handle(ctx context.Context, o roomserver.OutputEvent) error {
-	if sender, _ := serverOf(o.Sender); o.StreamPos == 0 || sender != s.serverName {
-		return nil
+func (s *Sender) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
 	}
-	ev, err := s.db.EventByID(ctx, o.EventID)
-	if errors.Is(err, sql.ErrNotFound) {
-		s.log.WarnContext(ctx, "federation sender: event not found", "event_id", o.EventID)
-		return nil
+}
+
+// run catches up each time it is woken, retrying while the database
+// fails: the next wake-up may be long in coming.
+func (s *Sender) run(ctx context.Context) {
+	wait := time.Second
+	for {
+		select {
+		case <-s.kick:
+		case <-ctx.Done():
+			return
+		}
+		if err := s.CatchUp(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.log.WarnContext(ctx, "federation sender: catching up", "err", err, "retry_in", wait)
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return
+			}
+			wait = min(2*wait, time.Minute)
+			s.wake()
+			continue
+		}
+		wait = time.Second
 	}
+}
+
+// CatchUp queues the local users' events after the sender's position for
+// the servers that should get them, in stream order. Outliers
+// (out-of-band memberships, events fetched from others) and rejected
+// events are not sent, as in Synapse.
+func (s *Sender) CatchUp(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pos.Load() < 0 {
+		if err := s.readPosition(ctx); err != nil {
+			return err
+		}
+	}
+	for {
+		evs, err := s.db.ServerEventsAfter(ctx, s.pos.Load(), string(s.serverName), senderBatch)
+		if err != nil {
+			return fmt.Errorf("federation sender: read events after %d: %w", s.pos.Load(), err)
+		}
+		if len(evs) == 0 {
+			return nil
+		}
+		if err := s.queueEvents(ctx, evs); errors.Is(err, sql.ErrConsumerMoved) {
+			// Another process queued them: go on from where it is.
+			if err := s.readPosition(ctx); err != nil {
+				return err
+			}
+			continue
+		} else if err != nil {
+			return err
+		}
+		if len(evs) < senderBatch {
+			return nil // every local event committed so far is queued
+		}
+	}
+}
+
+func (s *Sender) readPosition(ctx context.Context) error {
+	pos, err := s.db.ConsumerPosition(ctx, SenderConsumer)
+	if err != nil {
+		return fmt.Errorf("federation sender: read position: %w", err)
+	}
+	s.pos.Store(pos)
+	return nil
+}
+
+// queueEvents queues evs, in order, and moves the position to the last
+// one's in the same transaction.
+func (s *Sender) queueEvents(ctx context.Context, evs []sql.Event) error {
+	type item struct {
+		eventID string
+		dests   []spec.ServerName
+	}
+	var items []item
+	var woken []spec.ServerName
+	for _, ev := range evs {
+		// The query matched the sender's server name by suffix (and
+		// without case on SQLite): check it exactly.
+		if sender, _ := serverOf(ev.Sender); sender != s.serverName {
+			continue
+		}
+		dests, err := s.destinations(ctx, ev)
+		if err != nil {
+			return fmt.Errorf("destinations of %s: %w", ev.EventID, err)
+		}
+		if len(dests) > 0 {
+			items = append(items, item{ev.EventID, dests})
+			woken = append(woken, dests...)
+		}
+	}
+	last := evs[len(evs)-1].StreamPos
+	err := s.db.WithTx(ctx, func(tx *sql.Queries) error {
+		// First: on PostgreSQL the position's row lock keeps another
+		// process's catch-up waiting until this one commits.
+		if err := tx.AdvanceConsumer(ctx, SenderConsumer, s.pos.Load(), last); err != nil {
+			return err
+		}
+		for _, it := range items {
+			if err := s.queue.StorePDU(ctx, tx, it.dests, it.eventID); err != nil {
+				return fmt.Errorf("queue %s: %w", it.eventID, err)
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	if ev.Outlier || ev.Rejected {
-		return nil
-	}
-	dests, err := s.destinations(ctx, ev)
-	if err != nil {
-		return fmt.Errorf("destinations of %s: %w", o.EventID, err)
-	}
-	if len(dests) == 0 {
-		return nil
-	}
-	if err := s.queue.SendPDU(ctx, dests, o.EventID); err != nil {
-		return fmt.Errorf("queue %s: %w", o.EventID, err)
-	}
+	s.pos.Store(last)
+	slices.Sort(woken)
+	s.queue.Wake(slices.Compact(woken)...)
 	return nil
 }
 
@@ -88,33 +230,29 @@ func (s *Sender) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 // with a user joined to the room in the state before the event (as
 // Synapse: a server whose last user the event kicks still gets it, one
 // that joins after it does not, however late the event is handled), and,
-// for a membership event, the target's server, so that an invite, kick,
-// ban or leave reaches the server it concerns even when none of its
-// users is joined. A server the room's current server ACL denies gets
-// nothing (spec: "Server Access Control Lists").
+// for a membership event, the target's server, so that a kick, ban or
+// leave reaches the server it concerns even when none of its users is
+// joined. An invite has reached the invitee's server through /invite
+// already: sent again in a transaction, it reads there as an event of a
+// room that server is not in (Dendrite then asks for its history and is
+// refused). A server the room's current server ACL denies gets nothing
+// (spec: "Server Access Control Lists").
 func (s *Sender) destinations(ctx context.Context, ev sql.Event) ([]spec.ServerName, error) {
 	joined, err := s.joinedAt(ctx, ev.StateBeforeNID)
 	if err != nil {
 		return nil, err
 	}
 	out := slices.Clone(joined)
-	if ev.Type == spec.MRoomMember && ev.StateKey != nil {
-		if d, ok := serverOf(*ev.StateKey); ok && d != s.serverName && !slices.Contains(out, d) {
-			if _, _, valid := spec.ParseAndValidateServerName(d); valid {
+	if ev.Type == spec.MRoomMember && ev.StateKey != nil && contentString(ev.JSON, "membership") != spec.Invite {
+		for _, d := range serversOf([]string{*ev.StateKey}, s.serverName) {
+			if !slices.Contains(out, d) {
 				out = append(out, d)
 			}
 		}
 	}
-	if len(out) == 0 {
-		return nil, nil
-	}
-	allows, err := roomACL(ctx, s.db, ev.RoomID)
-	if err != nil {
-		return nil, err
-	}
-	out = slices.DeleteFunc(out, func(d spec.ServerName) bool { return !allows(d) })
+	out, err = withoutDenied(ctx, &s.db.Queries, ev.RoomID, out)
 	slices.Sort(out)
-	return out, nil
+	return out, err
 }
 
 // joinedAt returns the other servers with a user joined in a state

@@ -2,6 +2,7 @@ package federation
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"slices"
@@ -18,18 +19,6 @@ import (
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/sql/sqltest"
 )
-
-// outputOf is the room.output record of a stored event, as the
-// roomserver publishes it.
-func outputOf(t *testing.T, db *sql.DB, eventID string) roomserver.OutputEvent {
-	t.Helper()
-	ev, err := db.EventByID(context.Background(), eventID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return roomserver.OutputEvent{RoomID: ev.RoomID, EventID: ev.EventID, StreamPos: ev.StreamPos, Type: ev.Type,
-		StateKey: ev.StateKey, Sender: ev.Sender}
-}
 
 // queuedFor takes what waits in the queue for dest (the queue is not
 // started, so nothing is sent): the event ids of its PDUs, in order.
@@ -55,8 +44,8 @@ func queuedFor(t *testing.T, db *sql.DB, dest spec.ServerName) []string {
 
 // TestSenderDestinations: an event of a local user is queued for every
 // other server with a user joined in the state before it, and for the
-// server of a membership event's target; remote users' events and
-// outliers are not sent; a server the room's ACL denies gets nothing.
+// server of a membership event's target; a server the room's ACL denies
+// gets nothing.
 func TestSenderDestinations(t *testing.T) {
 	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
 		ctx := context.Background()
@@ -71,17 +60,20 @@ func TestSenderDestinations(t *testing.T) {
 			carol = "@carol:other.example"
 			dave  = "@dave:third.example"
 		)
-		// expect handles the event's output and checks what was queued.
+		// expect checks the servers the event goes to.
 		expect := func(name, eventID string, dests ...spec.ServerName) {
 			t.Helper()
-			if err := s.Handle(ctx, outputOf(t, db, eventID)); err != nil {
+			ev, err := db.EventByID(ctx, eventID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.destinations(ctx, ev)
+			if err != nil {
 				t.Fatalf("%s: %v", name, err)
 			}
-			for _, d := range []spec.ServerName{fedRemote, "other.example", "third.example", "fourth.example", "fifth.example"} {
-				got := queuedFor(t, db, d)
-				if want := slices.Contains(dests, d); want != slices.Equal(got, []string{eventID}) || (!want && got != nil) {
-					t.Errorf("%s: queued for %s: %v, want it sent there: %v", name, d, got, want)
-				}
+			slices.Sort(dests)
+			if !slices.Equal(got, dests) {
+				t.Errorf("%s: sent to %v, want %v", name, got, dests)
 			}
 		}
 		roomID, created := fed.createRoom("10", "shared")
@@ -89,43 +81,33 @@ func TestSenderDestinations(t *testing.T) {
 			expect("creation", id)
 		}
 		fed.member(roomID, fedBob, fedBob, "join")
-		expect("remote join", fed.member(roomID, carol, carol, "join"))
+		fed.member(roomID, carol, carol, "join")
 		expect("message", fed.message(roomID, fedAlice, "hello"), fedRemote, "other.example")
-		// Servers that join after an event do not get it, even when it is
-		// handled after their join; a server with a user joined before
-		// does, even when the user looked at first (the newest
-		// membership) has left.
+		// Servers that join after an event do not get it; a server with a
+		// user joined before does, even when the user looked at first (the
+		// newest membership) has left.
 		fed.member(roomID, "@b:fifth.example", "@b:fifth.example", "join")
 		fed.member(roomID, "@a:fifth.example", "@a:fifth.example", "join")
 		fed.member(roomID, "@a:fifth.example", "@a:fifth.example", "leave")
 		early := fed.message(roomID, fedAlice, "before the joins")
 		fed.member(roomID, "@erin:fourth.example", "@erin:fourth.example", "join")
-		expect("message handled after a later join", early, fedRemote, "other.example", "fifth.example")
+		expect("message before a later join", early, fedRemote, "other.example", "fifth.example")
 		fed.member(roomID, "@erin:fourth.example", "@erin:fourth.example", "leave")
 		fed.member(roomID, "@b:fifth.example", "@b:fifth.example", "leave")
-		expect("remote message", fed.message(roomID, fedBob, "hi"))
 		// A server whose last user is kicked gets the kick, and the events
-		// before it however late they are handled.
+		// before it.
 		late := fed.message(roomID, fedAlice, "before the kick")
 		kick := fed.member(roomID, fedAlice, carol, "leave")
-		expect("message handled after a kick", late, fedRemote, "other.example")
+		expect("message before a kick", late, fedRemote, "other.example")
 		expect("kick of the last user of a server", kick, fedRemote, "other.example")
 		expect("message after the kick", fed.message(roomID, fedAlice, "after the kick"), fedRemote)
+		expect("invite of a user of a server not in the room", fed.member(roomID, fedAlice, "@frank:fourth.example", "invite"), fedRemote)
 		expect("ban of a user of a server not in the room", fed.member(roomID, fedAlice, dave, "ban"), fedRemote, "third.example")
 		fed.member(roomID, carol, carol, "join")
 		expect("ACL denying remote.example", fed.state(roomID, fedAlice, "m.room.server_acl", "",
 			map[string]any{"allow": []string{"*"}, "deny": []string{string(fedRemote)}}), "other.example")
 		expect("message after the ACL", fed.message(roomID, fedAlice, "not for remote"), "other.example")
 		expect("ban of a user of a denied server", fed.member(roomID, fedAlice, fedBob, "ban"), "other.example")
-
-		outlier := outputOf(t, db, fed.message(roomID, fedAlice, "out of band"))
-		outlier.StreamPos = 0
-		if err := s.Handle(ctx, outlier); err != nil {
-			t.Fatal(err)
-		}
-		if got := queuedFor(t, db, "other.example"); got != nil {
-			t.Errorf("an outlier was queued: %v", got)
-		}
 
 		// Room version 12 senders are user ids too.
 		v12, _ := fed.createRoom("12", "shared")
@@ -134,10 +116,87 @@ func TestSenderDestinations(t *testing.T) {
 	})
 }
 
+// TestSenderCatchUp: the sender queues from the database, after the
+// position it recorded: local events whose room.output message never
+// came (the test's roomserver publishes nothing) are queued in order;
+// other servers' events are not queued, nothing is queued twice, and a
+// second process that lost the race for the position queues nothing.
+func TestSenderCatchUp(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		fed := newFedEnv(t, db)
+		key, _ := serverkey.Generate()
+		q, err := NewQueue(QueueConfig{DB: db, Client: testClient(t, key), Key: key, Origin: ours, PDUs: StoredPDUs(db)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := NewSender(db, q, ours, nil)
+		catchUp := func(s *Sender) {
+			t.Helper()
+			if err := s.CatchUp(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		expect := func(name string, want ...string) {
+			t.Helper()
+			if got := queuedFor(t, db, fedRemote); !slices.Equal(got, want) {
+				t.Errorf("%s: queued %v, want %v", name, got, want)
+			}
+		}
+		roomID, _ := fed.createRoom("10", "shared")
+		fed.member(roomID, fedBob, fedBob, "join")
+		catchUp(s)
+		expect("remote join")
+
+		one := fed.message(roomID, fedAlice, "one")
+		fed.message(roomID, fedBob, "from remote")
+		two := fed.message(roomID, fedAlice, "two")
+		catchUp(s)
+		expect("local messages around a remote one", one, two)
+		catchUp(s)
+		expect("caught up again")
+
+		// Another process read the position before this one moved it.
+		other := NewSender(db, q, ours, nil)
+		catchUp(other)
+		three := fed.message(roomID, fedAlice, "three")
+		catchUp(s)
+		expect("three", three)
+		catchUp(other)
+		expect("after the other process caught up")
+		stored, err := db.EventByID(ctx, three)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pos, err := db.ConsumerPosition(ctx, SenderConsumer); err != nil || pos != stored.StreamPos {
+			t.Errorf("position %d, %v; want the third message's, %d", pos, err, stored.StreamPos)
+		}
+
+		// A backlog longer than a batch comes whole, in order.
+		var backlog []string
+		for i := range senderBatch + 5 {
+			backlog = append(backlog, fed.message(roomID, fedAlice, fmt.Sprint("backlog ", i)))
+		}
+		catchUp(NewSender(db, q, ours, nil))
+		var got []string
+		for {
+			batch := queuedFor(t, db, fedRemote)
+			if batch == nil {
+				break
+			}
+			got = append(got, batch...)
+		}
+		if !slices.Equal(got, backlog) {
+			t.Errorf("backlog: queued %d events, want %d in order", len(got), len(backlog))
+		}
+	})
+}
+
 // TestSenderDelivers: through room.output and the queue, real HTTPS
 // destinations get a local user's events as stored and signed, in
-// order; events committed while no sender runs are sent when one starts
-// again, and none twice (the durable consumer's position).
+// order; events committed while no sender runs, whose room.output
+// messages are lost with the NATS store, are sent when one starts again,
+// and none twice (the sender's position in the database).
 func TestSenderDelivers(t *testing.T) {
 	ctx := context.Background()
 	db := sqltest.Open(t, config.SQLite)
@@ -177,12 +236,15 @@ func TestSenderDelivers(t *testing.T) {
 	}
 	waitPDUs(t, dest1, sent)
 
-	// A restart, with two events committed while no sender runs.
+	// A restart on an empty NATS store (a lost JetStream volume), with
+	// two events committed while no sender ran and published nowhere:
+	// the database alone has them.
 	stop()
 	b.Close()
+	natsDir = t.TempDir()
 	b = openBus()
 	t.Cleanup(func() { b.Close() })
-	fed.rs = roomserver.New(db, b, string(ours), key, log)
+	fed.rs = roomserver.New(db, nil, string(ours), key, log)
 	for _, body := range []string{"four", "five"} {
 		sent = append(sent, fed.message(roomID, fedAlice, body))
 	}

@@ -52,6 +52,8 @@ type Server struct {
 	fedClient *federation.Client
 	keyRing   *federation.KeyRing
 	fedQueue  *federation.Queue
+	// edus routes inbound EDUs by type to the components handling them.
+	edus *federation.EDURegistry
 
 	servers []*listener
 	closers []func() error
@@ -162,18 +164,47 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	if err != nil {
 		return nil, err
 	}
-	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"),
-		clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))),
-		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys), clientapi.WithRemoteAliases(remoteAliases))
+	profiles, err := federation.NewProfiles(s.fedClient, s.key)
+	if err != nil {
+		return nil, err
+	}
+	eduSender := &federation.EDUSender{DB: s.db, Queue: s.fedQueue, ServerName: serverName}
+	capiOpts := []clientapi.Option{clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))),
+		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys), clientapi.WithRemoteAliases(remoteAliases), clientapi.WithRemoteProfiles(profiles),
+		clientapi.WithRemoteTyping(eduSender), clientapi.WithRemoteReceipts(eduSender)}
+	var presenceOpts []presence.Option
+	presenceSender := &federation.PresenceSender{DB: s.db, Queue: s.fedQueue, ServerName: serverName, Log: fedLog}
+	if cfg.Presence.Enabled {
+		presenceOpts = append(presenceOpts, presence.WithFederation(presenceSender))
+		capiOpts = append(capiOpts, clientapi.WithPresenceOptions(presenceOpts...))
+	}
+	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"), capiOpts...)
+	// Typing from other servers goes through the client API's typing
+	// storage and expiry timers.
+	if err := s.edus.Register(federation.TypingEDUType, (&federation.TypingReceiver{DB: s.db, Store: capi, Log: fedLog}).Handle); err != nil {
+		return nil, err
+	}
+	deviceLists := federation.NewDeviceListSender(s.db, s.fedQueue, e2ee.New(s.db, cfg.ServerName), serverName, fedLog)
+	stopDeviceLists, err := deviceLists.Start(runCtx, s.bus.Conn())
+	if err != nil {
+		return nil, err
+	}
+	s.closers = append(s.closers, func() error { stopDeviceLists(); return nil })
 	capi.Routes(clientRouter)
 	capi.KeyChangesRoute(clientRouter, syncapi.ParseSyncPositions)
 	stopTyping := capi.StartTypingExpiry()
 	s.closers = append(s.closers, func() error { stopTyping(); return nil })
-	var syncOpts []syncapi.Option
+	syncOpts := []syncapi.Option{syncapi.WithBackfill(federation.NewBackfiller(s.fedClient, s.keyRing, s.db, rooms, fedLog))}
 	if cfg.Presence.Enabled {
-		pres := presence.New(s.db, wake.NewPublisher(s.bus.Conn(), log.With("component", "wake")), log.With("component", "presence"))
+		pres := presence.New(s.db, wake.NewPublisher(s.bus.Conn(), log.With("component", "wake")), log.With("component", "presence"),
+			presenceOpts...)
+		if err := s.edus.Register(federation.PresenceEDUType, (&federation.PresenceReceiver{DB: s.db, Store: pres,
+			ServerName: serverName, Log: fedLog}).Handle); err != nil {
+			return nil, err
+		}
 		stopPresence := pres.Start(runCtx)
-		s.closers = append(s.closers, func() error { stopPresence(); return nil })
+		stopPings := presenceSender.Start(runCtx, pres.Content)
+		s.closers = append(s.closers, func() error { stopPings(); stopPresence(); return nil })
 		syncOpts = append(syncOpts, syncapi.WithPresence(pres))
 	}
 	sapi := syncapi.New(s.db, rooms, capi.Authed, log.With("component", "syncapi"), syncOpts...)
@@ -253,14 +284,26 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 	if err != nil {
 		return fmt.Errorf("federation: %w", err)
 	}
-	// Inbound EDUs by type; each feature registers its types here.
-	edus := federation.NewEDURegistry()
-	toDevice := &federation.ToDeviceReceiver{DB: s.db, ServerName: keys.ServerName,
-		Wake: wake.NewPublisher(s.bus.Conn(), log.With("component", "wake")), Log: log}
-	if err := edus.Register(federation.ToDeviceEDUType, toDevice.Handle); err != nil {
+	// Inbound EDUs by type; each feature registers its types here (typing
+	// and presence once their components exist, in New).
+	s.edus = federation.NewEDURegistry()
+	wakes := wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))
+	toDevice := &federation.ToDeviceReceiver{DB: s.db, ServerName: keys.ServerName, Wake: wakes, Log: log}
+	deviceLists, err := federation.NewDeviceLists(s.db, s.fedClient, s.key, wakes, log)
+	if err != nil {
 		return err
 	}
-	(&federation.Transactions{DB: s.db, EDUs: edus, Rooms: rooms, Keys: s.keyRing, Queue: s.fedQueue, Log: log}).Routes(authed)
+	for typ, h := range map[string]federation.EDUHandler{
+		federation.ToDeviceEDUType:         toDevice.Handle,
+		federation.ReceiptEDUType:          (&federation.ReceiptReceiver{DB: s.db, Wake: wakes, Log: log}).Handle,
+		federation.DeviceListUpdateEDUType: deviceLists.HandleDeviceListUpdate,
+		federation.SigningKeyUpdateEDUType: deviceLists.HandleSigningKeyUpdate,
+	} {
+		if err := s.edus.Register(typ, h); err != nil {
+			return err
+		}
+	}
+	(&federation.Transactions{DB: s.db, EDUs: s.edus, Rooms: rooms, Keys: s.keyRing, Queue: s.fedQueue, Log: log}).Routes(authed)
 	(&federation.Events{DB: s.db, ServerName: keys.ServerName}).Routes(authed)
 	(&federation.Memberships{DB: s.db, ServerName: keys.ServerName, Key: s.key, Keys: s.keyRing, Rooms: rooms}).Routes(authed)
 	summaries := &roomsummary.Reader{DB: s.db, Rooms: rooms}

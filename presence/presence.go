@@ -28,6 +28,28 @@ type Service struct {
 	wake *wake.Publisher
 	log  *slog.Logger
 	now  func() time.Time
+	// fed tells other servers about changes (nil: nobody to tell).
+	fed Federation
+}
+
+// Federation tells the servers sharing a room with a user about their
+// new presence (federation.PresenceSender has it). It is handed every
+// change clients see, after the commit, and keeps only those of this
+// server's users. Best effort: it logs its failures.
+type Federation interface {
+	SendPresence(ctx context.Context, updates []Update)
+}
+
+// Update is a user's new presence, as clients see it.
+type Update struct {
+	UserID  string
+	Content Content
+}
+
+// WithFederation makes the Service tell other servers about presence
+// changes through f.
+func WithFederation(f Federation) Option {
+	return func(s *Service) { s.fed = f }
 }
 
 // Option tunes a Service.
@@ -143,6 +165,7 @@ func (s *Service) update(ctx context.Context, userID string, rule func(sql.Prese
 		if applied[0] {
 			if o.notify {
 				s.wakeFor(ctx, []string{userID})
+				s.federate(ctx, []sql.Presence{o.next})
 			}
 			return nil
 		}
@@ -165,4 +188,17 @@ func (s *Service) wakeFor(ctx context.Context, userIDs []string) {
 	if len(rooms) > 0 {
 		s.wake.Rooms(rooms...)
 	}
+}
+
+// federate hands changes clients see to the other servers.
+func (s *Service) federate(ctx context.Context, changed []sql.Presence) {
+	if s.fed == nil || len(changed) == 0 {
+		return
+	}
+	now := ms(s.now())
+	updates := make([]Update, len(changed))
+	for i, p := range changed {
+		updates[i] = Update{UserID: p.UserID, Content: contentAt(p, now)}
+	}
+	s.fed.SendPresence(ctx, updates)
 }

@@ -66,13 +66,16 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 			return changed, err
 		}
 		var woken []string
+		var rows []sql.Presence
 		for i, c := range changes {
 			if applied[i] && c.Notify {
 				woken = append(woken, c.Prev.UserID)
+				rows = append(rows, c.Next)
 			}
 		}
 		changed += len(woken)
 		s.wakeFor(ctx, woken)
+		s.federate(ctx, rows)
 		if len(due) < sweepBatch {
 			break
 		}

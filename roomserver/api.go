@@ -16,9 +16,9 @@ import (
 )
 
 // InputRequest asks the roomserver to add events. Exactly one of NewEvent,
-// CreateRoom, Remote, JoinRemote, Invite and LeaveRemote is set.
-// LeaveRemote leaves a room this server is not in (rejects an invite to
-// it) through the servers that are: its Content is the leave's.
+// CreateRoom, Remote, JoinRemote, Invite, LeaveRemote and Backfill is
+// set. LeaveRemote leaves a room this server is not in (rejects an invite
+// to it) through the servers that are: its Content is the leave's.
 type InputRequest struct {
 	// InputID makes the input idempotent: an input with an id already
 	// handled returns the events it made then. Empty: no deduplication.
@@ -31,6 +31,8 @@ type InputRequest struct {
 	JoinRemote  *JoinRemote   `json:"join_remote,omitempty"`
 	Invite      *RemoteInvite `json:"invite,omitempty"`
 	LeaveRemote *JoinRemote   `json:"leave_remote,omitempty"`
+	// Backfill stores history older than the room's timeline here.
+	Backfill *BackfillRequest `json:"backfill,omitempty"`
 }
 
 // RemoteInvite is another server's invite of a local user (spec: PUT
@@ -51,6 +53,26 @@ type RemoteInvite struct {
 // shown. The federation package implements it.
 type Inviter interface {
 	Invite(ctx context.Context, ver gomatrixserverlib.IRoomVersion, ev gomatrixserverlib.PDU, inviteRoomState []json.RawMessage) (gomatrixserverlib.PDU, error)
+}
+
+// BackfillRequest is what another server answered to GET /backfill from
+// the room's backward extremities (see Roomserver.BackfillFrom): events
+// older than the room's timeline here. The federation layer has checked
+// their signatures, and redacted those whose content hash did not match.
+// The roomserver keeps those that precede the timeline (the events asked
+// for and their ancestors among the answer), checks each against its auth
+// events and the state before it (fetched from Origin with /state_ids
+// where the answer does not reach it, then carried forward), and stores
+// them as history: /messages shows them in their topological place; /sync
+// never does, and the room's current state, forward extremities and
+// room.output do not change. Events failing the checks are stored as
+// rejected and left out. The response lists the events put in the
+// timeline.
+type BackfillRequest struct {
+	// Origin is the server that answered, asked for what the events lack.
+	Origin string `json:"origin"`
+	// Events are PDUs in the room version's format, in any order.
+	Events []json.RawMessage `json:"events"`
 }
 
 // RemoteEvent is an event another server sent (in a transaction, or to

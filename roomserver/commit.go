@@ -65,6 +65,10 @@ type remoteFacts struct {
 	// stripped state shown with an invite.
 	outOfBand       bool
 	inviteRoomState []byte
+	// backfill is set for history older than the room's timeline, which
+	// changes nothing of the room (see stageBackfill); the fields above
+	// are then unused.
+	backfill *historical
 }
 
 // roomCommit is one room's share of a commit: the events to add, in
@@ -135,6 +139,7 @@ type groupTx struct {
 	invites  []inviteState
 	members  []sql.MemberChange
 	rels     []sql.EventRelation
+	placed   []sql.PendingEvent // outliers put into the timeline as history
 	txns     []sql.EventTransaction
 	rooms    []sql.RoomMove
 	redacts  []redactionRow
@@ -201,7 +206,7 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 	for _, rc := range rcs {
 		inputs = append(inputs, rc.inputs...)
 		for _, e := range rc.evs {
-			if e.remote == nil || !e.remote.outlier || e.remote.outOfBand {
+			if e.remote == nil || e.remote.backfill == nil && (!e.remote.outlier || e.remote.outOfBand) {
 				total++
 			}
 			switch {
@@ -244,6 +249,11 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 		rc.after = &roomView{info: info, state: rc.v.state}
 		rc.nids, nids = nids[:len(rc.evs):len(rc.evs)], nids[len(rc.evs):]
 		for i, e := range rc.evs {
+			if e.remote != nil && e.remote.backfill != nil && e.remote.backfill.outlier != 0 {
+				// Stored already: it keeps its NID, the one reserved
+				// goes unused.
+				rc.nids[i] = e.remote.backfill.outlier
+			}
 			g.byID[e.pdu.EventID()] = &freshEvent{nid: rc.nids[i], roomNID: info.NID, pdu: e.pdu}
 		}
 	}
@@ -269,6 +279,7 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 		return err
 	}
 	p.InsertEvents(g.events)
+	p.PlaceOutliers(g.placed)
 	for _, r := range g.redacts {
 		// After the events: the redacted event may be one of them.
 		p.RedactEvent(r.nid, r.stripped, r.by)

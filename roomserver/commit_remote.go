@@ -20,6 +20,9 @@ import (
 func (rs *Roomserver) stageRemote(ctx context.Context, g *groupTx, rc *roomCommit, p pending, nid int64, state sql.StateMap, back *int64) (sql.StateMap, error) {
 	info := &rc.after.info
 	ev, f := p.pdu, p.remote
+	if f.backfill != nil {
+		return state, rs.stageBackfill(ctx, g, rc, p, nid)
+	}
 	fBefore, err := g.stateOf(f.before, f.beforeFresh)
 	if err != nil {
 		return nil, fmt.Errorf("state before %s: %w", ev.EventID(), err)

@@ -85,6 +85,8 @@ func (rs *Roomserver) buildRoom(ctx context.Context, cr *CreateRoom, now time.Ti
 	lookup := func(_ context.Context, k sql.StateKey) (gomatrixserverlib.PDU, error) { return state[k], nil }
 	var built []pending
 	var prev []string
+	// idFree: the room id was found unused, before asking another server.
+	idFree := false
 	for i := range cr.Events {
 		ne := &cr.Events[i]
 		ev, err := rs.buildEvent(ctx, verImpl, roomID, prev, int64(i+1), lookup, ne, now)
@@ -94,6 +96,22 @@ func (rs *Roomserver) buildRoom(ctx context.Context, cr *CreateRoom, now time.Ti
 		if i == 0 {
 			// Room version 12 derives the room id from the create event.
 			roomID = ev.RoomID().String()
+		}
+		if invitesRemoteUser(ev, rs.serverName) {
+			// As in an existing room (buildInto), the invitee's server
+			// countersigns; it must not hear of a room id already taken,
+			// which a retried version 12 create can make.
+			if !idFree {
+				if _, err := rs.db.Room(ctx, roomID); err == nil {
+					return nil, mxhttp.Errorf(400, "M_ROOM_IN_USE", "Room %s already exists", roomID)
+				} else if !errors.Is(err, sql.ErrNotFound) {
+					return nil, err
+				}
+				idFree = true
+			}
+			if ev, err = rs.countersigned(ctx, verImpl, ev, lookup); err != nil {
+				return nil, err
+			}
 		}
 		if sk := ev.StateKey(); sk != nil {
 			state[sql.StateKey{Type: ev.Type(), StateKey: *sk}] = ev

@@ -122,6 +122,8 @@ func (rs *Roomserver) handleInputs(ctx context.Context, reqs []InputRequest) []i
 			res[i].resp, res[i].err = rs.receiveInvite(ctx, req)
 		case req.LeaveRemote != nil:
 			res[i].resp, res[i].err = rs.leaveRemote(ctx, req)
+		case req.Backfill != nil:
+			res[i].resp, res[i].err = rs.backfill(ctx, req)
 		default:
 			res[i].err = mxhttp.BadJSON("empty room input")
 		}

@@ -140,7 +140,8 @@ func placeholders(from, n int) string {
 // PendingEvent is an event a pipeline inserts: its NID comes from EventNIDs
 // and its stream position is Back positions before the last one the
 // transaction allocated (see AllocEventPositions), or none for an
-// outlier; Event.StreamPos is not used.
+// outlier, or Event.StreamPos when that is negative: a historical event
+// (see AllocBackfillPositions).
 type PendingEvent struct {
 	Event
 	Back int64
@@ -153,10 +154,10 @@ func (p *Pipeline) InsertEvents(events []PendingEvent) {
 	for _, n := range chunkSizes(len(events), 64) {
 		part := events[:n]
 		events = events[n:]
-		args := make([]any, 0, 14*n)
+		args := make([]any, 0, 16*n)
 		for _, e := range part {
 			args = append(args, e.NID, e.RoomNID, e.EventID, e.Type, e.StateKey, e.Sender, e.Depth, e.OriginServerTS,
-				e.Outlier, e.Back, e.StateBeforeNID, string(e.JSON), e.Outlier, e.Rejected)
+				e.Outlier, e.StreamPos < 0, e.StreamPos, e.Back, e.StateBeforeNID, string(e.JSON), e.Outlier, e.Rejected)
 		}
 		p.exec(func(err error) error {
 			if isUniqueViolation(err) {
@@ -165,7 +166,7 @@ func (p *Pipeline) InsertEvents(events []PendingEvent) {
 			return fmt.Errorf("insert events: %w", err)
 		}, `INSERT INTO events (event_nid, room_nid, event_id, type, state_key, sender, depth, origin_server_ts,
 				stream_pos, state_before_nid, json, outlier, rejected)
-			VALUES `+valuesRows("?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN NULL ELSE "+headPos+"? END, ?, ?, ?, ?", 1, n), args...)
+			VALUES `+valuesRows("?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN NULL WHEN ? THEN CAST(? AS BIGINT) ELSE "+headPos+"? END, ?, ?, ?, ?", 1, n), args...)
 	}
 }
 

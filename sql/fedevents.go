@@ -58,13 +58,13 @@ func (t *Queries) SnapshotServerMembers(ctx context.Context, snapshot int64, ser
 	return state, nil
 }
 
-// DeviceListStreamID is the device_lists stream position of a user's
-// latest device list change that everyone sharing a room with them sees
-// (0 when their list never changed): the stream_id of GET
-// /_matrix/federation/v1/user/devices.
+// DeviceListStreamID is the stream_id of the latest m.device_list_update
+// sent about a local user (0 before the first): the stream_id of GET
+// /_matrix/federation/v1/user/devices, which the updates that follow
+// name as their prev_id.
 func (t *Queries) DeviceListStreamID(ctx context.Context, userID string) (int64, error) {
 	var pos int64
-	err := t.q.QueryRowContext(ctx, `SELECT pos FROM device_list_changes WHERE user_id = $1 AND observer = ''`, userID).Scan(&pos)
+	err := t.q.QueryRowContext(ctx, `SELECT stream_id FROM device_list_outbound WHERE user_id = $1`, userID).Scan(&pos)
 	if err := noRows(err); err == ErrNotFound {
 		return 0, nil
 	} else if err != nil {

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
@@ -17,7 +18,26 @@ import (
 const (
 	messagesDefaultLimit = 10
 	messagesMaxLimit     = 1000
+	// backfillTimeout bounds the wait of one /messages request for the
+	// history it asked other servers for.
+	backfillTimeout = 10 * time.Second
 )
+
+// Backfiller fetches history older than what this server has of a room
+// from the other servers in it (federation.Backfiller): /messages asks
+// for it when a backwards page reaches the start of the room here.
+type Backfiller interface {
+	// Backfill stores one round of the room's older history and says
+	// how many events it stored: none when there is nothing to fetch
+	// (the room's history here starts with its create event, or what
+	// precedes it is hidden from this server).
+	Backfill(ctx context.Context, roomID string) (int, error)
+}
+
+// WithBackfill makes /messages fetch older history from other servers.
+func WithBackfill(b Backfiller) Option {
+	return func(a *API) { a.backfill = b }
+}
 
 // messagesResponse is the body of GET /messages.
 type messagesResponse struct {
@@ -78,14 +98,20 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, dev *userapi.Devi
 			return err
 		}
 	}
-	p, err := paginate(ctx, a.timeline(info.NID), start, end, backward, limit, func(ev sql.Event) (bool, error) {
+	keep := func(ev sql.Event) (bool, error) {
 		if !ef.matches(ev) {
 			return false, nil
 		}
 		return v.Shows(ctx, ev)
-	})
+	}
+	p, err := paginate(ctx, a.timeline(info.NID), start, end, backward, limit, keep)
 	if err != nil {
 		return err
+	}
+	if backward && to == nil && !p.more && a.backfill != nil {
+		if p, err = a.backfillPage(ctx, roomID, info.NID, p, limit, keep); err != nil {
+			return err
+		}
 	}
 	resp := messagesResponse{Start: TopoToken(start)}
 	if from != nil {
@@ -107,6 +133,33 @@ func (a *API) messages(w http.ResponseWriter, r *http.Request, dev *userapi.Devi
 		}
 	}
 	return writeJSON(w, resp)
+}
+
+// backfillPage goes on with a backwards page that reached the start of
+// the room's history here: one round of backfill, within
+// backfillTimeout, then the rest of the page from what it stored. A
+// failure is logged and the page served as it is. While rounds store
+// events the page ends with a token, even when it is not full (what
+// they stored may all be hidden from the caller): the next page asks
+// for the next round.
+func (a *API) backfillPage(ctx context.Context, roomID string, roomNID int64, p page, limit int,
+	keep func(sql.Event) (bool, error)) (page, error) {
+	bctx, cancel := context.WithTimeout(ctx, backfillTimeout)
+	n, err := a.backfill.Backfill(bctx, roomID)
+	cancel()
+	if err != nil {
+		a.log.WarnContext(ctx, "backfill failed", "room_id", roomID, "err", err)
+	}
+	if n == 0 {
+		return p, nil
+	}
+	rest, err := paginate(ctx, a.timeline(roomNID), p.next, sql.TopoStart, true, limit-len(p.events), keep)
+	if err != nil {
+		return page{}, err
+	}
+	p.events = append(p.events, rest.events...)
+	p.next, p.more = rest.next, true
+	return p, nil
 }
 
 // timeline reads a room's timeline.

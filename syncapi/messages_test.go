@@ -259,7 +259,7 @@ func TestMessagesErrors(t *testing.T) {
 		} {
 			wantError(t, c.name, h.get(t, alice, path, c.q), c.status, c.code)
 		}
-		for _, tok := range []string{"x", "t", "t1", "t1_", "t_1", "t-1_2", "t1_-2", "tabc_1", "t1_2_3", "t+1_2", "s", "s-1", "sx", "t99999999999999999999_1", "12_3"} {
+		for _, tok := range []string{"x", "t", "t1", "t1_", "t_1", "t-1_2", "t1_--2", "tabc_1", "t1_2_3", "t+1_2", "s", "s--1", "sx", "t99999999999999999999_1", "12_3"} {
 			for _, param := range []string{"from", "to"} {
 				wantError(t, param+" "+tok, h.get(t, alice, path, url.Values{"dir": {"b"}, param: {tok}}), 400, "M_INVALID_PARAM")
 			}

@@ -272,6 +272,26 @@ func (b *syncBuilder) roomChanged(ctx context.Context, m sql.SyncMembership) err
 	if prev != nil {
 		prevMembership = memberOf(*prev)
 	}
+	if len(window) == 0 && m.StreamPos <= b.upper.Events {
+		// The change is in the window but no timeline holds it: a
+		// membership of a room this server is not in (an invite from
+		// another server, or its rejection), stored as an outlier, out
+		// of band. Its membership row is all there is of it.
+		switch m.Membership {
+		case spec.Invite, spec.Knock:
+			return b.stripped(ctx, m, m.EventNID, m.Membership)
+		case spec.Leave, spec.Ban:
+			if m.Forgotten {
+				return nil
+			}
+			evs, err := b.a.db.EventsByNID(ctx, []int64{m.EventNID})
+			if err != nil || len(evs) == 0 {
+				return err
+			}
+			// The caller never saw the room: their leave alone.
+			return b.left(ctx, m, evs[0], m.Membership, roomWindow{lo: m.StreamPos - 1, hi: m.StreamPos, onlyOwn: true})
+		}
+	}
 	if len(window) == 0 {
 		// The change is after upper, the next sync's; until then the
 		// membership is what it was at since.

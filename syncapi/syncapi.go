@@ -43,6 +43,8 @@ type API struct {
 	log    *slog.Logger
 	// presence is nil when presence is off.
 	presence Presence
+	// backfill is nil when federation is off (see WithBackfill).
+	backfill Backfiller
 }
 
 // Option tunes the sync API at construction.

@@ -14,11 +14,13 @@ import (
 // exist:
 //
 //   - "t<depth>_<stream>": a topological boundary, just after the event
-//     at that (depth, stream position). /messages, /context and the
-//     relations API hand these out. Events "before" it are those whose
-//     (depth, stream_pos) is <= it, so paginating backwards from a token
-//     and forwards from the same token splits the room in two with no
-//     event on both sides and none on neither.
+//     at that (depth, stream position); the position is negative for
+//     history fetched from other servers (sql.BackfillStream).
+//     /messages, /context and the relations API hand these out. Events
+//     "before" it are those whose (depth, stream_pos) is <= it, so
+//     paginating backwards from a token and forwards from the same token
+//     splits the room in two with no event on both sides and none on
+//     neither.
 //   - "s<stream>[_<anything>]": a position in the room event stream, as
 //     /sync's next_batch carries (its leading component; whatever follows
 //     the first "_" belongs to /sync). In a room it means the boundary
@@ -55,14 +57,14 @@ func ParseToken(s string) (Token, error) {
 	case strings.HasPrefix(s, "t"):
 		d, st, ok := strings.Cut(s[1:], "_")
 		depth, err1 := parseUint(d)
-		stream, err2 := parseUint(st)
+		stream, err2 := parseStream(st)
 		if !ok || err1 != nil || err2 != nil {
 			return Token{}, bad
 		}
 		return Token{Topo: sql.TopoPos{Depth: depth, Stream: stream}}, nil
 	case strings.HasPrefix(s, "s"):
 		pos, _, _ := strings.Cut(s[1:], "_")
-		stream, err := parseUint(pos)
+		stream, err := parseStream(pos)
 		if err != nil {
 			return Token{}, bad
 		}
@@ -77,6 +79,16 @@ func parseUint(s string) (int64, error) {
 		return 0, fmt.Errorf("not a number: %q", s)
 	}
 	return strconv.ParseInt(s, 10, 64)
+}
+
+// parseStream reads a stream position: decimal digits, after a minus
+// sign for history fetched from other servers.
+func parseStream(s string) (int64, error) {
+	if rest, ok := strings.CutPrefix(s, "-"); ok {
+		n, err := parseUint(rest)
+		return -n, err
+	}
+	return parseUint(s)
 }
 
 // boundary resolves a token to a topological boundary in a room.

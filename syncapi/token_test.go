@@ -13,14 +13,16 @@ func TestParseToken(t *testing.T) {
 		"t0_0":           {},
 		"t12_345":        {Topo: sql.TopoPos{Depth: 12, Stream: 345}},
 		"s77":            {Stream: 77, IsStream: true},
-		"s77_3_whatever": {Stream: 77, IsStream: true}, // a /sync next_batch
+		"s77_3_whatever": {Stream: 77, IsStream: true},                 // a /sync next_batch
+		"t12_-345":       {Topo: sql.TopoPos{Depth: 12, Stream: -345}}, // history fetched by backfill
+		"s-1":            {Stream: -1, IsStream: true},                 // a thread list's next_batch there
 	} {
 		got, err := ParseToken(s)
 		if err != nil || got != want {
 			t.Errorf("ParseToken(%q) = %+v, %v; want %+v", s, got, err, want)
 		}
 	}
-	for _, s := range []string{"", "t", "t1", "t1_", "t_1", "t-1_2", "t1_+2", "t1_2_3", "t 1_2", "s", "s-1", "s+1", "sx", "x1_2",
+	for _, s := range []string{"", "t", "t1", "t1_", "t_1", "t-1_2", "t1_+2", "t1_2_3", "t 1_2", "s", "s--1", "s-", "t1_-", "t1_--2", "s+1", "sx", "x1_2",
 		"t9223372036854775808_1"} {
 		_, err := ParseToken(s)
 		var me *mxhttp.Error
@@ -45,7 +47,7 @@ func FuzzParseToken(f *testing.F) {
 			}
 			return
 		}
-		if tok.IsStream || tok.Topo.Depth < 0 || tok.Topo.Stream < 0 {
+		if tok.IsStream || tok.Topo.Depth < 0 {
 			return
 		}
 		again, err := ParseToken(TopoToken(tok.Topo))

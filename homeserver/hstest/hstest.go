@@ -51,12 +51,19 @@ func Start(t testing.TB, cfg config.Config) *Server {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)
 	}
+	s := &Server{Config: cfg}
+	s.start(t)
+	return s
+}
+
+func (s *Server) start(t testing.TB) {
+	t.Helper()
 	var w io.Writer = io.Discard
 	if os.Getenv("WEFT_TEST_LOG") != "" {
 		w = os.Stderr
 	}
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := homeserver.New(context.Background(), cfg, log)
+	srv, err := homeserver.New(context.Background(), s.Config, log)
 	if err != nil {
 		t.Fatalf("start homeserver: %v", err)
 	}
@@ -64,9 +71,29 @@ func Start(t testing.TB, cfg config.Config) *Server {
 		t.Fatalf("start homeserver: %v", err)
 	}
 	t.Cleanup(func() { srv.Shutdown(context.Background()) })
-	return &Server{Server: srv, Config: cfg,
-		ClientURL:     "http://" + srv.Addr("client"),
-		FederationURL: "https://" + srv.Addr("federation")}
+	s.Server = srv
+	s.ClientURL = "http://" + srv.Addr("client")
+	s.FederationURL = "https://" + srv.Addr("federation")
+	// A restart binds the same ports, so that clients and other servers
+	// find the server where it was.
+	s.Config.Client.Listen = srv.Addr("client")
+	s.Config.Federation.Listen = srv.Addr("federation")
+}
+
+// Stop shuts the server down as an operator would: its listeners, bus and
+// database close; its database and data directory stay for Restart.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Errorf("stop homeserver: %v", err)
+	}
+}
+
+// Restart starts a stopped server again on the same configuration, ports,
+// database and data directory.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.start(t)
 }
 
 // FederationConfig is Config for a server that federates on loopback: its
