@@ -151,6 +151,31 @@ type PendingEvent struct {
 // position and state before; the pipeline fails with ErrExists if one is
 // stored already.
 func (p *Pipeline) InsertEvents(events []PendingEvent) {
+	mapErr := func(err error) error {
+		if isUniqueViolation(err) {
+			return ErrExists
+		}
+		return fmt.Errorf("insert events: %w", err)
+	}
+	// The outliers of a join, the state of the room and its auth chain,
+	// are most of the rows there are to copy; they have no stream
+	// position.
+	var outliers, others []PendingEvent
+	for _, e := range events {
+		if e.Outlier {
+			outliers = append(outliers, e)
+		} else {
+			others = append(others, e)
+		}
+	}
+	if p.copyRows(mapErr, "events", []string{"event_nid", "room_nid", "event_id", "type", "state_key", "sender", "depth",
+		"origin_server_ts", "state_before_nid", "json", "outlier", "rejected"}, len(outliers), func(i int) []any {
+		e := outliers[i]
+		return []any{e.NID, e.RoomNID, e.EventID, e.Type, e.StateKey, e.Sender, e.Depth, e.OriginServerTS,
+			e.StateBeforeNID, string(e.JSON), true, e.Rejected}
+	}) {
+		events = others
+	}
 	for _, n := range chunkSizes(len(events), 64) {
 		part := events[:n]
 		events = events[n:]
@@ -159,12 +184,7 @@ func (p *Pipeline) InsertEvents(events []PendingEvent) {
 			args = append(args, e.NID, e.RoomNID, e.EventID, e.Type, e.StateKey, e.Sender, e.Depth, e.OriginServerTS,
 				e.Outlier, e.StreamPos < 0, e.StreamPos, e.Back, e.StateBeforeNID, string(e.JSON), e.Outlier, e.Rejected)
 		}
-		p.exec(func(err error) error {
-			if isUniqueViolation(err) {
-				return ErrExists
-			}
-			return fmt.Errorf("insert events: %w", err)
-		}, `INSERT INTO events (event_nid, room_nid, event_id, type, state_key, sender, depth, origin_server_ts,
+		p.exec(mapErr, `INSERT INTO events (event_nid, room_nid, event_id, type, state_key, sender, depth, origin_server_ts,
 				stream_pos, state_before_nid, json, outlier, rejected)
 			VALUES `+valuesRows("?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN NULL WHEN ? THEN CAST(? AS BIGINT) ELSE "+headPos+"? END, ?, ?, ?, ?", 1, n), args...)
 	}

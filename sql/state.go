@@ -218,6 +218,12 @@ func (p *Pipeline) AddSnapshots(snaps []Snapshot) {
 		}
 	}
 	// Full snapshots of big rooms have thousands of entries.
+	if p.copyRows(errPipelineStmt("state snapshot entries"), "state_snapshot_entries", []string{"snapshot_nid", "type", "state_key", "event_nid"},
+		len(entries), func(i int) []any {
+			return []any{entries[i].snap, entries[i].k.Type, entries[i].k.StateKey, entries[i].ev}
+		}) {
+		return
+	}
 	for _, n := range chunkSizes(len(entries), 256) {
 		part := entries[:n]
 		entries = entries[n:]
