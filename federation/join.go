@@ -361,39 +361,57 @@ func sameUnsigned(a, b []byte) (bool, error) {
 // whole answer.
 func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, verImpl gomatrixserverlib.IRoomVersion, roomID string,
 	join gomatrixserverlib.PDU, rawState, rawChain []json.RawMessage) (state, chain []gomatrixserverlib.PDU, err error) {
-	// Each event is parsed with its signed form (see signedForms), which
-	// gives its id, on every core; an event without a form fails its
-	// signatures below.
+	// Each distinct event is parsed once, with its signed form (see
+	// signedForms), which gives its id, on every core; an event without
+	// a form fails its signatures below. The auth chain repeats much of
+	// the state (the members' joins, the create event, the power
+	// levels): the same bytes are parsed once.
 	type parsed struct {
 		pdu  gomatrixserverlib.PDU
 		form *signedForm
 		err  error
 	}
-	parse := func(raws []json.RawMessage) ([]parsed, []gomatrixserverlib.PDU) {
-		out := make([]parsed, len(raws))
-		inParallel(len(raws), func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				pdu, err := parseInRoom(verImpl, roomID, raws[i])
-				if err != nil {
-					continue
-				}
-				out[i].pdu = pdu
-				if ev, form, err := withSignedForm(pdu); err != nil {
-					out[i].err = fmt.Errorf("event %s: %w", pdu.EventID(), err)
-				} else {
-					out[i].pdu, out[i].form = ev, form
-				}
+	first := make(map[string]int, len(rawState)+len(rawChain))
+	var distinct []json.RawMessage
+	refs := func(raws []json.RawMessage) []int {
+		out := make([]int, len(raws))
+		for i, raw := range raws {
+			j, seen := first[string(raw)]
+			if !seen {
+				j = len(distinct)
+				first[string(raw)] = j
+				distinct = append(distinct, raw)
 			}
-		})
-		out = slices.DeleteFunc(out, func(p parsed) bool { return p.pdu == nil })
-		pdus := make([]gomatrixserverlib.PDU, len(out))
-		for i, p := range out {
-			pdus[i] = p.pdu
+			out[i] = j
 		}
-		return out, pdus
+		return out
 	}
-	parsedState, state := parse(rawState)
-	parsedChain, chain := parse(rawChain)
+	chainRefs, stateRefs := refs(rawChain), refs(rawState)
+	ps := make([]parsed, len(distinct))
+	inParallel(len(distinct), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			pdu, err := parseInRoom(verImpl, roomID, distinct[i])
+			if err != nil {
+				continue
+			}
+			ps[i].pdu = pdu
+			if ev, form, err := withSignedForm(pdu); err != nil {
+				ps[i].err = fmt.Errorf("event %s: %w", pdu.EventID(), err)
+			} else {
+				ps[i].pdu, ps[i].form = ev, form
+			}
+		}
+	})
+	pick := func(refs []int) []gomatrixserverlib.PDU {
+		out := make([]gomatrixserverlib.PDU, 0, len(refs))
+		for _, j := range refs {
+			if ps[j].pdu != nil {
+				out = append(out, ps[j].pdu)
+			}
+		}
+		return out
+	}
+	state, chain = pick(stateRefs), pick(chainRefs)
 	keysSeen := make(map[gomatrixserverlib.StateKeyTuple]bool, len(state))
 	for _, ev := range state {
 		if ev.StateKey() == nil {
@@ -409,11 +427,12 @@ func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ve
 	var all []gomatrixserverlib.PDU
 	var forms []*signedForm
 	var errs []error
-	for _, p := range slices.Concat(parsedChain, parsedState) {
-		if _, dup := byID[p.pdu.EventID()]; !dup {
-			byID[p.pdu.EventID()] = p.pdu
-			all, forms, errs = append(all, p.pdu), append(forms, p.form), append(errs, p.err)
+	for _, p := range ps {
+		if p.pdu == nil || byID[p.pdu.EventID()] != nil {
+			continue
 		}
+		byID[p.pdu.EventID()] = p.pdu
+		all, forms, errs = append(all, p.pdu), append(forms, p.form), append(errs, p.err)
 	}
 	if err := verifySignedForms(ctx, keys, all, forms, errs); err != nil {
 		return nil, nil, err
