@@ -274,21 +274,9 @@ func (e *Events) stateBefore(r *http.Request) (state, chain []sql.Event, err err
 
 // snapshotEvents loads the events of a state snapshot, oldest first.
 func (e *Events) snapshotEvents(ctx context.Context, snapshot int64) ([]sql.Event, error) {
-	snap, err := e.DB.Snapshot(ctx, snapshot)
+	state, err := e.DB.SnapshotEvents(ctx, snapshot)
 	if err != nil {
 		return nil, err
-	}
-	nids := make([]int64, 0, len(snap))
-	for _, nid := range snap {
-		nids = append(nids, nid)
-	}
-	var state []sql.Event
-	for chunk := range slices.Chunk(nids, idsPerQuery) {
-		evs, err := e.DB.EventsByNID(ctx, chunk)
-		if err != nil {
-			return nil, err
-		}
-		state = append(state, evs...)
 	}
 	sortByDepth(state)
 	return state, nil
@@ -379,26 +367,18 @@ func (e *Events) eventAuth(r *http.Request) (any, error) {
 // one query per level.
 func (e *Events) authChain(ctx context.Context, roomNID int64, events []sql.Event) ([]sql.Event, error) {
 	seen := make(map[string]bool)
-	var next []string
-	for _, ev := range events {
-		_, auth := eventRefs(ev.JSON)
-		for _, id := range auth {
-			if !seen[id] {
-				seen[id] = true
-				next = append(next, id)
-			}
-		}
-	}
 	var chain []sql.Event
-	for len(next) > 0 {
-		evs, err := e.eventsByID(ctx, roomNID, next)
-		if err != nil {
-			return nil, err
-		}
-		next = next[:0:0]
-		for _, ev := range evs {
-			chain = append(chain, ev)
-			_, auth := eventRefs(ev.JSON)
+	for evs := events; len(evs) > 0; {
+		// Reading the references of a room's whole state is worth every
+		// core.
+		auths := make([][]string, len(evs))
+		inParallel(len(evs), func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				_, auths[i] = eventRefs(evs[i].JSON)
+			}
+		})
+		var next []string
+		for _, auth := range auths {
 			for _, id := range auth {
 				if !seen[id] {
 					seen[id] = true
@@ -406,6 +386,14 @@ func (e *Events) authChain(ctx context.Context, roomNID int64, events []sql.Even
 				}
 			}
 		}
+		if len(next) == 0 {
+			break
+		}
+		var err error
+		if evs, err = e.eventsByID(ctx, roomNID, next); err != nil {
+			return nil, err
+		}
+		chain = append(chain, evs...)
 	}
 	sortByDepth(chain)
 	return chain, nil

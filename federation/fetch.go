@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
@@ -128,15 +127,15 @@ func (f *Fetcher) Event(ctx context.Context, server spec.ServerName, ver gomatri
 // set when raws[i] must be dropped: it is not a valid event of the room
 // version, or a signature the spec requires is missing or wrong (the
 // sender's server; for room versions 1 and 2 the server of the event id;
-// the authorising server of a restricted join; gomatrixserverlib's
-// VerifyEventSignatures decides which). pdus[i] stays set for a PDU that
-// parsed but failed its signatures, so that its event id can be named. A
-// PDU whose content hash does not match comes back redacted, without
-// error: the spec takes it for a redacted copy and keeps it so.
+// the authorising server of a restricted join; see signersOf). pdus[i]
+// stays set for a PDU that parsed but failed its signatures, so that its
+// event id can be named. A PDU whose content hash does not match comes
+// back redacted, without error: the spec takes it for a redacted copy
+// and keeps it so.
 //
-// The signatures of all the PDUs are checked in one call to keys per core
-// (see verifySignatures), so a transaction of 50 PDUs costs one key
-// lookup, not 50. err is a failure of keys itself (its database), not of
+// The keys all the PDUs need are looked up in one call to keys (see
+// verifySignatures), so a transaction of 50 PDUs costs one key lookup,
+// not 50. err is a failure of keys itself (its database), not of
 // the PDUs.
 func verifyPDUs(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ver gomatrixserverlib.IRoomVersion,
 	raws []json.RawMessage) (pdus []gomatrixserverlib.PDU, errs []error, err error) {
@@ -144,8 +143,8 @@ func verifyPDUs(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ver go
 	errs = make([]error, len(raws))
 	if ver.Version() == gomatrixserverlib.RoomVersionPseudoIDs {
 		// Their signatures are checked against the sender ids themselves,
-		// past the recorder below: refuse them rather than pass them
-		// unchecked.
+		// which the key ring does not hold: refuse them rather than pass
+		// them unchecked.
 		for i := range errs {
 			errs[i] = fmt.Errorf("room version %s is not supported", ver.Version())
 		}
@@ -167,52 +166,12 @@ func verifyPDUs(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ver go
 
 // verifySignatures checks the signatures of pdus (verifyPDUs), setting
 // errs[i] for each that fails; nil entries and those with an error
-// already are skipped. Each core checks a share of them, its signatures
-// in one call to keys. err is a failure of keys itself.
+// already are skipped. pdus[i] is replaced by the same event with its id
+// worked out (see signedForms). keys is a *KeyRing: one call to it
+// fetches the keys that all of them need (see verifySignedForms). err is
+// a failure of keys itself.
 func verifySignatures(ctx context.Context, keys gomatrixserverlib.JSONVerifier, pdus []gomatrixserverlib.PDU, errs []error) error {
-	var mu sync.Mutex
-	var failed error
-	inParallel(len(pdus), func(lo, hi int) {
-		// VerifyEventSignatures works out which servers must have signed
-		// an event and asks the verifier once per event. The recorder
-		// takes those requests for every event, then the key ring answers
-		// them all at once.
-		rec := &recordingVerifier{}
-		var owners []int
-		for i := lo; i < hi; i++ {
-			if pdus[i] == nil || errs[i] != nil {
-				continue
-			}
-			before := len(rec.requests)
-			if err := gomatrixserverlib.VerifyEventSignatures(ctx, pdus[i], rec, userIDForSender); err != nil {
-				errs[i] = fmt.Errorf("event %s: %w", pdus[i].EventID(), err)
-				rec.requests = rec.requests[:before]
-				continue
-			}
-			for range len(rec.requests) - before {
-				owners = append(owners, i)
-			}
-		}
-		if len(rec.requests) == 0 {
-			return
-		}
-		results, err := keys.VerifyJSONs(ctx, rec.requests)
-		if err == nil && len(results) != len(rec.requests) {
-			err = fmt.Errorf("%d results for %d requests", len(results), len(rec.requests))
-		}
-		if err != nil {
-			mu.Lock()
-			failed = fmt.Errorf("verify event signatures: %w", err)
-			mu.Unlock()
-			return
-		}
-		for j, res := range results {
-			if i := owners[j]; res.Error != nil && errs[i] == nil {
-				errs[i] = fmt.Errorf("event %s: bad signature of %s: %w", pdus[i].EventID(), rec.requests[j].ServerName, res.Error)
-			}
-		}
-	})
-	return failed
+	return verifySignedForms(ctx, keys, pdus, signedForms(pdus, errs), errs)
 }
 
 // parsePDU parses one PDU in the room version: its format, and its
@@ -246,17 +205,6 @@ func parsePDU(ver gomatrixserverlib.IRoomVersion, raw []byte) (gomatrixserverlib
 		}
 	}
 	return pdu, nil
-}
-
-// recordingVerifier answers every request as verified and keeps it: the
-// first pass of verifyPDUs.
-type recordingVerifier struct {
-	requests []gomatrixserverlib.VerifyJSONRequest
-}
-
-func (r *recordingVerifier) VerifyJSONs(_ context.Context, requests []gomatrixserverlib.VerifyJSONRequest) ([]gomatrixserverlib.VerifyJSONResult, error) {
-	r.requests = append(r.requests, requests...)
-	return make([]gomatrixserverlib.VerifyJSONResult, len(requests)), nil
 }
 
 var _ roomserver.Fetcher = (*Fetcher)(nil)

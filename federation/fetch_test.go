@@ -29,20 +29,20 @@ type pduEnv struct {
 
 // countingVerifier counts the calls to the key ring.
 type countingVerifier struct {
-	gomatrixserverlib.JSONVerifier
+	*KeyRing
 	calls atomic.Int32
 }
 
 func (c *countingVerifier) VerifyJSONs(ctx context.Context, reqs []gomatrixserverlib.VerifyJSONRequest) ([]gomatrixserverlib.VerifyJSONResult, error) {
 	c.calls.Add(1)
-	return c.JSONVerifier.VerifyJSONs(ctx, reqs)
+	return c.KeyRing.VerifyJSONs(ctx, reqs)
 }
 
 func newPDUEnv(t testing.TB) *pduEnv {
 	fake := newFakeServers()
 	e := &pduEnv{t: t, remote: fake.add(t, "remote.example", time.Hour), other: fake.add(t, "other.example", time.Hour)}
 	ring, _ := newTestRing(t, sqltest.Open(t, config.SQLite), fake)
-	e.ring = &countingVerifier{JSONVerifier: ring}
+	e.ring = &countingVerifier{KeyRing: ring}
 	return e
 }
 

@@ -362,16 +362,57 @@ func sameUnsigned(a, b []byte) (bool, error) {
 // whole answer.
 func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, verImpl gomatrixserverlib.IRoomVersion, roomID string,
 	join gomatrixserverlib.PDU, rawState, rawChain []json.RawMessage) (state, chain []gomatrixserverlib.PDU, err error) {
-	parse := func(raws []json.RawMessage) []gomatrixserverlib.PDU {
-		parsed := make([]gomatrixserverlib.PDU, len(raws))
-		inParallel(len(raws), func(lo, hi int) {
-			for i := lo; i < hi; i++ {
-				parsed[i], _ = parseInRoom(verImpl, roomID, raws[i])
-			}
-		})
-		return slices.DeleteFunc(parsed, func(ev gomatrixserverlib.PDU) bool { return ev == nil })
+	// Each distinct event is parsed once, with its signed form (see
+	// signedForms), which gives its id, on every core; an event without
+	// a form fails its signatures below. The auth chain repeats much of
+	// the state (the members' joins, the create event, the power
+	// levels): the same bytes are parsed once.
+	type parsed struct {
+		pdu  gomatrixserverlib.PDU
+		form *signedForm
+		err  error
 	}
-	state, chain = parse(rawState), parse(rawChain)
+	first := make(map[string]int, len(rawState)+len(rawChain))
+	var distinct []json.RawMessage
+	refs := func(raws []json.RawMessage) []int {
+		out := make([]int, len(raws))
+		for i, raw := range raws {
+			j, seen := first[string(raw)]
+			if !seen {
+				j = len(distinct)
+				first[string(raw)] = j
+				distinct = append(distinct, raw)
+			}
+			out[i] = j
+		}
+		return out
+	}
+	chainRefs, stateRefs := refs(rawChain), refs(rawState)
+	ps := make([]parsed, len(distinct))
+	inParallel(len(distinct), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			pdu, err := parseInRoom(verImpl, roomID, distinct[i])
+			if err != nil {
+				continue
+			}
+			ps[i].pdu = pdu
+			if ev, form, err := withSignedForm(pdu); err != nil {
+				ps[i].err = fmt.Errorf("event %s: %w", pdu.EventID(), err)
+			} else {
+				ps[i].pdu, ps[i].form = ev, form
+			}
+		}
+	})
+	pick := func(refs []int) []gomatrixserverlib.PDU {
+		out := make([]gomatrixserverlib.PDU, 0, len(refs))
+		for _, j := range refs {
+			if ps[j].pdu != nil {
+				out = append(out, ps[j].pdu)
+			}
+		}
+		return out
+	}
+	state, chain = pick(stateRefs), pick(chainRefs)
 	keysSeen := make(map[gomatrixserverlib.StateKeyTuple]bool, len(state))
 	for _, ev := range state {
 		if ev.StateKey() == nil {
@@ -385,14 +426,16 @@ func checkJoinState(ctx context.Context, keys gomatrixserverlib.JSONVerifier, ve
 	}
 	byID := make(map[string]gomatrixserverlib.PDU, len(state)+len(chain))
 	var all []gomatrixserverlib.PDU
-	for _, ev := range append(chain, state...) {
-		if _, dup := byID[ev.EventID()]; !dup {
-			byID[ev.EventID()] = ev
-			all = append(all, ev)
+	var forms []*signedForm
+	var errs []error
+	for _, p := range ps {
+		if p.pdu == nil || byID[p.pdu.EventID()] != nil {
+			continue
 		}
+		byID[p.pdu.EventID()] = p.pdu
+		all, forms, errs = append(all, p.pdu), append(forms, p.form), append(errs, p.err)
 	}
-	errs := make([]error, len(all))
-	if err := verifySignatures(ctx, keys, all, errs); err != nil {
+	if err := verifySignedForms(ctx, keys, all, forms, errs); err != nil {
 		return nil, nil, err
 	}
 	for i, err := range errs {
@@ -464,41 +507,65 @@ func inParallel(n int, f func(lo, hi int)) {
 // authCheck returns the events of byID that pass the auth rules against
 // their own auth events (see checkAuthSelection), each auth event
 // checked first; an event whose auth events are missing, rejected or
-// form a cycle is rejected.
+// form a cycle is rejected. The events are checked a level at a time,
+// each level's on every core: those whose auth events are all of lower
+// levels (in a room's state, most events stand on the same few: the
+// create event, the power levels, their sender's membership).
 func authCheck(byID map[string]gomatrixserverlib.PDU) map[string]bool {
 	const (
-		checking = iota + 1
-		ok
-		rejected
+		checking = -1
+		unusable = -2 // an auth event missing, or a cycle
 	)
-	status := make(map[string]int, len(byID))
-	accepted := make(map[string]bool, len(byID))
-	var visit func(ev gomatrixserverlib.PDU) bool
-	visit = func(ev gomatrixserverlib.PDU) bool {
-		switch status[ev.EventID()] {
-		case checking, rejected:
-			return false
-		case ok:
-			return true
+	level := make(map[string]int, len(byID))
+	var levelOf func(ev gomatrixserverlib.PDU) int
+	levelOf = func(ev gomatrixserverlib.PDU) int {
+		if l, seen := level[ev.EventID()]; seen {
+			if l == checking {
+				return unusable
+			}
+			return l
 		}
-		status[ev.EventID()] = checking
+		level[ev.EventID()] = checking
+		l := 0
 		for _, id := range ev.AuthEventIDs() {
 			a, found := byID[id]
-			if !found || !visit(a) {
-				status[ev.EventID()] = rejected
-				return false
+			al := unusable
+			if found {
+				al = levelOf(a)
+			}
+			if al == unusable {
+				l = unusable
+				break
+			}
+			l = max(l, al+1)
+		}
+		level[ev.EventID()] = l
+		return l
+	}
+	var levels [][]gomatrixserverlib.PDU
+	for _, ev := range byID {
+		if l := levelOf(ev); l >= 0 {
+			for len(levels) <= l {
+				levels = append(levels, nil)
+			}
+			levels[l] = append(levels[l], ev)
+		}
+	}
+	accepted := make(map[string]bool, len(byID))
+	for _, evs := range levels {
+		ok := make([]bool, len(evs))
+		// The checks of a level only read accepted, written between
+		// levels.
+		inParallel(len(evs), func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				ok[i] = checkAuthSelection(evs[i], byID, accepted) == nil
+			}
+		})
+		for i, ev := range evs {
+			if ok[i] {
+				accepted[ev.EventID()] = true
 			}
 		}
-		if checkAuthSelection(ev, byID, accepted) != nil {
-			status[ev.EventID()] = rejected
-			return false
-		}
-		status[ev.EventID()] = ok
-		accepted[ev.EventID()] = true
-		return true
-	}
-	for _, ev := range byID {
-		visit(ev)
 	}
 	return accepted
 }

@@ -173,6 +173,58 @@ func TestCheckJoinState(t *testing.T) {
 	})
 }
 
+// TestAuthCheck checks the order of the auth checks of a send_join
+// answer: an event passes only once its auth events have, so one that
+// stands on a rejected event, or on one missing from the answer, is
+// rejected even though its own selection is right.
+func TestAuthCheck(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		for _, version := range []string{"10", "12"} {
+			t.Run("v"+version, func(t *testing.T) {
+				j := newJoinEnv(t, db)
+				verImpl := gomatrixserverlib.MustGetRoomVersion(gomatrixserverlib.RoomVersion(version))
+				roomID, initial := j.createRoom(version, "shared")
+				create, member, power, joinRules, visibility := initial[0], initial[1], initial[2], initial[3], initial[4]
+				state, chain := j.roomState(roomID)
+				byID := map[string]gomatrixserverlib.PDU{}
+				add := func(raw json.RawMessage) string {
+					ev, err := verImpl.NewEventFromUntrustedJSON(raw)
+					if err != nil {
+						t.Fatal(err)
+					}
+					byID[ev.EventID()] = ev
+					return ev.EventID()
+				}
+				for _, raw := range slices.Concat(state, chain) {
+					add(raw)
+				}
+				prev := []string{visibility}
+				topic := func(text string, auth ...string) string {
+					return add(j.signedByUs(verImpl, roomID, "m.room.topic", "", map[string]any{"topic": text}, prev, auth, 10))
+				}
+				// Alice joins again with the history visibility among
+				// the auth events, which the rules do not select.
+				bad := add(j.signedByUs(verImpl, roomID, "m.room.member", fedAlice, map[string]any{"membership": "join"}, prev,
+					[]string{create, power, member, joinRules, visibility}, 10))
+				good := topic("good", create, power, member)
+				onBad := topic("on a rejected member event", create, power, bad)
+				onMissing := topic("on a missing event", create, power, "$"+strings.Repeat("A", 43))
+				accepted := authCheck(byID)
+				for _, id := range append(slices.Clone(initial), good) {
+					if !accepted[id] {
+						t.Errorf("%s rejected", id)
+					}
+				}
+				for name, id := range map[string]string{"bad selection": bad, "on a rejected event": onBad, "on a missing event": onMissing} {
+					if accepted[id] {
+						t.Errorf("the event %s accepted", name)
+					}
+				}
+			})
+		}
+	})
+}
+
 // TestBuildFromTemplate checks what the joining server verifies of a
 // make_join template (joins-v1.yaml: room id, sender and state key, type
 // and membership) and how it fills in the content.

@@ -124,8 +124,10 @@ type Fetcher interface {
 // make_join then send_join, v2). The federation package implements it.
 type Joiner interface {
 	// Join tries servers in order and returns what the first that
-	// accepted the join sent back, checked: signatures, and the state and
-	// auth chain against the auth rules.
+	// accepted the join sent back, checked: signatures, the state and
+	// auth chain against the auth rules (each event against its auth
+	// events), and the join against the state; events that fail are left
+	// out. The roomserver stores them without checking them again.
 	Join(ctx context.Context, servers []spec.ServerName, roomID, userID string, content json.RawMessage) (*JoinResult, error)
 	// Leave does the same with make_leave and send_leave, and returns
 	// the leave event the first server that accepted it has.

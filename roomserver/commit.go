@@ -48,8 +48,12 @@ type remoteFacts struct {
 	// extremities stay as they are.
 	outlier, rejected bool
 	// before is the state before the event; nil: the room's current
-	// state (for an outlier: unknown).
-	before sql.StateMap
+	// state (for an outlier: unknown). beforeFresh adds to it pieces held
+	// by events of the same commit, by event id, whose NIDs are not known
+	// until it is staged (the state a join through another server
+	// brings).
+	before      sql.StateMap
+	beforeFresh map[sql.StateKey]string
 	// current is the room's state once the event is in: the resolution
 	// of its forward extremities' states; nil: before plus the event.
 	current sql.StateMap
@@ -121,8 +125,10 @@ func (rs *Roomserver) commit(ctx context.Context, rcs []*roomCommit) error {
 // groupTx is what commitTx knows of the whole transaction while it
 // stages each room's share.
 type groupTx struct {
-	// byID finds the events of the transaction, for redactions of them.
-	byID map[string]*freshEvent
+	// byID finds the events of the transaction, for redactions of them;
+	// byNID (see freshByNID) for the state they make.
+	byID  map[string]*freshEvent
+	byNID map[int64]gomatrixserverlib.PDU
 	// redacted holds the events the transaction redacts.
 	redacted map[int64]bool
 	// What the statements of the transaction write.
@@ -207,8 +213,7 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 			}
 			switch {
 			case e.remote != nil:
-				// At most: the state before, after, and the room's.
-				states += 3
+				states += e.remote.snapshots()
 			case e.pdu.StateKey() != nil:
 				states++
 			}

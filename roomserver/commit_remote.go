@@ -26,15 +26,19 @@ func (rs *Roomserver) stageRemote(ctx context.Context, g *groupTx, rc *roomCommi
 	if !f.outlier || f.rejected {
 		g.noteGaps(info.NID, nid, ev, !f.outlier)
 	}
+	fBefore, err := g.stateOf(f.before, f.beforeFresh)
+	if err != nil {
+		return nil, fmt.Errorf("state before %s: %w", ev.EventID(), err)
+	}
 	row := sql.Event{NID: nid, RoomNID: info.NID, EventID: ev.EventID(), Type: ev.Type(), StateKey: ev.StateKey(),
 		Sender: string(ev.SenderID()), Depth: ev.Depth(), OriginServerTS: int64(ev.OriginServerTS()),
 		JSON: ev.JSON(), Outlier: f.outlier, Rejected: f.rejected}
 	before, beforeNID, beforeChain := state, info.SnapshotNID, info.ChainLength
-	if f.before != nil && !maps.Equal(f.before, state) {
-		before, beforeNID, beforeChain = f.before, g.snapshot(info.NID, 0, 0, maps.Clone(f.before)), 0
+	if fBefore != nil && !maps.Equal(fBefore, state) {
+		before, beforeNID, beforeChain = fBefore, g.snapshot(info.NID, 0, 0, maps.Clone(fBefore)), 0
 	}
 	if f.outlier {
-		if f.before != nil {
+		if fBefore != nil {
 			row.StateBeforeNID = beforeNID
 		}
 		g.events = append(g.events, sql.PendingEvent{Event: row})
@@ -110,6 +114,47 @@ func (rs *Roomserver) stageRemote(ctx context.Context, g *groupTx, rc *roomCommi
 	return current, nil
 }
 
+// snapshots is how many state snapshots the event may add, at most: the
+// state before it, after it, and the room's.
+func (f *remoteFacts) snapshots() int {
+	if f.outlier {
+		if f.before == nil && f.beforeFresh == nil {
+			return 0
+		}
+		return 1
+	}
+	return 3
+}
+
+// stateOf is known plus the pieces of fresh, whose events are the
+// transaction's, with their NIDs; known itself when fresh is empty.
+func (g *groupTx) stateOf(known sql.StateMap, fresh map[sql.StateKey]string) (sql.StateMap, error) {
+	if len(fresh) == 0 {
+		return known, nil
+	}
+	out := make(sql.StateMap, len(known)+len(fresh))
+	maps.Copy(out, known)
+	for k, id := range fresh {
+		f, ok := g.byID[id]
+		if !ok {
+			return nil, fmt.Errorf("event %s is not part of the commit", id)
+		}
+		out[k] = f.nid
+	}
+	return out, nil
+}
+
+// freshByNID returns the events of the transaction by NID.
+func (g *groupTx) freshByNID() map[int64]gomatrixserverlib.PDU {
+	if g.byNID == nil {
+		g.byNID = make(map[int64]gomatrixserverlib.PDU, len(g.byID))
+		for _, f := range g.byID {
+			g.byNID[f.nid] = f.pdu
+		}
+	}
+	return g.byNID
+}
+
 // snapshot adds a state snapshot to the transaction and returns its NID.
 func (g *groupTx) snapshot(roomNID, base int64, chain int, entries sql.StateMap) int64 {
 	nid := g.snapNIDs[0]
@@ -122,13 +167,16 @@ func (g *groupTx) snapshot(roomNID, base int64, chain int, entries sql.StateMap)
 // to current: the current_state rows, and the memberships of the members
 // whose event changed, at the stream position of ev (NID nid).
 func (rs *Roomserver) stageStateChange(ctx context.Context, g *groupTx, roomNID int64, old, current sql.StateMap, nid int64, ev gomatrixserverlib.PDU, back int64) error {
+	// The member events are the transaction's (a join through another
+	// server brings the whole state) or stored.
+	fresh := g.freshByNID()
 	var memberNIDs []int64
 	for k, n := range current {
 		if old[k] == n {
 			continue
 		}
 		g.current = append(g.current, sql.StateChange{RoomNID: roomNID, Key: k, EventNID: n})
-		if k.Type == spec.MRoomMember && n != nid {
+		if _, ok := fresh[n]; k.Type == spec.MRoomMember && !ok {
 			memberNIDs = append(memberNIDs, n)
 		}
 	}
@@ -141,12 +189,14 @@ func (rs *Roomserver) stageStateChange(ctx context.Context, g *groupTx, roomNID 
 	if err != nil {
 		return fmt.Errorf("load member events: %w", err)
 	}
-	members[nid] = ev
 	for k, n := range current {
 		if k.Type != spec.MRoomMember || old[k] == n {
 			continue
 		}
 		e, ok := members[n]
+		if !ok {
+			e, ok = fresh[n]
+		}
 		if !ok {
 			return fmt.Errorf("member event %d of %s is not stored", n, k.StateKey)
 		}

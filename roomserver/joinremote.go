@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -48,7 +49,9 @@ func (rs *Roomserver) joinRemote(ctx context.Context, req InputRequest) (InputRe
 	} else if len(known) > 0 && !known[0].Outlier {
 		return InputResponse{RoomID: req.RoomID, EventIDs: []string{res.Event.EventID()}}, nil
 	}
-	if _, err := rs.db.Room(ctx, req.RoomID); errors.Is(err, sql.ErrNotFound) {
+	_, err = rs.db.Room(ctx, req.RoomID)
+	created := errors.Is(err, sql.ErrNotFound)
+	if created {
 		if _, err := rs.db.CreateRoom(ctx, req.RoomID, string(res.RoomVersion.Version())); err != nil && !errors.Is(err, sql.ErrExists) {
 			return InputResponse{}, fmt.Errorf("add room %s: %w", req.RoomID, err)
 		}
@@ -56,34 +59,15 @@ func (rs *Roomserver) joinRemote(ctx context.Context, req InputRequest) (InputRe
 		return InputResponse{}, err
 	}
 	rs.views.drop(req.RoomID)
-	r := &receiver{rs: rs, roomID: req.RoomID, ver: res.RoomVersion, origin: res.Server}
-	if err := r.storeOutliers(ctx, append(res.AuthChain, res.State...)); err != nil {
-		return InputResponse{}, err
-	}
-	ids := make([]string, len(res.State))
-	for i, e := range res.State {
-		ids[i] = e.EventID()
-	}
-	stored, err := r.stored(ctx, ids)
-	if err != nil {
-		return InputResponse{}, err
-	}
-	before := sql.StateMap{}
-	for _, e := range res.State {
-		s, ok := stored[e.EventID()]
-		if !ok || s.rejected || e.StateKey() == nil {
-			continue
-		}
-		before[sql.StateKey{Type: e.Type(), StateKey: *e.StateKey()}] = s.row.NID
-	}
-	if err := r.allowed(ctx, res.Event, before); err != nil {
-		return InputResponse{}, mxhttp.Forbidden("The join through %s is not allowed by the room's state: %v", res.Server, err)
-	}
 	v, err := rs.view(ctx, req.RoomID)
 	if err != nil {
 		return InputResponse{}, err
 	}
-	rc := &roomCommit{v: v, evs: []pending{{pdu: res.Event, remote: &remoteFacts{before: before, only: true}}}}
+	evs, err := rs.joinedState(ctx, v, res, !created)
+	if err != nil {
+		return InputResponse{}, err
+	}
+	rc := &roomCommit{v: v, evs: evs}
 	if req.InputID != "" {
 		rc.inputs = []sql.InputRecord{{InputID: req.InputID, RoomID: req.RoomID, EventIDs: []string{res.Event.EventID()}}}
 	}
@@ -91,6 +75,61 @@ func (rs *Roomserver) joinRemote(ctx context.Context, req InputRequest) (InputRe
 		return InputResponse{}, err
 	}
 	return InputResponse{RoomID: req.RoomID, EventIDs: []string{res.Event.EventID()}}, nil
+}
+
+// joinedState is what a join through another server adds to the room,
+// in one commit: the state and auth chain the resident server sent, as
+// outliers (those the room holds already left out), then the join, with
+// that state before it, as the room's only forward extremity. The
+// Joiner has checked those events (signatures, auth rules against their
+// auth events, the join against the state), so they are not checked
+// again here; only the join is checked once more against the state as
+// this server holds it, without the events it rejected before. maybeKnown
+// says the room may hold some of the events already (it is not new).
+func (rs *Roomserver) joinedState(ctx context.Context, v *roomView, res *JoinResult, maybeKnown bool) ([]pending, error) {
+	all := slices.Concat(res.AuthChain, res.State)
+	known := map[string]sql.KnownEvent{}
+	if maybeKnown {
+		ids := make([]string, len(all))
+		for i, e := range all {
+			ids[i] = e.EventID()
+		}
+		var err error
+		if known, err = rs.db.KnownEvents(ctx, v.info.NID, ids); err != nil {
+			return nil, err
+		}
+	}
+	evs := make([]pending, 0, len(all)+1)
+	// The join is the commit's timeline event, even where the resident
+	// server listed it among the others.
+	adding := map[string]bool{res.Event.EventID(): true}
+	for _, e := range all {
+		if _, ok := known[e.EventID()]; ok || adding[e.EventID()] {
+			continue
+		}
+		adding[e.EventID()] = true
+		evs = append(evs, pending{pdu: e, remote: &remoteFacts{outlier: true}})
+	}
+	join := &remoteFacts{before: sql.StateMap{}, beforeFresh: make(map[sql.StateKey]string, len(res.State)), only: true}
+	state := make([]gomatrixserverlib.PDU, 0, len(res.State))
+	for _, e := range res.State {
+		if e.StateKey() == nil {
+			continue
+		}
+		k := sql.StateKey{Type: e.Type(), StateKey: *e.StateKey()}
+		if s, ok := known[e.EventID()]; !ok {
+			join.beforeFresh[k] = e.EventID()
+		} else if !s.Rejected {
+			join.before[k] = s.NID
+		} else {
+			continue
+		}
+		state = append(state, e)
+	}
+	if err := allowedBy(res.Event, state); err != nil {
+		return nil, mxhttp.Forbidden("The join through %s is not allowed by the room's state: %v", res.Server, err)
+	}
+	return append(evs, pending{pdu: res.Event, remote: join}), nil
 }
 
 // leaveRemote handles a LeaveRemote input: the handshake through another

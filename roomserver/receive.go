@@ -253,7 +253,23 @@ func (r *receiver) allowed(ctx context.Context, ev gomatrixserverlib.PDU, state 
 	if err != nil {
 		return fmt.Errorf("load auth state: %w", err)
 	}
-	provider, err := gomatrixserverlib.NewAuthEvents(slices.Collect(maps.Values(evs)))
+	return allowedBy(ev, slices.Collect(maps.Values(evs)))
+}
+
+// allowedBy checks ev against the auth rules with the given state events,
+// of which it takes those the rules select.
+func allowedBy(ev gomatrixserverlib.PDU, state []gomatrixserverlib.PDU) error {
+	want := make(map[gomatrixserverlib.StateKeyTuple]bool)
+	for _, t := range gomatrixserverlib.StateNeededForAuth([]gomatrixserverlib.PDU{ev}).Tuples() {
+		want[t] = true
+	}
+	var auth []gomatrixserverlib.PDU
+	for _, e := range state {
+		if sk := e.StateKey(); sk != nil && want[gomatrixserverlib.StateKeyTuple{EventType: e.Type(), StateKey: *sk}] {
+			auth = append(auth, e)
+		}
+	}
+	provider, err := gomatrixserverlib.NewAuthEvents(auth)
 	if err != nil {
 		return err
 	}
@@ -543,11 +559,13 @@ func (r *receiver) fetchMany(ctx context.Context, ids []string) ([]gomatrixserve
 // checked against its auth events (among evs, or stored), and rejected if
 // it fails them. Events the room has already are skipped.
 func (r *receiver) storeOutliers(ctx context.Context, evs []gomatrixserverlib.PDU) error {
-	ids := make([]string, len(evs))
-	for i, e := range evs {
-		ids[i] = e.EventID()
+	// One read for the events themselves (those stored are skipped) and
+	// their auth events.
+	var ids []string
+	for _, e := range evs {
+		ids = append(append(ids, e.EventID()), e.AuthEventIDs()...)
 	}
-	have, err := r.stored(ctx, ids)
+	have, err := r.stored(ctx, slices.Compact(slices.Sorted(slices.Values(ids))))
 	if err != nil {
 		return err
 	}
@@ -557,14 +575,6 @@ func (r *receiver) storeOutliers(ctx context.Context, evs []gomatrixserverlib.PD
 	evs = slices.Clone(evs)
 	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Depth() < evs[j].Depth() })
 	checked := make(map[string]storedEvent, len(evs))
-	var authIDs []string
-	for _, e := range evs {
-		authIDs = append(authIDs, e.AuthEventIDs()...)
-	}
-	older, err := r.stored(ctx, authIDs)
-	if err != nil {
-		return err
-	}
 	var out []pending
 	for _, e := range evs {
 		if _, ok := have[e.EventID()]; ok {
@@ -577,9 +587,6 @@ func (r *receiver) storeOutliers(ctx context.Context, evs []gomatrixserverlib.PD
 		var reason error
 		for _, id := range e.AuthEventIDs() {
 			a, ok := checked[id]
-			if !ok {
-				a, ok = older[id]
-			}
 			if !ok {
 				a, ok = have[id]
 			}

@@ -56,7 +56,7 @@ func (t *Queries) Redactions(ctx context.Context, eventIDs []string) (map[string
 	out := make(map[string]Event)
 	for rows.Next() {
 		var target string
-		e, err := scanEvent(prefixScanner{rows, &target})
+		e, err := scanEvent(prefixScanner{rows, []any{&target}})
 		if err != nil {
 			return nil, err
 		}
@@ -65,13 +65,13 @@ func (t *Queries) Redactions(ctx context.Context, eventIDs []string) (map[string
 	return out, rows.Err()
 }
 
-// prefixScanner scans one leading column into first, then the rest as
-// the wrapped scanner's caller asks.
+// prefixScanner scans leading columns into prefix, then the rest as the
+// wrapped scanner's caller asks.
 type prefixScanner struct {
-	s     interface{ Scan(...any) error }
-	first *string
+	s      interface{ Scan(...any) error }
+	prefix []any
 }
 
 func (p prefixScanner) Scan(dest ...any) error {
-	return p.s.Scan(append([]any{p.first}, dest...)...)
+	return p.s.Scan(append(p.prefix[:len(p.prefix):len(p.prefix)], dest...)...)
 }

@@ -69,26 +69,36 @@ func (t *Queries) EventByID(ctx context.Context, eventID string) (Event, error) 
 
 // EventsByNID returns the events with the given NIDs, in no set order.
 func (t *Queries) EventsByNID(ctx context.Context, nids []int64) ([]Event, error) {
-	if len(nids) == 0 {
-		return nil, nil
-	}
-	args := make([]any, len(nids))
-	for i, n := range nids {
-		args[i] = n
-	}
-	return t.queryEvents(ctx, `SELECT `+eventColumns+eventFrom+`WHERE e.event_nid IN (`+placeholders(1, len(nids))+`)`, args...)
+	return eventsByKey(ctx, t, `e.event_nid`, nids)
 }
 
 // EventsByID returns the stored events among ids, in no set order.
 func (t *Queries) EventsByID(ctx context.Context, ids []string) ([]Event, error) {
-	if len(ids) == 0 {
-		return nil, nil
+	return eventsByKey(ctx, t, `e.event_id`, ids)
+}
+
+// maxInList bounds the values of one IN list: far below both engines'
+// limits on a statement's parameters (SQLite's is 32,766), and few
+// enough distinct statement texts (see chunkSizes) to prepare.
+const maxInList = 512
+
+// eventsByKey reads the events whose column is one of keys, in
+// statements of at most maxInList keys.
+func eventsByKey[K any](ctx context.Context, t *Queries, column string, keys []K) ([]Event, error) {
+	var out []Event
+	for _, n := range chunkSizes(len(keys), maxInList) {
+		args := make([]any, n)
+		for i, k := range keys[:n] {
+			args[i] = k
+		}
+		keys = keys[n:]
+		evs, err := t.queryEvents(ctx, `SELECT `+eventColumns+eventFrom+`WHERE `+column+` IN (`+placeholders(1, n)+`)`, args...)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, evs...)
 	}
-	args := make([]any, len(ids))
-	for i, id := range ids {
-		args[i] = id
-	}
-	return t.queryEvents(ctx, `SELECT `+eventColumns+eventFrom+`WHERE e.event_id IN (`+placeholders(1, len(ids))+`)`, args...)
+	return out, nil
 }
 
 func (t *Queries) queryEvents(ctx context.Context, query string, args ...any) ([]Event, error) {
@@ -141,6 +151,31 @@ type PendingEvent struct {
 // position and state before; the pipeline fails with ErrExists if one is
 // stored already.
 func (p *Pipeline) InsertEvents(events []PendingEvent) {
+	mapErr := func(err error) error {
+		if isUniqueViolation(err) {
+			return ErrExists
+		}
+		return fmt.Errorf("insert events: %w", err)
+	}
+	// The outliers of a join, the state of the room and its auth chain,
+	// are most of the rows there are to copy; they have no stream
+	// position.
+	var outliers, others []PendingEvent
+	for _, e := range events {
+		if e.Outlier {
+			outliers = append(outliers, e)
+		} else {
+			others = append(others, e)
+		}
+	}
+	if p.copyRows(mapErr, "events", []string{"event_nid", "room_nid", "event_id", "type", "state_key", "sender", "depth",
+		"origin_server_ts", "state_before_nid", "json", "outlier", "rejected"}, len(outliers), func(i int) []any {
+		e := outliers[i]
+		return []any{e.NID, e.RoomNID, e.EventID, e.Type, e.StateKey, e.Sender, e.Depth, e.OriginServerTS,
+			e.StateBeforeNID, string(e.JSON), true, e.Rejected}
+	}) {
+		events = others
+	}
 	for _, n := range chunkSizes(len(events), 64) {
 		part := events[:n]
 		events = events[n:]
@@ -149,12 +184,7 @@ func (p *Pipeline) InsertEvents(events []PendingEvent) {
 			args = append(args, e.NID, e.RoomNID, e.EventID, e.Type, e.StateKey, e.Sender, e.Depth, e.OriginServerTS,
 				e.Outlier, e.StreamPos < 0, e.StreamPos, e.Back, e.StateBeforeNID, string(e.JSON), e.Outlier, e.Rejected)
 		}
-		p.exec(func(err error) error {
-			if isUniqueViolation(err) {
-				return ErrExists
-			}
-			return fmt.Errorf("insert events: %w", err)
-		}, `INSERT INTO events (event_nid, room_nid, event_id, type, state_key, sender, depth, origin_server_ts,
+		p.exec(mapErr, `INSERT INTO events (event_nid, room_nid, event_id, type, state_key, sender, depth, origin_server_ts,
 				stream_pos, state_before_nid, json, outlier, rejected)
 			VALUES `+valuesRows("?, ?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN NULL WHEN ? THEN CAST(? AS BIGINT) ELSE "+headPos+"? END, ?, ?, ?, ?", 1, n), args...)
 	}

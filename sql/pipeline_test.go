@@ -209,3 +209,83 @@ func TestPipelineChunks(t *testing.T) {
 		}
 	})
 }
+
+// Thousands of outliers and snapshot entries, as a join through another
+// server stores them (on PostgreSQL with COPY, before the statements):
+// stored with the rest, rolled back with it when a statement fails, and
+// an event stored already fails the pipeline with ErrExists.
+func TestPipelineBulkRows(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		roomNID, err := db.CreateRoom(ctx, "!bulk:test", "12")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := sql.CopyMin + 10
+		write := func(prefix, inputID string) (snap int64, err error) {
+			err = db.RunPipeline(ctx, func(p *sql.Pipeline) error {
+				if err := p.RecordInputs([]sql.InputRecord{{InputID: inputID, RoomID: "!bulk:test"}}); err != nil {
+					return err
+				}
+				nids, err := p.EventNIDs(n + 1)
+				if err != nil {
+					return err
+				}
+				snaps, err := p.SnapshotNIDs(1)
+				if err != nil {
+					return err
+				}
+				snap = snaps[0]
+				state := make(sql.StateMap, n)
+				evs := make([]sql.PendingEvent, 0, n+1)
+				for i := range n {
+					k := sql.StateKey{Type: "org.example.bulk", StateKey: fmt.Sprint(i)}
+					state[k] = nids[i]
+					evs = append(evs, sql.PendingEvent{Event: sql.Event{NID: nids[i], RoomNID: roomNID, EventID: fmt.Sprintf("$%s%d", prefix, i),
+						Type: k.Type, StateKey: &k.StateKey, Sender: "@a:test", Depth: int64(i + 1), JSON: []byte(`{}`), Outlier: true, Rejected: i == 0}})
+				}
+				evs = append(evs, sql.PendingEvent{Event: sql.Event{NID: nids[n], RoomNID: roomNID, EventID: "$" + prefix + "timeline",
+					Type: "m.room.message", Sender: "@a:test", Depth: int64(n + 1), JSON: []byte(`{}`), StateBeforeNID: snap}})
+				p.AddSnapshots([]sql.Snapshot{{NID: snap, RoomNID: roomNID, Entries: state}})
+				p.AllocEventPositions(1, new(int64))
+				p.InsertEvents(evs)
+				return nil
+			})
+			return snap, err
+		}
+		snap, err := write("a", "bulk1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := db.Snapshot(ctx, snap)
+		if err != nil || len(got) != n {
+			t.Fatalf("snapshot of %d entries, want %d (%v)", len(got), n, err)
+		}
+		ids := []string{"$a0", fmt.Sprintf("$a%d", n-1), "$atimeline"}
+		evs, err := db.EventsByID(ctx, ids)
+		if err != nil || len(evs) != 3 {
+			t.Fatalf("%d of %v stored (%v)", len(evs), ids, err)
+		}
+		for _, e := range evs {
+			outlier := e.EventID != "$atimeline"
+			if e.Outlier != outlier || e.Rejected != (e.EventID == "$a0") || (e.StreamPos == 0) != outlier || (e.StateKey != nil) != outlier {
+				t.Fatalf("stored %+v", e)
+			}
+		}
+
+		// A failing statement (an input recorded already) rolls the rows
+		// back; so does an event stored already, with ErrExists.
+		if _, err := write("b", "bulk1"); !errors.Is(err, sql.ErrInputRecorded) {
+			t.Fatalf("input recorded already: %v", err)
+		}
+		if _, err := write("a", "bulk2"); !errors.Is(err, sql.ErrExists) {
+			t.Fatalf("events stored already: %v", err)
+		}
+		if evs, err := db.EventsByID(ctx, []string{"$b0", "$b1"}); err != nil || len(evs) != 0 {
+			t.Fatalf("rolled back events stored: %d (%v)", len(evs), err)
+		}
+		if got, err := db.InputResults(ctx, []string{"bulk2"}); err != nil || len(got) != 0 {
+			t.Fatalf("rolled back input recorded: %v (%v)", got, err)
+		}
+	})
+}

@@ -60,14 +60,21 @@ func (t *Queries) SnapshotChainLength(ctx context.Context, nid int64) (int, erro
 	return n, noRows(err)
 }
 
-// snapshotChain is the recursive query over a snapshot's chain, newest
-// snapshot at n = 0; $1 is the snapshot.
-const snapshotChain = `WITH RECURSIVE chain (nid, n) AS (
+// chainOf is the recursive part of the queries over a snapshot's chain,
+// newest snapshot at n = 0; $1 is the snapshot.
+const chainOf = `WITH RECURSIVE chain (nid, n) AS (
 		SELECT snapshot_nid, 0 FROM state_snapshots WHERE snapshot_nid = $1
 		UNION ALL
 		SELECT s.base_nid, c.n + 1 FROM state_snapshots s JOIN chain c ON s.snapshot_nid = c.nid WHERE s.base_nid <> 0
-	)
-	SELECT e.type, e.state_key, e.event_nid FROM chain c JOIN state_snapshot_entries e ON e.snapshot_nid = c.nid `
+	) `
+
+// snapshotChain is the query over a snapshot's entries, through its
+// chain. The IN repeats the join's condition for SQLite: without it, not
+// knowing how short the chain is, it scans the entries of every snapshot
+// of every room (millions in a big room, which has a full snapshot every
+// few state changes) rather than look up the chain's own.
+const snapshotChain = chainOf + `SELECT e.type, e.state_key, e.event_nid
+	FROM chain c JOIN state_snapshot_entries e ON e.snapshot_nid = c.nid AND e.snapshot_nid IN (SELECT nid FROM chain) `
 
 // Snapshot returns the full state of a snapshot: its chain applied from
 // the oldest base up, in one query.
@@ -101,6 +108,47 @@ func (t *Queries) snapshot(ctx context.Context, nid int64, query string, args ..
 		state[k] = ev
 	}
 	return state, rows.Err()
+}
+
+// SnapshotEvents returns the events of a snapshot's state, in no set
+// order, in one query: the entries of its whole chain with their events,
+// of which the newest entry of each piece of state is kept.
+func (t *Queries) SnapshotEvents(ctx context.Context, nid int64) ([]Event, error) {
+	if nid == 0 {
+		return nil, nil
+	}
+	// The IN as in snapshotChain.
+	rows, err := t.q.QueryContext(ctx, chainOf+`SELECT c.n, s.type, s.state_key, `+eventColumns+`
+		FROM chain c JOIN state_snapshot_entries s ON s.snapshot_nid = c.nid AND s.snapshot_nid IN (SELECT nid FROM chain)
+		JOIN events e ON e.event_nid = s.event_nid JOIN rooms r ON r.room_nid = e.room_nid`, nid)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	type entry struct {
+		n  int
+		ev Event
+	}
+	newest := make(map[StateKey]entry)
+	for rows.Next() {
+		var n int
+		var k StateKey
+		ev, err := scanEvent(prefixScanner{rows, []any{&n, &k.Type, &k.StateKey}})
+		if err != nil {
+			return nil, err
+		}
+		if e, ok := newest[k]; !ok || n < e.n {
+			newest[k] = entry{n, ev}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]Event, 0, len(newest))
+	for _, e := range newest {
+		out = append(out, e.ev)
+	}
+	return out, nil
 }
 
 // CurrentState returns a room's current state.
@@ -170,6 +218,12 @@ func (p *Pipeline) AddSnapshots(snaps []Snapshot) {
 		}
 	}
 	// Full snapshots of big rooms have thousands of entries.
+	if p.copyRows(errPipelineStmt("state snapshot entries"), "state_snapshot_entries", []string{"snapshot_nid", "type", "state_key", "event_nid"},
+		len(entries), func(i int) []any {
+			return []any{entries[i].snap, entries[i].k.Type, entries[i].k.StateKey, entries[i].ev}
+		}) {
+		return
+	}
 	for _, n := range chunkSizes(len(entries), 256) {
 		part := entries[:n]
 		entries = entries[n:]
