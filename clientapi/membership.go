@@ -253,9 +253,7 @@ func (a *API) join(r *http.Request, dev *userapi.Device, roomID string, aliasSer
 		return nil, err
 	}
 	if !resident {
-		q := r.URL.Query()
-		// server_name is via's name before v1.12; Synapse reads both.
-		servers := append(append(q["via"], q["server_name"]...), aliasServers...)
+		servers := viaServers(r, aliasServers)
 		inviter, err := a.inviterServer(ctx, roomID, dev.UserID)
 		if err != nil {
 			return nil, err
@@ -307,6 +305,14 @@ func (a *API) join(r *http.Request, dev *userapi.Device, roomID string, aliasSer
 		return nil, err
 	}
 	return joinedRoomResponse{roomID}, nil
+}
+
+// viaServers are the servers a join or knock request names to go
+// through (via, and server_name, its name before v1.12, which Synapse
+// still reads), then those an alias resolved to.
+func viaServers(r *http.Request, aliasServers []string) []string {
+	q := r.URL.Query()
+	return append(append(q["via"], q["server_name"]...), aliasServers...)
 }
 
 // serverInRoom reports whether one of this server's users is joined to
@@ -518,9 +524,7 @@ func (a *API) knock(r *http.Request, dev *userapi.Device) (any, error) {
 		return nil, err
 	}
 	if !resident {
-		q := r.URL.Query()
-		servers := append(append(q["via"], q["server_name"]...), aliasServers...)
-		return a.knockRemote(ctx, dev, roomID, servers, body.Reason)
+		return a.knockRemote(ctx, dev, roomID, viaServers(r, aliasServers), body.Reason)
 	}
 	verImpl, err := a.localRoomVersion(ctx, roomID)
 	if err != nil {

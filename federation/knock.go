@@ -48,14 +48,8 @@ func (m *Memberships) makeKnock(r *http.Request) (any, error) {
 // stripped state, for the knocker's client to show.
 func (m *Memberships) sendKnock(r *http.Request) (any, error) {
 	ctx := r.Context()
-	room, _, ev, err := m.receiveMembership(r, spec.Knock)
+	room, err := m.receiveSigned(r, spec.Knock)
 	if err != nil {
-		return nil, err
-	}
-	if err := m.verifySignatures(ctx, ev); err != nil {
-		return nil, err
-	}
-	if err := m.submit(ctx, room, ev); err != nil {
 		return nil, err
 	}
 	state, err := roomserver.StrippedState(ctx, func(ctx context.Context, k sql.StateKey) (gomatrixserverlib.PDU, error) {

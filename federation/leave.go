@@ -6,6 +6,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/sql"
 )
 
 // makeLeave is GET /v1/make_leave/{roomId}/{userId}: a leave template,
@@ -41,16 +42,21 @@ func (m *Memberships) makeLeave(r *http.Request) (any, error) {
 // sendLeave is PUT /v2/send_leave/{roomId}/{eventId}: the leave is
 // checked (see receiveMembership) and stored; the answer is empty.
 func (m *Memberships) sendLeave(r *http.Request) (any, error) {
-	ctx := r.Context()
-	room, _, ev, err := m.receiveMembership(r, spec.Leave)
-	if err != nil {
-		return nil, err
-	}
-	if err := m.verifySignatures(ctx, ev); err != nil {
-		return nil, err
-	}
-	if err := m.submit(ctx, room, ev); err != nil {
+	if _, err := m.receiveSigned(r, spec.Leave); err != nil {
 		return nil, err
 	}
 	return struct{}{}, nil
+}
+
+// receiveSigned checks the event of a send_ endpoint (receiveMembership),
+// its signatures, and gives it to the roomserver.
+func (m *Memberships) receiveSigned(r *http.Request, membership string) (sql.RoomInfo, error) {
+	room, _, ev, err := m.receiveMembership(r, membership)
+	if err != nil {
+		return room, err
+	}
+	if err := m.verifySignatures(r.Context(), ev); err != nil {
+		return room, err
+	}
+	return room, m.submit(r.Context(), room, ev)
 }
