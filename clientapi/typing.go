@@ -11,6 +11,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/internal/periodic"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/userapi"
 )
@@ -291,24 +292,10 @@ func (a *API) sweepTyping(ctx context.Context) {
 // Typing set after stop is no longer expired by timers, only by other
 // processes' sweeps.
 func (a *API) StartTypingExpiry() (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(typingSweepInterval)
-		defer t.Stop()
-		for {
-			a.sweepTyping(ctx)
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-		}
-	}()
+	a.sweepTyping(context.Background())
+	stopSweeps := periodic.Start(context.Background(), typingSweepInterval, a.sweepTyping)
 	return func() {
-		cancel()
-		<-done
+		stopSweeps()
 		a.typing.stop()
 	}
 }

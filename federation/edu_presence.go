@@ -11,6 +11,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/weft-chat/weft/internal/periodic"
 	"github.com/weft-chat/weft/presence"
 	"github.com/weft-chat/weft/sql"
 )
@@ -72,23 +73,11 @@ type PresenceSender struct {
 // once). content is their presence as clients see it
 // (presence.Service.Content).
 func (s *PresenceSender) Start(ctx context.Context, content func(sql.Presence) presence.Content) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		t := time.NewTicker(presencePingCheck)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if err := s.ping(ctx, content); err != nil && ctx.Err() == nil {
-				logOr(s.Log).Warn("federation: send presence again", "err", err)
-			}
+	return periodic.Start(ctx, presencePingCheck, func(ctx context.Context) {
+		if err := s.ping(ctx, content); err != nil && ctx.Err() == nil {
+			logOr(s.Log).Warn("federation: send presence again", "err", err)
 		}
 	})
-	return func() { cancel(); wg.Wait() }
 }
 
 // ping sends the presence due again, and forgets the users who went

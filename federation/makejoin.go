@@ -489,24 +489,10 @@ func joinedServers(state []sql.Event) []string {
 	return servers
 }
 
-// parseInRoom parses an untrusted PDU of roomID in the room's version; an
-// event of another room is an error. The room id is compared before
-// gomatrixserverlib reads it, as it panics on a malformed one in room
-// version 12 (where only the create event has none: its id is the room's).
+// parseInRoom parses an untrusted PDU (see parsePDU) that must be an
+// event of roomID.
 func parseInRoom(verImpl gomatrixserverlib.IRoomVersion, roomID string, raw []byte) (gomatrixserverlib.PDU, error) {
-	var head struct {
-		RoomID   *string `json:"room_id"`
-		Type     string  `json:"type"`
-		StateKey *string `json:"state_key"`
-	}
-	if err := json.Unmarshal(raw, &head); err != nil {
-		return nil, err
-	}
-	isCreate := head.Type == spec.MRoomCreate && head.StateKey != nil && *head.StateKey == ""
-	if !(isCreate && verImpl.DomainlessRoomIDs()) && (head.RoomID == nil || *head.RoomID != roomID) {
-		return nil, fmt.Errorf("the event is not in room %s", roomID)
-	}
-	ev, err := verImpl.NewEventFromUntrustedJSON(raw)
+	ev, err := parsePDU(verImpl, raw)
 	if err != nil {
 		return nil, err
 	}

@@ -2,9 +2,9 @@ package presence
 
 import (
 	"context"
-	"sync"
 	"time"
 
+	"github.com/weft-chat/weft/internal/periodic"
 	"github.com/weft-chat/weft/sql"
 )
 
@@ -24,23 +24,11 @@ const (
 // process may run one: their writes are conditional, so a user moved by
 // one process is left alone by the others.
 func (s *Service) Start(ctx context.Context) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		t := time.NewTicker(SweepInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("presence sweep", "err", err)
-			}
+	return periodic.Start(ctx, SweepInterval, func(ctx context.Context) {
+		if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("presence sweep", "err", err)
 		}
 	})
-	return func() { cancel(); wg.Wait() }
 }
 
 // Sweep applies the timeouts due now and returns how many users' presence

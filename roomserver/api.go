@@ -104,6 +104,14 @@ type JoinRemote struct {
 	Content json.RawMessage `json:"content,omitempty"`
 }
 
+func (j *JoinRemote) serverNames() []spec.ServerName {
+	servers := make([]spec.ServerName, len(j.Servers))
+	for i, s := range j.Servers {
+		servers[i] = spec.ServerName(s)
+	}
+	return servers
+}
+
 // Fetcher gets events and state from other servers for the roomserver
 // (get_missing_events, state_ids, event). The federation package
 // implements it. Every event it returns has been checked like a

@@ -57,7 +57,7 @@ func (rs *Roomserver) receiveInvite(ctx context.Context, req InputRequest) (Inpu
 	}
 	unlock := rs.rooms.lock(req.RoomID)
 	defer unlock()
-	if err := rs.ensureRoom(ctx, req.RoomID, in.RoomVersion); err != nil {
+	if _, err := rs.ensureRoom(ctx, req.RoomID, in.RoomVersion); err != nil {
 		return InputResponse{}, err
 	}
 	v, err := rs.view(ctx, req.RoomID)

@@ -2,7 +2,6 @@ package roomserver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 
@@ -33,11 +32,7 @@ func (rs *Roomserver) joinRemote(ctx context.Context, req InputRequest) (InputRe
 			return resp, err
 		}
 	}
-	servers := make([]spec.ServerName, len(jr.Servers))
-	for i, s := range jr.Servers {
-		servers[i] = spec.ServerName(s)
-	}
-	res, err := rs.join.Join(ctx, servers, req.RoomID, jr.UserID, jr.Content)
+	res, err := rs.join.Join(ctx, jr.serverNames(), req.RoomID, jr.UserID, jr.Content)
 	if err != nil {
 		return InputResponse{}, err
 	}
@@ -49,13 +44,8 @@ func (rs *Roomserver) joinRemote(ctx context.Context, req InputRequest) (InputRe
 	} else if len(known) > 0 && !known[0].Outlier {
 		return InputResponse{RoomID: req.RoomID, EventIDs: []string{res.Event.EventID()}}, nil
 	}
-	_, err = rs.db.Room(ctx, req.RoomID)
-	created := errors.Is(err, sql.ErrNotFound)
-	if created {
-		if _, err := rs.db.CreateRoom(ctx, req.RoomID, string(res.RoomVersion.Version())); err != nil && !errors.Is(err, sql.ErrExists) {
-			return InputResponse{}, fmt.Errorf("add room %s: %w", req.RoomID, err)
-		}
-	} else if err != nil {
+	created, err := rs.ensureRoom(ctx, req.RoomID, string(res.RoomVersion.Version()))
+	if err != nil {
 		return InputResponse{}, err
 	}
 	rs.views.drop(req.RoomID)
@@ -146,11 +136,7 @@ func (rs *Roomserver) leaveRemote(ctx context.Context, req InputRequest) (InputR
 	if err != nil {
 		return InputResponse{}, err
 	}
-	servers := make([]spec.ServerName, len(lr.Servers))
-	for i, s := range lr.Servers {
-		servers[i] = spec.ServerName(s)
-	}
-	ev, err := rs.join.Leave(ctx, servers, req.RoomID, lr.UserID, lr.Content)
+	ev, err := rs.join.Leave(ctx, lr.serverNames(), req.RoomID, lr.UserID, lr.Content)
 	if err != nil {
 		return InputResponse{}, err
 	}

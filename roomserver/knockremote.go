@@ -24,11 +24,7 @@ func (rs *Roomserver) knockRemote(ctx context.Context, req InputRequest) (InputR
 	}
 	unlock := rs.rooms.lock(req.RoomID)
 	defer unlock()
-	servers := make([]spec.ServerName, len(kr.Servers))
-	for i, s := range kr.Servers {
-		servers[i] = spec.ServerName(s)
-	}
-	res, err := rs.join.Knock(ctx, servers, req.RoomID, kr.UserID, kr.Content)
+	res, err := rs.join.Knock(ctx, kr.serverNames(), req.RoomID, kr.UserID, kr.Content)
 	if err != nil {
 		return InputResponse{}, err
 	}
@@ -37,7 +33,7 @@ func (rs *Roomserver) knockRemote(ctx context.Context, req InputRequest) (InputR
 		return InputResponse{}, fmt.Errorf("knock handshake returned event %s, not %s's knock on %s", ev.EventID(), kr.UserID, req.RoomID)
 	}
 	version := string(res.RoomVersion.Version())
-	if err := rs.ensureRoom(ctx, req.RoomID, version); err != nil {
+	if _, err := rs.ensureRoom(ctx, req.RoomID, version); err != nil {
 		return InputResponse{}, err
 	}
 	v, err := rs.view(ctx, req.RoomID)
@@ -58,15 +54,16 @@ func (rs *Roomserver) knockRemote(ctx context.Context, req InputRequest) (InputR
 	return InputResponse{RoomID: req.RoomID, EventIDs: []string{ev.EventID()}}, nil
 }
 
-// ensureRoom adds a room this server is told of by another (an invite,
-// a knock) unless it knows it already.
-func (rs *Roomserver) ensureRoom(ctx context.Context, roomID, version string) error {
+// ensureRoom adds a room this server learns of from another (a join, an
+// invite, a knock) unless it knows it already, and reports whether it
+// added it.
+func (rs *Roomserver) ensureRoom(ctx context.Context, roomID, version string) (bool, error) {
 	_, err := rs.db.Room(ctx, roomID)
-	if errors.Is(err, sql.ErrNotFound) {
-		if _, err := rs.db.CreateRoom(ctx, roomID, version); err != nil && !errors.Is(err, sql.ErrExists) {
-			return fmt.Errorf("add room %s: %w", roomID, err)
-		}
-		return nil
+	if !errors.Is(err, sql.ErrNotFound) {
+		return false, err
 	}
-	return err
+	if _, err := rs.db.CreateRoom(ctx, roomID, version); err != nil && !errors.Is(err, sql.ErrExists) {
+		return false, fmt.Errorf("add room %s: %w", roomID, err)
+	}
+	return true, nil
 }

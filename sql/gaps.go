@@ -147,16 +147,7 @@ func (t *Queries) GapPrevs(ctx context.Context, roomNID int64, prevs []string) (
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		out = append(out, id)
-	}
-	return out, rows.Err()
+	return scanStrings(rows)
 }
 
 // NewestGapAt returns the stream position of a room's newest timeline
