@@ -400,7 +400,7 @@ func (rs *Roomserver) stageBackfill(ctx context.Context, g *groupTx, rc *roomCom
 	} else {
 		g.events = append(g.events, row)
 	}
-	g.noteGaps(info.NID, nid, ev, true)
+	g.noteGaps(info.NID, nid, ev, true, nil) // history: none of its prev events is an extremity
 	if rel, ok := sql.RelationOf(ev.Content()); ok {
 		g.rels = append(g.rels, sql.EventRelation{EventNID: nid, RoomNID: info.NID, DeclaredRelation: rel})
 	}

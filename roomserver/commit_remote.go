@@ -24,7 +24,7 @@ func (rs *Roomserver) stageRemote(ctx context.Context, g *groupTx, rc *roomCommi
 		return state, rs.stageBackfill(ctx, g, rc, p, nid)
 	}
 	if !f.outlier || f.rejected {
-		g.noteGaps(info.NID, nid, ev, !f.outlier)
+		g.noteGaps(info.NID, nid, ev, !f.outlier, info.Extremities)
 	}
 	fBefore, err := g.stateOf(f.before, f.beforeFresh)
 	if err != nil {
