@@ -241,11 +241,7 @@ func (b *syncBuilder) servePending(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		timelines = make([]any, len(ces))
-		for i := range ces {
-			ces[i].RoomID = ""
-			timelines[i] = ces[i]
-		}
+		timelines = inRoom(ces)
 	}
 
 	for i, p := range pending {

@@ -530,12 +530,18 @@ func (b *syncBuilder) timelineEvents(ctx context.Context, v *view.Viewer, evs []
 	if err != nil {
 		return nil, err
 	}
+	return b.project(inRoom(ces))
+}
+
+// inRoom is events as a room's section of /sync serves them: without
+// their room id, which the section's key gives.
+func inRoom(ces []ClientEvent) []any {
 	out := make([]any, len(ces))
 	for i := range ces {
 		ces[i].RoomID = ""
 		out[i] = ces[i]
 	}
-	return b.project(out)
+	return out
 }
 
 // stateEvents loads state events by NID, applies the state filter and
