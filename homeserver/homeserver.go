@@ -177,7 +177,20 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	var presenceOpts []presence.Option
 	presenceSender := &federation.PresenceSender{DB: s.db, Queue: s.fedQueue, ServerName: serverName, Log: fedLog}
 	if cfg.Presence.Enabled {
-		presenceOpts = append(presenceOpts, presence.WithFederation(presenceSender))
+		// The client API's and the sync API's presence services share
+		// their hints, which the presence wake-ups of every process keep
+		// honest.
+		hints := presence.NewHints()
+		hintsSub, err := wake.Subscribe(s.bus.Conn(), func(m wake.Message) {
+			if m.Presence {
+				hints.Forget(m.Users...)
+			}
+		})
+		if err != nil {
+			return nil, fmt.Errorf("presence hints: %w", err)
+		}
+		s.closers = append(s.closers, hintsSub.Unsubscribe)
+		presenceOpts = append(presenceOpts, presence.WithFederation(presenceSender), presence.WithHints(hints))
 		capiOpts = append(capiOpts, clientapi.WithPresenceOptions(presenceOpts...))
 	}
 	capi := clientapi.New(cfg, users, s.db, rooms, log.With("component", "clientapi"), capiOpts...)

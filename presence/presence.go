@@ -30,6 +30,8 @@ type Service struct {
 	now  func() time.Time
 	// fed tells other servers about changes (nil: nobody to tell).
 	fed Federation
+	// hints spare the reads of rules that change nothing (nil: none).
+	hints *Hints
 }
 
 // Federation tells the servers sharing a room with a user about their
@@ -149,20 +151,26 @@ func (s *Service) read(ctx context.Context, userID string) (sql.Presence, error)
 // row did not change in between (otherwise it starts again), then wakes
 // whom the change concerns.
 func (s *Service) update(ctx context.Context, userID string, rule func(sql.Presence) outcome) error {
+	if p, ok := s.hints.get(userID, s.now()); ok && !rule(p).write {
+		return nil
+	}
 	for range maxAttempts {
 		p, err := s.read(ctx, userID)
 		if err != nil {
 			return err
 		}
+		s.hints.put(p, s.now())
 		o := rule(p)
 		if !o.write {
 			return nil
 		}
 		applied, err := s.db.ApplyPresence(ctx, []sql.PresenceChange{{Prev: p, Next: o.next, Notify: o.notify}})
 		if err != nil {
+			s.hints.Forget(userID)
 			return err
 		}
 		if applied[0] {
+			s.hints.put(o.next, s.now())
 			if o.notify {
 				s.wakeFor(ctx, []string{userID})
 				s.federate(ctx, []sql.Presence{o.next})
@@ -184,10 +192,7 @@ func (s *Service) wakeFor(ctx context.Context, userIDs []string) {
 	if err != nil {
 		s.log.Warn("presence: rooms to wake", "users", len(userIDs), "err", err)
 	}
-	s.wake.Users(userIDs...)
-	if len(rooms) > 0 {
-		s.wake.Rooms(rooms...)
-	}
+	s.wake.Presence(userIDs, rooms)
 }
 
 // federate hands changes clients see to the other servers.

@@ -157,11 +157,8 @@ func TestServiceLifecycle(t *testing.T) {
 		if p := e.state(t, "@alice:x"); p.State != Online || p.StreamPos != start+1 {
 			t.Fatalf("after a sync %+v", p)
 		}
-		if m := e.wakes.take(t); !slices.Equal(m.Users, []string{"@alice:x"}) {
-			t.Fatalf("wake-up %+v, want alice", m)
-		}
-		if m := e.wakes.take(t); !slices.Equal(m.Rooms, []string{"!r:x"}) {
-			t.Fatalf("wake-up %+v, want alice's room", m)
+		if m := e.wakes.take(t); !slices.Equal(m.Users, []string{"@alice:x"}) || !slices.Equal(m.Rooms, []string{"!r:x"}) || !m.Presence {
+			t.Fatalf("wake-up %+v, want alice's presence for her and her room", m)
 		}
 
 		// Syncing in a loop: no position, no wake-up.
@@ -200,7 +197,7 @@ func TestServiceLifecycle(t *testing.T) {
 			t.Fatalf("the sweep took no position: %+v", p)
 		}
 		e.wakes.take(t)
-		e.wakes.take(t)
+		e.wakes.none(t)
 		if n, _ := e.svc.Sweep(ctx); n != 0 {
 			t.Fatalf("a second sweep moved %d users", n)
 		}
@@ -287,6 +284,53 @@ func TestSweepersInSeveralProcesses(t *testing.T) {
 		changed, err := db.PresenceChanged(ctx, "@uaa:x", start, e.pos(t), 1000)
 		if err != nil || len(changed) != 1 || changed[0].State != Offline {
 			t.Fatalf("uaa's changes: %+v, %v", changed, err)
+		}
+	})
+}
+
+// TestHints: a rule that would change nothing on the hint skips the read,
+// so a row another process changed without a wake-up stays as it was;
+// once the wake-up comes (Forget), the row is read again and the rule
+// applies to it. A hint older than hintTTL is not used.
+func TestHints(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		e := newEnv(t, db)
+		hints := NewHints()
+		svc := New(db, e.pub, slog.New(slog.DiscardHandler), WithClock(e.clock.Now), WithHints(hints))
+		// Another process, whose wake-up has not come yet.
+		other := New(db, e.pub, slog.New(slog.DiscardHandler), WithClock(e.clock.Now))
+		sync := func() {
+			t.Helper()
+			if err := svc.Synced(ctx, "@alice:x", Online, 30*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+		sync()
+		if err := other.Set(ctx, "@alice:x", Unavailable, ""); err != nil {
+			t.Fatal(err)
+		}
+		e.clock.advance(time.Second)
+		sync()
+		if p := e.state(t, "@alice:x"); p.State != Unavailable {
+			t.Fatalf("the hint was not used: %+v", p)
+		}
+		hints.Forget("@alice:x")
+		sync()
+		if p := e.state(t, "@alice:x"); p.State != Online {
+			t.Fatalf("after Forget: %+v", p)
+		}
+
+		if err := other.Set(ctx, "@alice:x", Unavailable, ""); err != nil {
+			t.Fatal(err)
+		}
+		e.clock.advance(hintTTL)
+		if _, ok := hints.get("@alice:x", e.clock.Now()); ok {
+			t.Fatal("a hint outlived hintTTL")
+		}
+		sync()
+		if p := e.state(t, "@alice:x"); p.State != Online {
+			t.Fatalf("after hintTTL: %+v", p)
 		}
 	})
 }

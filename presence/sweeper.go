@@ -56,6 +56,9 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 		var woken []string
 		var rows []sql.Presence
 		for i, c := range changes {
+			if applied[i] {
+				s.hints.Forget(c.Prev.UserID)
+			}
 			if applied[i] && c.Notify {
 				woken = append(woken, c.Prev.UserID)
 				rows = append(rows, c.Next)

@@ -25,6 +25,8 @@ const Subject = "sync.wake"
 type Message struct {
 	Users []string `json:"u,omitempty"`
 	Rooms []string `json:"r,omitempty"`
+	// Presence says the users' presence changed (see presence.Hints).
+	Presence bool `json:"p,omitempty"`
 }
 
 // Publisher publishes wake-ups. The zero value, and a nil one, publish
@@ -47,6 +49,12 @@ func (p *Publisher) Users(userIDs ...string) {
 // Rooms wakes the syncs of the joined members of the given rooms.
 func (p *Publisher) Rooms(roomIDs ...string) {
 	p.publish(Message{Rooms: roomIDs})
+}
+
+// Presence wakes the syncs of users whose presence changed and of the
+// joined members of their rooms.
+func (p *Publisher) Presence(userIDs, roomIDs []string) {
+	p.publish(Message{Users: userIDs, Rooms: roomIDs, Presence: true})
 }
 
 // publish sends one wake-up.
