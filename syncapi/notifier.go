@@ -112,6 +112,16 @@ type notifiedUser struct {
 	// says whether that worked).
 	ready   chan struct{}
 	loadErr error
+	// gen counts the user's wake-ups, listened for or not (see Mark).
+	gen uint64
+}
+
+// Mark is where a user's wake-ups stood when a sync registered, before
+// it read: while no wake-up of the user comes after it, nothing the user
+// would see has committed since that read (ListenFuncIfQuiet).
+type Mark struct {
+	u   *notifiedUser
+	gen uint64
 }
 
 // heldWake is a room's wake-up waiting for the counter.
@@ -209,22 +219,57 @@ func (n *Notifier) Done() <-chan struct{} { return n.closed }
 // reads their memberships from the database (later ones wait for that
 // read).
 func (n *Notifier) Listen(ctx context.Context, userID string) (wake <-chan struct{}, release func(), err error) {
-	return n.listen(ctx, userID, nil)
+	wake, _, release, err = n.listen(ctx, userID, nil)
+	return wake, release, err
 }
 
 // ListenFunc is Listen for a sync that waits without a goroutine of its
 // own (a parked one): f runs, on a new goroutine, at the next change that
 // concerns the user or when the notifier closes, once; release
-// unregisters it.
-func (n *Notifier) ListenFunc(ctx context.Context, userID string, f func()) (release func(), err error) {
-	_, release, err = n.listen(ctx, userID, &wakeFunc{f: f})
-	return release, err
+// unregisters it. The mark is where the user's wake-ups stood.
+func (n *Notifier) ListenFunc(ctx context.Context, userID string, f func()) (release func(), mark Mark, err error) {
+	_, mark, release, err = n.listen(ctx, userID, &wakeFunc{f: f})
+	return release, mark, err
+}
+
+// Quiet reports whether no wake-up of the user came since m.
+func (n *Notifier) Quiet(userID string, m Mark) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.quietLocked(userID, m)
+}
+
+func (n *Notifier) quietLocked(userID string, m Mark) bool {
+	return m.u != nil && n.users[userID] == m.u && m.u.gen == m.gen && !isClosed(n.closed)
+}
+
+// ListenFuncIfQuiet is ListenFunc for a sync that skips its read: it
+// registers f only if no wake-up of the user came since m, and reports
+// whether it did.
+func (n *Notifier) ListenFuncIfQuiet(userID string, m Mark, f func()) (release func(), ok bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.quietLocked(userID, m) {
+		return nil, false
+	}
+	u, wf := m.u, &wakeFunc{f: f}
+	u.listeners++
+	if u.funcs == nil {
+		u.funcs = make(map[*wakeFunc]struct{})
+	}
+	u.funcs[wf] = struct{}{}
+	return func() {
+		n.mu.Lock()
+		u.listeners--
+		delete(u.funcs, wf)
+		n.mu.Unlock()
+	}, true
 }
 
 // wakeFunc is a function registered by ListenFunc.
 type wakeFunc struct{ f func() }
 
-func (n *Notifier) listen(ctx context.Context, userID string, wf *wakeFunc) (wake <-chan struct{}, release func(), err error) {
+func (n *Notifier) listen(ctx context.Context, userID string, wf *wakeFunc) (wake <-chan struct{}, mark Mark, release func(), err error) {
 	n.mu.Lock()
 	u := n.users[userID]
 	load := u == nil
@@ -236,6 +281,7 @@ func (n *Notifier) listen(ctx context.Context, userID string, wf *wakeFunc) (wak
 		n.users[userID] = u
 	}
 	u.listeners++
+	mark = Mark{u: u, gen: u.gen}
 	if wf == nil {
 		if u.wake == nil {
 			u.wake = make(chan struct{})
@@ -266,13 +312,13 @@ func (n *Notifier) listen(ctx context.Context, userID string, wf *wakeFunc) (wak
 	case <-u.ready:
 	case <-ctx.Done():
 		release()
-		return nil, nil, ctx.Err()
+		return nil, Mark{}, nil, ctx.Err()
 	}
 	if u.loadErr != nil {
 		release()
-		return nil, nil, u.loadErr
+		return nil, Mark{}, nil, u.loadErr
 	}
-	return wake, release, nil
+	return wake, mark, release, nil
 }
 
 func isClosed(c <-chan struct{}) bool {
@@ -443,6 +489,7 @@ func (n *Notifier) learnLocked(userID string, u *notifiedUser, roomID, membershi
 }
 
 func wakeLocked(u *notifiedUser) {
+	u.gen++
 	if u.wake != nil {
 		close(u.wake)
 		u.wake = nil

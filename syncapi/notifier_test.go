@@ -293,3 +293,69 @@ func TestNotifierWaitsForCounts(t *testing.T) {
 		t.Fatal("not woken once counted")
 	}
 }
+
+// TestNotifierQuiet: a mark stays quiet until a wake-up of its user comes,
+// whether or not anyone listens then; ListenFuncIfQuiet registers only on
+// a quiet mark, and what it registers is woken as ListenFunc's is. A user
+// forgotten and loaded again, or a closed notifier, is never quiet.
+func TestNotifierQuiet(t *testing.T) {
+	db := &fakeMemberships{rows: map[string][]sql.SyncMembership{
+		"@a:x": {{RoomID: "!r:x", Membership: "join", StreamPos: 1}},
+	}}
+	n := NewNotifier(db, slog.New(slog.DiscardHandler))
+	ctx := context.Background()
+	release, mark, err := n.ListenFunc(ctx, "@a:x", func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if !n.Quiet("@a:x", mark) || n.Quiet("@b:x", mark) || n.Quiet("@a:x", Mark{}) {
+		t.Fatal("Quiet is wrong before any wake-up")
+	}
+	n.OnRoomEvent(message("!other:x", 2))
+	if !n.Quiet("@a:x", mark) {
+		t.Fatal("another room's event broke the quiet")
+	}
+	// Nobody listens: the wake-up still counts.
+	n.OnRoomEvent(message("!r:x", 3))
+	if n.Quiet("@a:x", mark) {
+		t.Fatal("quiet after an event of the user's room")
+	}
+	if _, ok := n.ListenFuncIfQuiet("@a:x", mark, func() {}); ok {
+		t.Fatal("registered on a stale mark")
+	}
+
+	got := make(chan struct{}, 1)
+	release, mark, err = n.ListenFunc(ctx, "@a:x", func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	release, ok := n.ListenFuncIfQuiet("@a:x", mark, func() { got <- struct{}{} })
+	if !ok {
+		t.Fatal("a fresh mark was not quiet")
+	}
+	n.Wake(wake.Message{Users: []string{"@a:x"}})
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a quiet registration was not woken")
+	}
+	release()
+
+	_, mark, _ = n.ListenFunc(ctx, "@a:x", func() {})
+	n.mu.Lock()
+	n.users["@a:x"].listeners = 0
+	n.forgetIdleLocked()
+	n.mu.Unlock()
+	r, _, _ := n.ListenFunc(ctx, "@a:x", func() {})
+	defer r()
+	if n.Quiet("@a:x", mark) {
+		t.Fatal("a mark of a forgotten user is quiet")
+	}
+	_, mark, _ = n.ListenFunc(ctx, "@a:x", func() {})
+	n.Close()
+	if n.Quiet("@a:x", mark) {
+		t.Fatal("quiet after Close")
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/weft-chat/weft/internal/mxhttp"
+	"github.com/weft-chat/weft/userapi"
 )
 
 // Parked long-polls.
@@ -51,12 +52,52 @@ type Parking struct {
 	closing bool
 	parked  map[*parkedSync]struct{}
 	active  sync.WaitGroup
+
+	// last is the last settled response served to each device by a
+	// parked sync (see parkQuiet).
+	lastMu sync.Mutex
+	last   map[deviceKey]servedSync
+}
+
+// lastServedMax bounds Parking.last; past it, it starts again empty.
+const lastServedMax = 100_000
+
+type deviceKey struct{ user, device string }
+
+// servedSync is a response's next_batch and the mark of its read.
+type servedSync struct {
+	next SyncToken
+	mark Mark
+}
+
+// served records resp as the last response to dev, if it is settled.
+func (p *Parking) served(dev *userapi.Device, resp *syncResponse, mark Mark) {
+	k := deviceKey{dev.UserID, dev.DeviceID}
+	p.lastMu.Lock()
+	defer p.lastMu.Unlock()
+	if !resp.settled || mark.u == nil {
+		delete(p.last, k)
+		return
+	}
+	if len(p.last) >= lastServedMax {
+		clear(p.last)
+	}
+	p.last[k] = servedSync{next: resp.next, mark: mark}
+}
+
+// lastServed returns the last settled response to dev.
+func (p *Parking) lastServed(dev *userapi.Device) (servedSync, bool) {
+	p.lastMu.Lock()
+	defer p.lastMu.Unlock()
+	s, ok := p.last[deviceKey{dev.UserID, dev.DeviceID}]
+	return s, ok
 }
 
 // NewParking makes a Parking; Listener connects it to the client listener
 // and WithParking to the sync API.
 func NewParking() *Parking {
-	return &Parking{conns: make(chan net.Conn, 64), done: make(chan struct{}), parked: make(map[*parkedSync]struct{})}
+	return &Parking{conns: make(chan net.Conn, 64), done: make(chan struct{}), parked: make(map[*parkedSync]struct{}),
+		last: make(map[deviceKey]servedSync)}
 }
 
 // WithParking lets long-polls park (see Parking): only for the sync API
@@ -208,8 +249,11 @@ type parkedSync struct {
 	state    int
 	again    bool // woken while building
 	expired  bool // timed out, or the server stops
-	resp     *syncResponse
-	release  func()
+	resp    *syncResponse
+	release func()
+	// mark is where the user's wake-ups stood at the registration that
+	// preceded resp's read.
+	mark     Mark
 	timer    *time.Timer
 	finished bool
 }
@@ -224,25 +268,18 @@ func (a *API) park(w http.ResponseWriter, r *http.Request, req *syncRequest, n *
 	if a.parking == nil || isClosed(wake) || isClosed(n.Done()) {
 		return false
 	}
-	header := w.Header().Clone()
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
+	ps := a.hijack(w, r, req, n, resp, deadline)
+	if ps == nil {
 		return false
 	}
-	if k := brw.Reader.Buffered(); k > 0 {
-		// The client sent its next request already: serve it after.
-		ahead, _ := brw.Reader.Peek(k)
-		conn = &prefixedConn{Conn: conn, prefix: bytes.NewReader(bytes.Clone(ahead))}
-	}
-	ps := &parkedSync{a: a, n: n, req: req, ctx: context.WithoutCancel(r.Context()), method: r.Method, url: r.URL,
-		keepOpen: !r.Close, header: header, conn: conn, deadline: deadline, resp: resp, state: parkedBuilding}
 	if !a.parking.add(ps) {
 		release()
 		go ps.finish(resp, nil)
 		return true
 	}
 	ps.mu.Lock()
-	ps.release, err = n.ListenFunc(ps.ctx, req.dev.UserID, ps.woken)
+	var err error
+	ps.release, ps.mark, err = n.ListenFunc(ps.ctx, req.dev.UserID, ps.woken)
 	release()
 	if err != nil {
 		ps.mu.Unlock()
@@ -251,9 +288,11 @@ func (a *API) park(w http.ResponseWriter, r *http.Request, req *syncRequest, n *
 	}
 	ps.timer = time.AfterFunc(time.Until(deadline), ps.expire)
 	// A change between the first registration and the second woke the
-	// first only.
+	// first only; resp predates it, so the second's mark is not resp's.
 	changed := isClosed(wake)
-	if !changed {
+	if changed {
+		ps.mark = Mark{}
+	} else {
 		ps.state = parkedWaiting
 	}
 	ps.mu.Unlock()
@@ -261,6 +300,60 @@ func (a *API) park(w http.ResponseWriter, r *http.Request, req *syncRequest, n *
 		go ps.run()
 	}
 	return true
+}
+
+// parkQuiet parks a long-poll without reading anything when its token is
+// the next_batch of its device's last response and no wake-up of the user
+// came since that response's read: nothing they would see has committed
+// since. Under load most long-polls come back this way, so this spares
+// each of them a read of every stream. It reports false when the sync
+// must be built as usual.
+func (a *API) parkQuiet(w http.ResponseWriter, r *http.Request, req *syncRequest, n *Notifier, deadline time.Time) bool {
+	if a.parking == nil {
+		return false
+	}
+	last, ok := a.parking.lastServed(req.dev)
+	if !ok || last.next != *req.since || !n.Quiet(req.dev.UserID, last.mark) {
+		return false
+	}
+	resp := &syncResponse{NextBatch: req.since.String(), settled: true, next: *req.since}
+	ps := a.hijack(w, r, req, n, resp, deadline)
+	if ps == nil {
+		return false
+	}
+	if !a.parking.add(ps) {
+		go ps.finish(resp, nil)
+		return true
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ps.timer = time.AfterFunc(time.Until(deadline), ps.expire)
+	if release, ok := n.ListenFuncIfQuiet(req.dev.UserID, last.mark, ps.woken); ok {
+		ps.release, ps.mark, ps.state = release, last.mark, parkedWaiting
+		return true
+	}
+	// Woken since the check: build as a woken sync does.
+	ps.release = func() {}
+	go ps.run()
+	return true
+}
+
+// hijack takes over a long-poll's connection for a parked sync whose
+// response so far is resp, in the building state; nil when the connection
+// cannot be taken (HTTP/2).
+func (a *API) hijack(w http.ResponseWriter, r *http.Request, req *syncRequest, n *Notifier, resp *syncResponse, deadline time.Time) *parkedSync {
+	header := w.Header().Clone()
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return nil
+	}
+	if k := brw.Reader.Buffered(); k > 0 {
+		// The client sent its next request already: serve it after.
+		ahead, _ := brw.Reader.Peek(k)
+		conn = &prefixedConn{Conn: conn, prefix: bytes.NewReader(bytes.Clone(ahead))}
+	}
+	return &parkedSync{a: a, n: n, req: req, ctx: context.WithoutCancel(r.Context()), method: r.Method, url: r.URL,
+		keepOpen: !r.Close, header: header, conn: conn, deadline: deadline, resp: resp, state: parkedBuilding}
 }
 
 // woken is the notifier's call: build again.
@@ -306,12 +399,12 @@ func (ps *parkedSync) run() {
 			ps.finish(resp.aged(), nil)
 			return
 		}
-		release, err := ps.n.ListenFunc(ps.ctx, ps.req.dev.UserID, ps.woken)
+		release, mark, err := ps.n.ListenFunc(ps.ctx, ps.req.dev.UserID, ps.woken)
 		ps.mu.Lock()
 		ps.release()
 		ps.release = func() {}
 		if err == nil {
-			ps.release = release
+			ps.release, ps.mark = release, mark
 		}
 		ps.mu.Unlock()
 		if err != nil {
@@ -363,7 +456,11 @@ func (ps *parkedSync) finish(resp *syncResponse, err error) {
 	if ps.release != nil {
 		ps.release()
 	}
+	mark := ps.mark
 	ps.mu.Unlock()
+	if err == nil {
+		ps.a.parking.served(ps.req.dev, resp, mark)
+	}
 	defer ps.a.parking.remove(ps)
 	// A stopping server serves no next request: say so, and close.
 	keepOpen := ps.keepOpen && !ps.a.parking.stopping()

@@ -219,3 +219,80 @@ func TestSyncParkedShutdown(t *testing.T) {
 		}
 	}
 }
+
+// TestSyncParkedQuiet: a long-poll from the token of the device's last
+// parked answer may park without reading (nothing woke the user since
+// that answer's read). It must still answer at once for what committed
+// after that read, wait for and answer what commits while it waits, and
+// at its timeout answer with the device's key counts.
+func TestSyncParkedQuiet(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, h hs) {
+		alice, bob := h.user(t, "alice"), h.user(t, "bob")
+		roomID := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		join(t, bob, roomID)
+		c := newOneConnClient()
+		// poll long-polls from since until it gets a message (skipping
+		// answers with counts or presence only) and returns its bodies.
+		poll := func(since *string, timeout time.Duration) []string {
+			t.Helper()
+			for range 10 {
+				b, resp, _ := c.get(t, bob, longPollURL(h, *since, timeout), nil)
+				var r syncResp
+				if err := json.Unmarshal(b, &r); err != nil || resp.StatusCode != http.StatusOK {
+					t.Fatalf("long-poll: %d %s %v", resp.StatusCode, b, err)
+				}
+				*since = r.NextBatch
+				if j, ok := r.joined(roomID); ok && len(bodies(j.Timeline.Events)) > 0 {
+					return bodies(j.Timeline.Events)
+				}
+			}
+			t.Fatal("no message in 10 long-polls")
+			return nil
+		}
+		since := h.sync(t, bob, nil).NextBatch
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			send(t, alice, roomID, "one", nil)
+		}()
+		if got := poll(&since, 20*time.Second); !slices.Equal(got, []string{"one"}) {
+			t.Fatalf("first long-poll: %v", got)
+		}
+		// Committed before the next long-poll, whose wake-up came while
+		// nobody listened: answered at once, not at the timeout.
+		send(t, alice, roomID, "two", nil)
+		time.Sleep(500 * time.Millisecond)
+		start := time.Now()
+		if got := poll(&since, 20*time.Second); !slices.Equal(got, []string{"two"}) || time.Since(start) > 10*time.Second {
+			t.Fatalf("long-poll after a send: %v after %s", got, time.Since(start))
+		}
+		// Committed while it waits.
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			send(t, alice, roomID, "three", nil)
+		}()
+		if got := poll(&since, 20*time.Second); !slices.Equal(got, []string{"three"}) {
+			t.Fatalf("long-poll woken while quiet: %v", got)
+		}
+		// Nothing comes: the timeout's answer, with the key counts.
+		for range 5 {
+			start := time.Now()
+			b, _, _ := c.get(t, bob, longPollURL(h, since, 300*time.Millisecond), nil)
+			var r struct {
+				syncResp
+				Counts map[string]int `json:"device_one_time_keys_count"`
+			}
+			if err := json.Unmarshal(b, &r); err != nil {
+				t.Fatal(err)
+			}
+			since = r.NextBatch
+			if countsOnly(r.syncResp) || r.Presence != nil {
+				continue
+			}
+			if !r.noRooms() || time.Since(start) < 300*time.Millisecond || r.Counts == nil {
+				t.Fatalf("quiet long-poll at its timeout after %s: %s", time.Since(start), b)
+			}
+			return
+		}
+		t.Fatal("no quiet long-poll")
+	})
+}

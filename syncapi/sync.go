@@ -63,8 +63,11 @@ func (a *API) sync(w http.ResponseWriter, r *http.Request, dev *userapi.Device, 
 	}
 	wait := req.since != nil && !req.fullState && req.timeout > 0
 	a.syncedPresence(ctx, req, wait)
-	var timer <-chan time.Time
 	deadline := time.Now().Add(req.timeout)
+	if wait && a.parkQuiet(w, r, req, n, deadline) {
+		return nil
+	}
+	var timer <-chan time.Time
 	if wait {
 		t := time.NewTimer(req.timeout)
 		defer t.Stop()
@@ -224,6 +227,10 @@ type syncResponse struct {
 	// The key counts are always there (see respond).
 	OneTimeKeysCount       map[string]int `json:"device_one_time_keys_count"`
 	UnusedFallbackKeyTypes []string       `json:"device_unused_fallback_key_types"`
+
+	// settled and next: see settle.
+	settled bool
+	next    SyncToken
 }
 
 // syncRooms are the rooms of a sync by the caller's membership.
@@ -292,6 +299,16 @@ type timeline struct {
 	Events    []any  `json:"events"`
 	Limited   bool   `json:"limited"`
 	PrevBatch string `json:"prev_batch,omitempty"`
+}
+
+// settle marks the response as one the next sync from its next_batch
+// may wait on without reading, while nothing wakes the caller (see
+// parkQuiet): next_batch is the positions read, next, with no to-device
+// page left, and the response serves no to-device message, which that
+// sync would have to acknowledge.
+func (r *syncResponse) settle(next, upper SyncToken) {
+	r.settled = next == upper && r.ToDevice == nil
+	r.next = next
 }
 
 // aged is the response to send when it was built a while ago: without the

@@ -83,6 +83,7 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 		return nil, err
 	}
 	if !b.initial && !req.fullState && b.since == b.upper {
+		b.resp.settle(b.next, b.upper)
 		return b.resp, nil
 	}
 	b.ignored, b.invitesBlocked = view.ParseSyncSettings(head.AccountData)
@@ -131,6 +132,7 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 		return nil, err
 	}
 	b.resp.NextBatch = b.next.String()
+	b.resp.settle(b.next, b.upper)
 	return b.resp, nil
 }
 
