@@ -62,16 +62,21 @@ const roomEventsByStream = `SELECT ` + eventColumns + `, ` + noBundledChildren +
 
 // noBundledChildren computes Event.NoBundledChildren, in one probe of the
 // index event_relations_parent. Most events have no children, and the
-// flag spares sync a query for their bundled aggregations. It agrees with
-// the sync's stream position: a child at or below the upper bound the
-// sync read first committed before it (positions commit in order), so
-// before this column was computed; a child above it is the next sync's.
-// (A backfilled child takes a position below every bound whenever it
-// commits: it races with the sync as it did with the aggregation query.)
-// Redacted children and those of another room that name the event count
-// too: the flag need only be false whenever there may be a bundle.
-const noBundledChildren = `NOT EXISTS (SELECT 1 FROM event_relations rel WHERE rel.relates_to_id = e.event_id
-	AND rel.rel_type IN ('` + RelThread + `', '` + RelReference + `', '` + RelReplace + `'))`
+// flag spares sync a query for their bundled aggregations. It is a scalar
+// subquery, not NOT EXISTS: PostgreSQL costs an EXISTS for every row of
+// the room rather than the LIMIT's few, and for a large room hashes the
+// whole of event_relations instead of probing it.
+//
+// It agrees with the sync's stream position: a child at or below the
+// upper bound the sync read first committed before it (positions commit
+// in order), so before this column was computed; a child above it is the
+// next sync's. (A backfilled child takes a position below every bound
+// whenever it commits: it races with the sync as it did with the
+// aggregation query.) Redacted children and those of another room that
+// name the event count too: the flag need only be false whenever there
+// may be a bundle.
+const noBundledChildren = `(SELECT 1 FROM event_relations rel WHERE rel.relates_to_id = e.event_id
+	AND rel.rel_type IN ('` + RelThread + `', '` + RelReference + `', '` + RelReplace + `') LIMIT 1) IS NULL`
 
 // Relation types whose children are bundled with their parent (spec:
 // "Aggregations of child events"); m.annotation is deliberately not
