@@ -4,6 +4,7 @@ import (
 	"context"
 	stdsql "database/sql"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -26,6 +27,11 @@ type Event struct {
 	Outlier        bool
 	Rejected       bool
 	RedactedBy     string
+	// NoBundledChildren is set when, as sync's timeline read the event
+	// (RoomEventsByStream), no event related to it by a bundled relation
+	// type (RelThread, RelReference, RelReplace). Other reads do not look:
+	// false says nothing.
+	NoBundledChildren bool
 }
 
 // InsertEvent stores an event and returns its NID.
@@ -59,6 +65,17 @@ func scanEvent(s interface{ Scan(...any) error }) (Event, error) {
 	}
 	e.StreamPos, e.RedactedBy, e.JSON = streamPos.Int64, redactedBy.String, []byte(js)
 	return e, err
+}
+
+// withColumns scans the columns before and after those scanEvent asks
+// for.
+type withColumns struct {
+	s             interface{ Scan(...any) error }
+	before, after []any
+}
+
+func (w withColumns) Scan(dest ...any) error {
+	return w.s.Scan(slices.Concat(w.before, dest, w.after)...)
 }
 
 // EventByID returns an event, or ErrNotFound.
@@ -102,6 +119,12 @@ func eventsByKey[K any](ctx context.Context, t *Queries, column string, keys []K
 }
 
 func (t *Queries) queryEvents(ctx context.Context, query string, args ...any) ([]Event, error) {
+	return t.queryEventsWith(ctx, scanEvent, query, args...)
+}
+
+// queryEventsWith is queryEvents for rows with more than the event
+// columns, which scan reads.
+func (t *Queries) queryEventsWith(ctx context.Context, scan func(interface{ Scan(...any) error }) (Event, error), query string, args ...any) ([]Event, error) {
 	rows, err := t.q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
@@ -109,7 +132,7 @@ func (t *Queries) queryEvents(ctx context.Context, query string, args ...any) ([
 	defer rows.Close()
 	var out []Event
 	for rows.Next() {
-		e, err := scanEvent(rows)
+		e, err := scan(rows)
 		if err != nil {
 			return nil, err
 		}

@@ -51,13 +51,49 @@ func (t *Queries) SyncMemberships(ctx context.Context, userID string) ([]SyncMem
 }
 
 // RoomEventsByStream returns up to limit timeline events of a room whose
-// stream position lies in (lo, hi], newest first.
+// stream position lies in (lo, hi], newest first, with
+// Event.NoBundledChildren.
 func (t *Queries) RoomEventsByStream(ctx context.Context, roomNID, lo, hi int64, limit int) ([]Event, error) {
-	return t.queryEvents(ctx, roomEventsByStream, roomNID, lo, hi, limit)
+	return t.queryEventsWith(ctx, scanSyncEvent, roomEventsByStream, roomNID, lo, hi, limit)
 }
 
-const roomEventsByStream = `SELECT ` + eventColumns + eventFrom + `WHERE e.room_nid = $1 AND` + timelineWhere + `
-	AND e.stream_pos > $2 AND e.stream_pos <= $3 ORDER BY e.stream_pos DESC LIMIT $4`
+const roomEventsByStream = `SELECT ` + eventColumns + `, ` + noBundledChildren + eventFrom + `WHERE e.room_nid = $1 AND` +
+	timelineWhere + `AND e.stream_pos > $2 AND e.stream_pos <= $3 ORDER BY e.stream_pos DESC LIMIT $4`
+
+// noBundledChildren computes Event.NoBundledChildren, in one probe of the
+// index event_relations_parent. Most events have no children, and the
+// flag spares sync a query for their bundled aggregations. It is a scalar
+// subquery, not NOT EXISTS: PostgreSQL costs an EXISTS for every row of
+// the room rather than the LIMIT's few, and for a large room hashes the
+// whole of event_relations instead of probing it.
+//
+// It agrees with the sync's stream position: a child at or below the
+// upper bound the sync read first committed before it (positions commit
+// in order), so before this column was computed; a child above it is the
+// next sync's. (A backfilled child takes a position below every bound
+// whenever it commits: it races with the sync as it did with the
+// aggregation query.) Redacted children and those of another room that
+// name the event count too: the flag need only be false whenever there
+// may be a bundle.
+const noBundledChildren = `(SELECT 1 FROM event_relations rel WHERE rel.relates_to_id = e.event_id
+	AND rel.rel_type IN ('` + RelThread + `', '` + RelReference + `', '` + RelReplace + `') LIMIT 1) IS NULL`
+
+// Relation types whose children are bundled with their parent (spec:
+// "Aggregations of child events"); m.annotation is deliberately not
+// aggregated (spec: "Event annotations and reactions").
+const (
+	RelThread    = "m.thread"
+	RelReplace   = "m.replace"
+	RelReference = "m.reference"
+)
+
+// scanSyncEvent scans a row of roomEventsByStream.
+func scanSyncEvent(s interface{ Scan(...any) error }) (Event, error) {
+	var none bool
+	e, err := scanEvent(withColumns{s: s, after: []any{&none}})
+	e.NoBundledChildren = none
+	return e, err
+}
 
 // StateKeysChanged returns the pieces of state that the room's timeline
 // events in (lo, hi] of the stream set, each once.

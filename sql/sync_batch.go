@@ -52,7 +52,7 @@ func (d *DB) RoomsEventsByStream(ctx context.Context, roomNIDs []int64, lo, hi i
 		}
 		var evs []Event
 		for rows.Next() {
-			e, err := scanEvent(rows)
+			e, err := scanSyncEvent(rows)
 			if err != nil {
 				rows.Close()
 				return nil, err

@@ -124,3 +124,53 @@ func TestSyncPositions(t *testing.T) {
 		}
 	})
 }
+
+// TestSyncTimelineBundledChildren: sync's timeline reads, per room and
+// batched, flag the events no thread, reference or edit relates to;
+// annotations are not bundled and leave the flag set.
+func TestSyncTimelineBundledChildren(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		var stream int64
+		room := newTimelineRoom(t, db, "!a:test", &stream)
+		other := newTimelineRoom(t, db, "!b:test", &stream)
+		for _, id := range []string{"$edited", "$threaded", "$referenced", "$reacted", "$plain"} {
+			room.add(storedEvent{id: id, depth: 1})
+		}
+		room.add(storedEvent{id: "$edit", depth: 2, content: rel(sql.RelReplace, "$edited")})
+		room.add(storedEvent{id: "$reply", depth: 2, content: rel(sql.RelThread, "$threaded")})
+		room.add(storedEvent{id: "$ref", depth: 2, content: rel(sql.RelReference, "$referenced")})
+		room.add(storedEvent{id: "$reaction", depth: 2, typ: "m.reaction", content: map[string]any{
+			"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": "$reacted", "key": "👍"}}})
+		other.add(storedEvent{id: "$elsewhere", depth: 1})
+		other.add(storedEvent{id: "$elsewhere-reply", depth: 2, content: rel(sql.RelThread, "$elsewhere")})
+		want := map[string]bool{"$edited": false, "$threaded": false, "$referenced": false, "$reacted": true, "$plain": true,
+			"$edit": true, "$reply": true, "$ref": true, "$reaction": true, "$elsewhere": false, "$elsewhere-reply": true}
+		check := func(how string, evs []sql.Event, n int) {
+			t.Helper()
+			if len(evs) != n {
+				t.Fatalf("%s: %d events, want %d", how, len(evs), n)
+			}
+			for _, ev := range evs {
+				if ev.NoBundledChildren != want[ev.EventID] {
+					t.Errorf("%s: %s NoBundledChildren = %v", how, ev.EventID, ev.NoBundledChildren)
+				}
+			}
+		}
+		evs, err := db.RoomEventsByStream(ctx, room.nid, 0, stream, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("room", evs, 9)
+		batch, err := db.RoomsEventsByStream(ctx, []int64{room.nid, other.nid}, 0, stream, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("batch", batch[room.nid], 9)
+		check("batch", batch[other.nid], 2)
+		// Other reads do not look.
+		if ev, err := db.EventByID(ctx, "$plain"); err != nil || ev.NoBundledChildren {
+			t.Fatalf("EventByID: %+v %v", ev, err)
+		}
+	})
+}

@@ -245,7 +245,7 @@ func (t *Queries) ChildrenOf(ctx context.Context, roomNIDs []int64, parentIDs, r
 	for rows.Next() {
 		var r Relation
 		var parent, relType string
-		ev, err := scanEvent(relationScanner{rows, &parent, &relType})
+		ev, err := scanEvent(withColumns{s: rows, before: []any{&parent, &relType}})
 		if err != nil {
 			return nil, err
 		}
@@ -253,17 +253,6 @@ func (t *Queries) ChildrenOf(ctx context.Context, roomNIDs []int64, parentIDs, r
 		out = append(out, r)
 	}
 	return out, rows.Err()
-}
-
-// relationScanner scans a relation's two leading columns, then the event
-// columns that scanEvent asks for.
-type relationScanner struct {
-	s               interface{ Scan(...any) error }
-	parent, relType *string
-}
-
-func (p relationScanner) Scan(dest ...any) error {
-	return p.s.Scan(append([]any{p.parent, p.relType}, dest...)...)
 }
 
 // ThreadRoot is a room's thread: its root event and its latest activity.

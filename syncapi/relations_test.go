@@ -346,6 +346,61 @@ func TestBundledAggregations(t *testing.T) {
 	})
 }
 
+// TestBundledAggregationsInSync: /sync's timelines carry the bundles, in
+// the initial sync (several rooms read at once) and an incremental one,
+// and the events without children carry none.
+func TestBundledAggregationsInSync(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, h hs) {
+		r := newRelationsRoom(t, h)
+		createRoom(t, r.bob, &mautrix.ReqCreateRoom{}) // a second room: the initial sync reads them together
+		q := url.Values{"filter": {filterJSON(map[string]any{"room": map[string]any{"timeline": map[string]any{"limit": 50}}})}}
+		timeline := func(resp syncResp) map[string]clientEvent {
+			t.Helper()
+			j, ok := resp.joined(r.roomID)
+			if !ok {
+				t.Fatal("room not in the sync")
+			}
+			out := make(map[string]clientEvent)
+			for _, e := range j.Timeline.Events {
+				out[e.EventID] = e
+			}
+			return out
+		}
+		initial := h.sync(t, r.bob, q)
+		evs := timeline(initial)
+		root := evs[r.root]
+		if th := root.thread(t); th == nil || th.Count != 2 || th.LatestEvent.EventID != r.t2 {
+			t.Fatalf("thread summary in /sync: %+v", th)
+		} else if ed := th.LatestEvent.replacement(t); ed == nil || ed.EventID != r.te {
+			t.Fatalf("latest thread event's edit in /sync: %+v", ed)
+		}
+		if ed := root.replacement(t); ed == nil || ed.EventID != r.e2 {
+			t.Fatalf("m.replace in /sync: %+v", ed)
+		}
+		if _, ok := root.Unsigned.Relations["m.reference"]; !ok {
+			t.Fatalf("no m.reference in /sync: %v", root.Unsigned.Relations)
+		}
+		for _, id := range []string{r.ref, r.e1, r.r1} {
+			if rel := evs[id].Unsigned.Relations; rel != nil {
+				t.Fatalf("%s has no children but m.relations %v", id, rel)
+			}
+		}
+
+		plain := send(t, r.alice, r.roomID, "plain", nil)
+		edited := send(t, r.alice, r.roomID, "v0", nil)
+		e := send(t, r.alice, r.roomID, "* v1", edit(edited, "v1"))
+		q.Set("since", initial.NextBatch)
+		q.Set("timeout", "0")
+		evs = timeline(h.sync(t, r.bob, q))
+		if ed := evs[edited].replacement(t); ed == nil || ed.EventID != e {
+			t.Fatalf("m.replace in an incremental /sync: %+v", ed)
+		}
+		if rel := evs[plain].Unsigned.Relations; rel != nil {
+			t.Fatalf("plain event has m.relations %v", rel)
+		}
+	})
+}
+
 // threadsResponse is the body of /threads.
 type threadsResponse struct {
 	Chunk     []clientEvent `json:"chunk"`

@@ -9,13 +9,12 @@ import (
 	"github.com/weft-chat/weft/sql"
 )
 
-// Relation types the server aggregates (spec: "Aggregations of child
-// events"); m.annotation is deliberately not aggregated (spec: "Event
-// annotations and reactions").
+// Relation types the server aggregates: sql's, which sync's timeline
+// reads check for (sql.Event.NoBundledChildren).
 const (
-	RelThread    = "m.thread"
-	RelReplace   = "m.replace"
-	RelReference = "m.reference"
+	RelThread    = sql.RelThread
+	RelReplace   = sql.RelReplace
+	RelReference = sql.RelReference
 )
 
 // Children reads the relations index (sql.DB has it).
@@ -131,13 +130,15 @@ func (b Bundles) Relations(eventID string, render func(sql.Event) any) map[strin
 }
 
 // bundle adds the aggregations of evs to out, skipping events done
-// already, and returns the events they carry.
+// already and those read with no bundled children, and returns the events
+// they carry. With no event left it queries nothing: most of a sync's
+// timeline is plain messages.
 func bundle(ctx context.Context, db Children, viewer func(int64) *Viewer, evs []sql.Event, out Bundles, done map[string]bool) ([]sql.Event, error) {
 	parents := make(map[string]sql.Event)
 	var ids []string
 	var rooms []int64
 	for _, ev := range evs {
-		if ev.StateKey != nil || done[ev.EventID] {
+		if ev.StateKey != nil || ev.NoBundledChildren || done[ev.EventID] {
 			continue
 		}
 		done[ev.EventID] = true
@@ -152,6 +153,9 @@ func bundle(ctx context.Context, db Children, viewer func(int64) *Viewer, evs []
 			out[id] = &Aggregations{}
 		}
 		return out[id]
+	}
+	if len(ids) == 0 {
+		return nil, nil
 	}
 	threads := make(map[string]*Thread)
 	// Threads and references are counted and ordered, never read, so their
