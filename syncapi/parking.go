@@ -245,10 +245,10 @@ type parkedSync struct {
 	conn     net.Conn
 	deadline time.Time
 
-	mu       sync.Mutex
-	state    int
-	again    bool // woken while building
-	expired  bool // timed out, or the server stops
+	mu      sync.Mutex
+	state   int
+	again   bool // woken while building
+	expired bool // timed out, or the server stops
 	resp    *syncResponse
 	release func()
 	// mark is where the user's wake-ups stood at the registration that
