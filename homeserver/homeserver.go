@@ -205,8 +205,6 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 		return nil, err
 	}
 	s.closers = append(s.closers, func() error { stopDeviceLists(); return nil })
-	capi.Routes(clientRouter)
-	capi.KeyChangesRoute(clientRouter, syncapi.ParseSyncPositions)
 	stopTyping := capi.StartTypingExpiry()
 	s.closers = append(s.closers, func() error { stopTyping(); return nil })
 	syncOpts := []syncapi.Option{syncapi.WithBackfill(federation.NewBackfiller(s.fedClient, s.keyRing, s.db, rooms, fedLog))}
@@ -227,8 +225,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	parking := syncapi.NewParking()
 	syncOpts = append(syncOpts, syncapi.WithParking(parking))
 	sapi := syncapi.New(s.db, rooms, capi.Authed, log.With("component", "syncapi"), syncOpts...)
-	sapi.Routes(clientRouter)
+	// The router tries routes in order: /sync, the most requested by
+	// far, goes first.
 	sapi.SyncRoutes(clientRouter, notifier)
+	capi.Routes(clientRouter)
+	capi.KeyChangesRoute(clientRouter, syncapi.ParseSyncPositions)
+	sapi.Routes(clientRouter)
 	federation.WellKnownRoutes(clientRouter, cfg.Federation.WellKnownServer)
 	healthRoute(clientRouter)
 

@@ -171,11 +171,20 @@ func (a *API) parseSyncRequest(ctx context.Context, r *http.Request, dev *userap
 	default:
 		return nil, mxhttp.InvalidParam(`set_presence must be "online", "offline" or "unavailable"`)
 	}
-	f, err := a.loadFilter(ctx, dev, q.Get("filter"))
+	raw := q.Get("filter")
+	key := filterKey{raw: raw}
+	if !strings.HasPrefix(raw, "{") {
+		key.localpart = dev.Localpart // an id names one of the caller's filters
+	}
+	if req.filter = a.filters.get(key); req.filter != nil {
+		return req, nil
+	}
+	f, err := a.loadFilter(ctx, dev, raw)
 	if err != nil {
 		return nil, err
 	}
 	req.filter = compileSyncFilter(f)
+	a.filters.put(key, req.filter)
 	return req, nil
 }
 

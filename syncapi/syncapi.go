@@ -47,6 +47,7 @@ type API struct {
 	parking *Parking
 	// backfill is nil when federation is off (see WithBackfill).
 	backfill Backfiller
+	filters  filterCache
 }
 
 // Option tunes the sync API at construction.
