@@ -402,7 +402,7 @@ func (b *syncBuilder) readTimeline(ctx context.Context, roomNID int64, v *view.V
 		rows, ok := b.prefetched(roomNID, w.lo, cur, n)
 		if !ok {
 			var err error
-			if rows, err = b.a.db.RoomEventsByStream(ctx, roomNID, w.lo, cur, n); err != nil {
+			if rows, err = b.a.timelines.read(ctx, b.a.db, roomNID, w.lo, cur, n); err != nil {
 				return timelineRead{}, fmt.Errorf("timeline: %w", err)
 			}
 		}

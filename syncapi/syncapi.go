@@ -46,8 +46,9 @@ type API struct {
 	// parking is nil when long-polls wait in their handlers.
 	parking *Parking
 	// backfill is nil when federation is off (see WithBackfill).
-	backfill Backfiller
-	filters  filterCache
+	backfill  Backfiller
+	filters   filterCache
+	timelines timelineReads
 }
 
 // Option tunes the sync API at construction.
