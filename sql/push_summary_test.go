@@ -92,7 +92,7 @@ func TestUnreadCountsSummaryModel(t *testing.T) {
 			}
 			for _, u := range users {
 				upTo := pos - rng.Int64N(3)
-				got, err := db.UnreadCountsInRooms(ctx, u, rooms, upTo)
+				got, err := db.UnreadCountsInRooms(ctx, u, rooms, upTo, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -303,7 +303,7 @@ func BenchmarkUnreadCounts(b *testing.B) {
 			}
 			b.Run("summaries", func(b *testing.B) {
 				for b.Loop() {
-					c, err := db.UnreadCountsInRooms(ctx, u, rooms, nid)
+					c, err := db.UnreadCountsInRooms(ctx, u, rooms, nid, nil)
 					if err != nil || len(c) != 50 {
 						b.Fatal(len(c), err)
 					}

@@ -109,7 +109,7 @@ func TestUnreadCountsInRooms(t *testing.T) {
 			return sql.NotificationCounts{NotificationCount: n, HighlightCount: h}
 		}
 
-		got, err := db.UnreadCountsInRooms(ctx, u, rooms[:2], 4)
+		got, err := db.UnreadCountsInRooms(ctx, u, rooms[:2], 4, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,7 +122,7 @@ func TestUnreadCountsInRooms(t *testing.T) {
 		if err := db.ResetCounts(ctx, u, "!a:hs", "main", 5); err != nil {
 			t.Fatal(err)
 		}
-		if got, err = db.UnreadCountsInRooms(ctx, u, rooms, 5); err != nil {
+		if got, err = db.UnreadCountsInRooms(ctx, u, rooms, 5, nil); err != nil {
 			t.Fatal(err)
 		}
 		if len(got) != 3 || got["!a:hs"].NotificationCounts != nc(1, 1) || got["!a:hs"].Main != nc(0, 0) || got["!c:hs"].NotificationCounts != nc(1, 0) {
@@ -140,13 +140,13 @@ func TestUnreadCountsInRooms(t *testing.T) {
 			t.Fatal(err)
 		}
 		add(rooms[1], 9, "main", false)
-		if got, err = db.UnreadCountsInRooms(ctx, u, rooms[1:2], 9); err != nil {
+		if got, err = db.UnreadCountsInRooms(ctx, u, rooms[1:2], 9, nil); err != nil {
 			t.Fatal(err)
 		}
 		if got["!b:hs"].NotificationCounts != nc(2, 0) || got["!b:hs"].Main != nc(1, 0) || got["!b:hs"].Threads["$t"] != nc(1, 0) {
 			t.Fatalf("after joining: %+v", got)
 		}
-		if got, err = db.UnreadCountsInRooms(ctx, u, nil, 5); err != nil || len(got) != 0 {
+		if got, err = db.UnreadCountsInRooms(ctx, u, nil, 5, nil); err != nil || len(got) != 0 {
 			t.Fatalf("no rooms: %+v %v", got, err)
 		}
 	})
