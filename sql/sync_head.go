@@ -81,7 +81,8 @@ func (t *Queries) SyncHead(ctx context.Context, r SyncHeadRequest) (SyncHead, er
 		fmt.Sprintf(`SELECT %d, r.room_id, '', '', 0, 0, 0, 0, 0, 0, 0, FALSE
 			FROM push_count_changes c JOIN rooms r ON r.room_nid = c.room_nid
 			WHERE $4 = 1 AND c.user_id = $1 AND `+headCountChanged, headCountChange),
-		// The rooms of unreadCovered (kept in step with it).
+		// The summaries of the rooms unreadCovered names: both must pick the
+		// same rooms.
 		fmt.Sprintf(`SELECT %d, r.room_id, s.thread_id, '', s.room_nid, s.notifications, s.highlights, s.first_pos, s.last_pos,
 			`+summaryMarker+`, m.stream_pos, FALSE
 			FROM push_summaries s JOIN room_members m ON m.room_nid = s.room_nid AND m.user_id = s.user_id
