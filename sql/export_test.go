@@ -1,6 +1,9 @@
 package sql
 
-import "context"
+import (
+	"context"
+	stdsql "database/sql"
+)
 
 // MarkSchemaVersionForTest records a schema version as if a newer binary
 // had migrated the database.
@@ -32,3 +35,30 @@ func (d *DB) PushSummariesForTest(ctx context.Context, userID string, roomNID in
 
 // CopyMin is copyMin, for tests that cross it.
 const CopyMin = copyMin
+
+// RecordingForTest returns the table methods over d, recording the text
+// of each query they run.
+func (d *DB) RecordingForTest() (*Queries, *[]string) {
+	r := &recordingQuerier{querier: d.Queries.q}
+	return &Queries{q: r, stmts: d.Queries.stmts}, &r.queries
+}
+
+type recordingQuerier struct {
+	querier
+	queries []string
+}
+
+func (r *recordingQuerier) ExecContext(ctx context.Context, query string, args ...any) (stdsql.Result, error) {
+	r.queries = append(r.queries, query)
+	return r.querier.ExecContext(ctx, query, args...)
+}
+
+func (r *recordingQuerier) QueryContext(ctx context.Context, query string, args ...any) (*stdsql.Rows, error) {
+	r.queries = append(r.queries, query)
+	return r.querier.QueryContext(ctx, query, args...)
+}
+
+func (r *recordingQuerier) QueryRowContext(ctx context.Context, query string, args ...any) *stdsql.Row {
+	r.queries = append(r.queries, query)
+	return r.querier.QueryRowContext(ctx, query, args...)
+}

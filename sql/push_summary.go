@@ -3,6 +3,7 @@ package sql
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -110,8 +111,9 @@ const unreadRoomsBatch = 500
 
 // UnreadCountsInRooms returns the user's unread notification counts in the
 // given rooms (by NID), counting only the events at or before room stream
-// position upTo, by room id; rooms without any are absent. It reads the
-// summaries, one query per 500 rooms. A summary that counted events after
+// position upTo, by room id; rooms without any are absent. It takes the
+// summaries of the rooms that known (which may be nil) holds, and reads
+// the others, one query per 500 rooms. A summary that counted events after
 // upTo (the counter got ahead of the caller's upper bound) has those taken
 // back, read from the few notifications after upTo; the rare room whose
 // summary may count notifications that a read marker or the membership
@@ -122,54 +124,21 @@ const unreadRoomsBatch = 500
 // always the user's own event): so the invite stops counting the moment
 // the join commits, not when the counter gets to it, and the counter need
 // not send the counts again for it.
-func (t *Queries) UnreadCountsInRooms(ctx context.Context, userID string, roomNIDs []int64, upTo int64) (map[string]UnreadCounts, error) {
+func (t *Queries) UnreadCountsInRooms(ctx context.Context, userID string, roomNIDs []int64, upTo int64, known *UnreadSummaries) (map[string]UnreadCounts, error) {
 	out := make(map[string]UnreadCounts)
-	var exact, ahead []int64
+	var exact []int64
 	for len(roomNIDs) > 0 {
 		batch := roomNIDs[:min(len(roomNIDs), unreadRoomsBatch)]
 		roomNIDs = roomNIDs[len(batch):]
-		sums, err := t.summaries(ctx, userID, batch)
+		sums, err := t.summariesKnown(ctx, userID, batch, known)
 		if err != nil {
 			return nil, err
 		}
-		inexact, after := make(map[int64]bool), make(map[int64]bool)
-		for _, s := range sums {
-			switch {
-			case s.last <= s.read:
-				// All read.
-			case s.first <= s.read || (s.last > upTo && s.read > upTo):
-				inexact[s.roomNID] = true
-			case s.last > upTo:
-				after[s.roomNID] = true
-			}
+		inexact, err := t.countSummaries(ctx, userID, sums, upTo, out)
+		if err != nil {
+			return nil, err
 		}
-		var late map[roomThread]NotificationCounts
-		for nid := range after {
-			if !inexact[nid] {
-				ahead = append(ahead, nid)
-			}
-		}
-		if len(ahead) > 0 {
-			if late, err = t.notificationsAfter(ctx, userID, ahead, sums, upTo); err != nil {
-				return nil, err
-			}
-			ahead = ahead[:0]
-		}
-		for _, s := range sums {
-			if s.last <= s.read || inexact[s.roomNID] {
-				continue
-			}
-			c := s.counts
-			l := late[roomThread{s.roomNID, s.thread}]
-			c.NotificationCount -= l.NotificationCount
-			c.HighlightCount -= l.HighlightCount
-			if c.NotificationCount > 0 {
-				addCounts(out, s.roomID, s.thread, c)
-			}
-		}
-		for nid := range inexact {
-			exact = append(exact, nid)
-		}
+		exact = append(exact, inexact...)
 	}
 	for len(exact) > 0 {
 		batch := exact[:min(len(exact), unreadRoomsBatch)]
@@ -193,6 +162,78 @@ func (t *Queries) UnreadCountsInRooms(ctx context.Context, userID string, roomNI
 	return out, nil
 }
 
+// countSummaries adds to out the counts of the summaries up to upTo, and
+// returns the rooms whose summaries cannot tell, to count exactly.
+func (t *Queries) countSummaries(ctx context.Context, userID string, sums []summary, upTo int64, out map[string]UnreadCounts) ([]int64, error) {
+	inexact, after := make(map[int64]bool), make(map[int64]bool)
+	for _, s := range sums {
+		switch {
+		case s.last <= s.read:
+			// All read.
+		case s.first <= s.read || (s.last > upTo && s.read > upTo):
+			inexact[s.roomNID] = true
+		case s.last > upTo:
+			after[s.roomNID] = true
+		}
+	}
+	var ahead []int64
+	for nid := range after {
+		if !inexact[nid] {
+			ahead = append(ahead, nid)
+		}
+	}
+	var late map[roomThread]NotificationCounts
+	if len(ahead) > 0 {
+		var err error
+		if late, err = t.notificationsAfter(ctx, userID, ahead, sums, upTo); err != nil {
+			return nil, err
+		}
+	}
+	for _, s := range sums {
+		if s.last <= s.read || inexact[s.roomNID] {
+			continue
+		}
+		c := s.counts
+		l := late[roomThread{s.roomNID, s.thread}]
+		c.NotificationCount -= l.NotificationCount
+		c.HighlightCount -= l.HighlightCount
+		if c.NotificationCount > 0 {
+			addCounts(out, s.roomID, s.thread, c)
+		}
+	}
+	return slices.Collect(maps.Keys(inexact)), nil
+}
+
+// UnreadSummaries are a user's unread count summaries in some rooms, read
+// ahead (by SyncHead) so that UnreadCountsInRooms need not read them.
+type UnreadSummaries struct {
+	// rooms holds each room read with its summaries: none when it has no
+	// unread notifications.
+	rooms map[int64][]summary
+}
+
+// summariesKnown returns the user's summaries in the rooms: those known
+// holds, and the others read.
+func (t *Queries) summariesKnown(ctx context.Context, userID string, roomNIDs []int64, known *UnreadSummaries) ([]summary, error) {
+	if known == nil {
+		return t.summaries(ctx, userID, roomNIDs)
+	}
+	var sums []summary
+	var unknown []int64
+	for _, nid := range roomNIDs {
+		if rows, ok := known.rooms[nid]; ok {
+			sums = append(sums, rows...)
+		} else {
+			unknown = append(unknown, nid)
+		}
+	}
+	if len(unknown) == 0 {
+		return sums, nil
+	}
+	read, err := t.summaries(ctx, userID, unknown)
+	return append(sums, read...), err
+}
+
 // summary is a summary row as a reader sees it: with the position read up
 // to in its thread (markers, and for the main timeline the membership).
 type summary struct {
@@ -204,6 +245,23 @@ type summary struct {
 	read        int64
 }
 
+// newSummary makes a summary of a row read with the user's read marker of
+// its thread (summaryMarker) and the stream position of their membership.
+func newSummary(roomID string, roomNID int64, thread string, notifications, highlights, first, last, marker, member int64) summary {
+	s := summary{roomID: roomID, roomNID: roomNID, thread: thread,
+		counts: NotificationCounts{NotificationCount: notifications, HighlightCount: highlights},
+		first:  first, last: last, read: marker}
+	if thread == mainThread {
+		s.read = max(s.read, member)
+	}
+	return s
+}
+
+// summaryMarker reads the position a push_summaries row s is read up to by
+// the user's markers: the room's, or its thread's.
+const summaryMarker = `COALESCE((SELECT MAX(k.read_pos) FROM push_read_markers k
+	WHERE k.user_id = s.user_id AND k.room_nid = s.room_nid AND k.thread_id IN ('', s.thread_id)), 0)`
+
 // summaries reads the user's summaries with notifications in the rooms.
 func (t *Queries) summaries(ctx context.Context, userID string, roomNIDs []int64) ([]summary, error) {
 	args := make([]any, 0, 1+len(roomNIDs))
@@ -212,9 +270,7 @@ func (t *Queries) summaries(ctx context.Context, userID string, roomNIDs []int64
 		args = append(args, nid)
 	}
 	rows, err := t.q.QueryContext(ctx, `SELECT r.room_id, s.room_nid, s.thread_id, s.notifications, s.highlights, s.first_pos, s.last_pos,
-		COALESCE((SELECT MAX(k.read_pos) FROM push_read_markers k
-			WHERE k.user_id = s.user_id AND k.room_nid = s.room_nid AND k.thread_id IN ('', s.thread_id)), 0),
-		COALESCE(m.stream_pos, 0)
+		`+summaryMarker+`, COALESCE(m.stream_pos, 0)
 		FROM push_summaries s JOIN rooms r ON r.room_nid = s.room_nid
 		LEFT JOIN room_members m ON m.room_nid = s.room_nid AND m.user_id = s.user_id
 		WHERE s.user_id = $1 AND s.notifications > 0 AND s.room_nid IN (`+placeholders(2, len(roomNIDs))+`)`, args...)
@@ -224,17 +280,12 @@ func (t *Queries) summaries(ctx context.Context, userID string, roomNIDs []int64
 	defer rows.Close()
 	var out []summary
 	for rows.Next() {
-		var s summary
-		var marker, member int64
-		if err := rows.Scan(&s.roomID, &s.roomNID, &s.thread, &s.counts.NotificationCount, &s.counts.HighlightCount,
-			&s.first, &s.last, &marker, &member); err != nil {
+		var roomID, thread string
+		var roomNID, n, h, first, last, marker, member int64
+		if err := rows.Scan(&roomID, &roomNID, &thread, &n, &h, &first, &last, &marker, &member); err != nil {
 			return nil, err
 		}
-		s.read = marker
-		if s.thread == mainThread {
-			s.read = max(s.read, member)
-		}
-		out = append(out, s)
+		out = append(out, newSummary(roomID, roomNID, thread, n, h, first, last, marker, member))
 	}
 	return out, rows.Err()
 }

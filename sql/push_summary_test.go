@@ -15,7 +15,9 @@ import (
 // redactions, leaves and joins, in and out of stream order (a redelivered
 // event, a receipt ahead of the counter), and checks after each step that
 // the counts UnreadCountsInRooms reads (from the summaries, or counted
-// where a summary cannot tell) are those a plain model of the rules gives.
+// where a summary cannot tell) are those a plain model of the rules gives,
+// from the summaries it reads and from those a sync's head read (of the
+// rooms the user joined, all with count changes here).
 func TestUnreadCountsSummaryModel(t *testing.T) {
 	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
 		ctx := context.Background()
@@ -31,6 +33,15 @@ func TestUnreadCountsSummaryModel(t *testing.T) {
 		}
 		users := []string{"@u0:hs", "@u1:hs", "@u2:hs"}
 		threads := []string{"main", "main", "$t1", "$t2"}
+		start, err := db.SyncPositions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, nid := range rooms {
+			if _, err := db.NoteCountChanges(ctx, nid, users); err != nil {
+				t.Fatal(err)
+			}
+		}
 		m := newCountModel()
 		pos := int64(0)
 		for step := range 400 {
@@ -92,13 +103,24 @@ func TestUnreadCountsSummaryModel(t *testing.T) {
 			}
 			for _, u := range users {
 				upTo := pos - rng.Int64N(3)
-				got, err := db.UnreadCountsInRooms(ctx, u, rooms, upTo)
+				got, err := db.UnreadCountsInRooms(ctx, u, rooms, upTo, nil)
 				if err != nil {
 					t.Fatal(err)
 				}
 				want := m.counts(u, roomIDs, upTo)
 				if !maps.EqualFunc(got, want, equalCounts) {
 					t.Fatalf("step %d (%s): %s up to %d: got %+v, want %+v", step, what, u, upTo, got, want)
+				}
+				head, err := db.SyncHead(ctx, sql.SyncHeadRequest{UserID: u, CountsSince: start.Notifications, WantCountChanges: true,
+					UnreadSince: pos, WantUnread: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, err = db.UnreadCountsInRooms(ctx, u, rooms, upTo, head.Unread); err != nil {
+					t.Fatal(err)
+				}
+				if !maps.EqualFunc(got, want, equalCounts) {
+					t.Fatalf("step %d (%s): %s up to %d from the head: got %+v, want %+v", step, what, u, upTo, got, want)
 				}
 			}
 		}
@@ -303,7 +325,7 @@ func BenchmarkUnreadCounts(b *testing.B) {
 			}
 			b.Run("summaries", func(b *testing.B) {
 				for b.Loop() {
-					c, err := db.UnreadCountsInRooms(ctx, u, rooms, nid)
+					c, err := db.UnreadCountsInRooms(ctx, u, rooms, nid, nil)
 					if err != nil || len(c) != 50 {
 						b.Fatal(len(c), err)
 					}

@@ -2,7 +2,9 @@ package sql_test
 
 import (
 	"context"
+	"maps"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/weft-chat/weft/sql"
@@ -109,7 +111,7 @@ func TestUnreadCountsInRooms(t *testing.T) {
 			return sql.NotificationCounts{NotificationCount: n, HighlightCount: h}
 		}
 
-		got, err := db.UnreadCountsInRooms(ctx, u, rooms[:2], 4)
+		got, err := db.UnreadCountsInRooms(ctx, u, rooms[:2], 4, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,7 +124,7 @@ func TestUnreadCountsInRooms(t *testing.T) {
 		if err := db.ResetCounts(ctx, u, "!a:hs", "main", 5); err != nil {
 			t.Fatal(err)
 		}
-		if got, err = db.UnreadCountsInRooms(ctx, u, rooms, 5); err != nil {
+		if got, err = db.UnreadCountsInRooms(ctx, u, rooms, 5, nil); err != nil {
 			t.Fatal(err)
 		}
 		if len(got) != 3 || got["!a:hs"].NotificationCounts != nc(1, 1) || got["!a:hs"].Main != nc(0, 0) || got["!c:hs"].NotificationCounts != nc(1, 0) {
@@ -140,14 +142,131 @@ func TestUnreadCountsInRooms(t *testing.T) {
 			t.Fatal(err)
 		}
 		add(rooms[1], 9, "main", false)
-		if got, err = db.UnreadCountsInRooms(ctx, u, rooms[1:2], 9); err != nil {
+		if got, err = db.UnreadCountsInRooms(ctx, u, rooms[1:2], 9, nil); err != nil {
 			t.Fatal(err)
 		}
 		if got["!b:hs"].NotificationCounts != nc(2, 0) || got["!b:hs"].Main != nc(1, 0) || got["!b:hs"].Threads["$t"] != nc(1, 0) {
 			t.Fatalf("after joining: %+v", got)
 		}
-		if got, err = db.UnreadCountsInRooms(ctx, u, nil, 5); err != nil || len(got) != 0 {
+		if got, err = db.UnreadCountsInRooms(ctx, u, nil, 5, nil); err != nil || len(got) != 0 {
 			t.Fatalf("no rooms: %+v %v", got, err)
+		}
+	})
+}
+
+// TestUnreadCountsFromHead: the summaries a sync's head reads (the joined
+// rooms with events after the token, or with count changes) give the
+// counts UnreadCountsInRooms reads itself, without reading them again:
+// all read, counted exactly, counted past upTo, in threads, and none at
+// all; a room the head did not cover is still read.
+func TestUnreadCountsFromHead(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		const u = "@alice:hs"
+		const since, upTo = 5, 10
+		start, err := db.SyncPositions(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nids := map[string]int64{}
+		// Each room: the last position of its events, the user's join.
+		for _, r := range []struct {
+			id         string
+			last, join int64
+		}{
+			{"!all:hs", upTo, 8},      // invited at 6, joined at 8
+			{"!inexact:hs", upTo, 2},  // joined between its notifications
+			{"!after:hs", upTo, 0},    // counted past upTo
+			{"!none:hs", upTo, 0},     // nothing to count
+			{"!quiet:hs", since, 0},   // no news: not covered
+			{"!changed:hs", since, 0}, // no events, but count changes
+		} {
+			nid, err := db.CreateRoom(ctx, r.id, "12")
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := db.Room(ctx, r.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info.Extremities, info.LastStreamPos = []string{}, r.last
+			if err := db.UpdateRoom(ctx, info); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.SetMembership(ctx, nid, u, "join", r.join, r.join); err != nil {
+				t.Fatal(err)
+			}
+			nids[r.id] = nid
+		}
+		add := func(room string, pos int64, thread string, hl bool) {
+			t.Helper()
+			if err := db.AddPushNotifications(ctx, nids[room], pos, pos, []sql.PushNotification{{UserID: u, ThreadID: thread, Highlight: hl}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		add("!inexact:hs", 1, "main", false)
+		add("!inexact:hs", 3, "main", false)
+		add("!after:hs", 4, "main", false)
+		add("!after:hs", 5, "$t", true)
+		add("!all:hs", 6, "main", false)
+		add("!quiet:hs", 7, "main", false)
+		add("!changed:hs", 9, "$u", false)
+		add("!after:hs", 11, "main", false)
+		if _, err := db.NoteCountChanges(ctx, nids["!changed:hs"], []string{u}); err != nil {
+			t.Fatal(err)
+		}
+
+		head, err := db.SyncHead(ctx, sql.SyncHeadRequest{UserID: u, CountsSince: start.Notifications, WantCountChanges: true,
+			UnreadSince: since, WantUnread: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc := func(n, h int64) sql.NotificationCounts {
+			return sql.NotificationCounts{NotificationCount: n, HighlightCount: h}
+		}
+		want := map[string]sql.UnreadCounts{
+			"!inexact:hs": {NotificationCounts: nc(1, 0), Main: nc(1, 0)},
+			"!after:hs":   {NotificationCounts: nc(2, 1), Main: nc(1, 0), Threads: map[string]sql.NotificationCounts{"$t": nc(1, 1)}},
+			"!quiet:hs":   {NotificationCounts: nc(1, 0), Main: nc(1, 0)},
+			"!changed:hs": {NotificationCounts: nc(1, 0), Threads: map[string]sql.NotificationCounts{"$u": nc(1, 0)}},
+		}
+		covered := []int64{nids["!all:hs"], nids["!inexact:hs"], nids["!after:hs"], nids["!none:hs"], nids["!changed:hs"]}
+		all := append(slices.Clone(covered), nids["!quiet:hs"])
+		for _, c := range []struct {
+			what      string
+			rooms     []int64
+			summaries int
+		}{
+			{"the covered rooms", covered, 0},
+			{"every room", all, 1},
+		} {
+			q, queries := db.RecordingForTest()
+			got, err := q.UnreadCountsInRooms(ctx, u, c.rooms, upTo, head.Unread)
+			if err != nil {
+				t.Fatal(err)
+			}
+			old, err := db.UnreadCountsInRooms(ctx, u, c.rooms, upTo, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantHere := maps.Clone(want)
+			if c.summaries == 0 {
+				delete(wantHere, "!quiet:hs")
+			}
+			if !maps.EqualFunc(got, wantHere, equalCounts) || !maps.EqualFunc(old, wantHere, equalCounts) {
+				t.Errorf("%s: counts from the head %+v, read %+v, want %+v", c.what, got, old, wantHere)
+			}
+			read := 0
+			for _, q := range *queries {
+				if strings.Contains(q, "FROM push_summaries") {
+					read++
+				}
+			}
+			// The exact count and the notifications after upTo run in
+			// both.
+			if read != c.summaries || len(*queries) != c.summaries+2 {
+				t.Errorf("%s: %d summary reads, want %d, in %q", c.what, read, c.summaries, *queries)
+			}
 		}
 	})
 }

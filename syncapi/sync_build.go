@@ -59,9 +59,10 @@ type syncBuilder struct {
 func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, error) {
 	dev := req.dev
 	hr := sql.SyncHeadRequest{UserID: dev.UserID, Localpart: dev.Localpart, DeviceID: dev.DeviceID,
-		AccountDataTypes: view.SyncSettingTypes}
+		AccountDataTypes: view.SyncSettingTypes, WantUnread: true}
 	if req.since != nil {
 		hr.CountsSince, hr.WantCountChanges, hr.ToDeviceSince = req.since.Notifications, true, req.since.ToDevice
+		hr.UnreadSince = req.since.Events
 	}
 	head, err := a.db.SyncHead(ctx, hr)
 	if err != nil {

@@ -52,7 +52,9 @@ func (b *syncBuilder) unreadCounts(_ context.Context, _ sql.SyncMembership, jr *
 }
 
 // fillUnreadCounts reads the caller's counts in every joined room of the
-// response, in one query (per 500 rooms), and sets them: the total, or
+// response and sets them: from the summaries the head read (those of the
+// rooms with new events or count changes, nearly always the response's),
+// reading the others in one query (per 500 rooms). It sets the total, or
 // with the timeline filter's unread_thread_notifications the main
 // timeline's and each thread's apart (spec: sync.yaml; Synapse reads the
 // flag from the timeline filter too).
@@ -66,7 +68,7 @@ func (b *syncBuilder) fillUnreadCounts(ctx context.Context, mems []sql.SyncMembe
 			nids = append(nids, m.RoomNID)
 		}
 	}
-	counts, err := b.a.db.UnreadCountsInRooms(ctx, b.req.dev.UserID, nids, b.upper.Events)
+	counts, err := b.a.db.UnreadCountsInRooms(ctx, b.req.dev.UserID, nids, b.upper.Events, b.head.Unread)
 	if err != nil {
 		return fmt.Errorf("unread counts: %w", err)
 	}
