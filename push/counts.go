@@ -42,6 +42,10 @@ const CountedSubject = "push.counted"
 type Counted struct {
 	RoomID    string `json:"room_id"`
 	StreamPos int64  `json:"stream_pos"`
+	// Users are the users whose counts the event changed, when they are
+	// few enough to name (otherwise they get wake-ups of their own): the
+	// notifier wakes those the room's released wake-up did not wake.
+	Users []string `json:"users,omitempty"`
 }
 
 // MainThread is the thread id of the main timeline (spec: threaded read
@@ -114,11 +118,18 @@ func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 	if err != nil {
 		return err
 	}
-	// The announcement first: it releases the wake-up of the whole room,
-	// which the users whose counts changed are usually part of.
-	c.announce(o)
 	slices.Sort(changed)
 	changed = slices.Compact(changed)
+	// The announcement releases the wake-up of the whole room, which the
+	// users whose counts changed are usually part of: naming them there
+	// wakes each once, not once for the room and again for the counts.
+	named := changed
+	if len(named) > wakeBatch {
+		named = nil
+	}
+	if c.announce(o, named) {
+		changed = changed[len(named):]
+	}
 	for len(changed) > 0 {
 		batch := changed[:min(len(changed), wakeBatch)]
 		changed = changed[len(batch):]
@@ -127,20 +138,23 @@ func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 	return nil
 }
 
-// announce publishes that the event's room is counted up to it. Like a
-// wake-up it is best effort: a lost one only delays the notifier's wake-up
-// by countWait.
-func (c *Counter) announce(o roomserver.OutputEvent) {
+// announce publishes that the event's room is counted up to it, naming
+// users whose counts changed, and reports whether it did. Like a wake-up
+// it is best effort: a lost one only delays the notifier's wake-up by
+// countWait (and the named users' until their timeout).
+func (c *Counter) announce(o roomserver.OutputEvent, users []string) bool {
 	if c.nc == nil {
-		return
+		return false
 	}
-	data, err := json.Marshal(Counted{RoomID: o.RoomID, StreamPos: o.StreamPos})
+	data, err := json.Marshal(Counted{RoomID: o.RoomID, StreamPos: o.StreamPos, Users: users})
 	if err == nil {
 		err = c.nc.Publish(CountedSubject, data)
 	}
 	if err != nil {
 		c.log.Warn("announce counted event", "room_id", o.RoomID, "err", err)
+		return false
 	}
+	return true
 }
 
 // handle counts the event and returns the users whose counts changed.

@@ -157,7 +157,7 @@ func (n *Notifier) Start(ctx context.Context, b *bus.Bus) error {
 	counted, err := b.Conn().Subscribe(push.CountedSubject, func(msg *nats.Msg) {
 		var c push.Counted
 		if json.Unmarshal(msg.Data, &c) == nil {
-			n.OnCounted(c.RoomID, c.StreamPos)
+			n.OnCounted(c.RoomID, c.StreamPos, c.Users)
 		}
 	})
 	if err != nil {
@@ -389,23 +389,34 @@ func (n *Notifier) OnRoomEvent(o roomserver.OutputEvent) {
 
 // OnCounted handles the push counter's announcement that it counted a
 // room up to stream position pos: the wake-up held for the room goes out
-// if it holds nothing newer.
-func (n *Notifier) OnCounted(roomID string, pos int64) {
+// if it holds nothing newer. users are those whose counts changed: the
+// ones that wake-up did not wake are woken too.
+func (n *Notifier) OnCounted(roomID string, pos int64, users []string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if pos >= n.lagBehind {
 		n.lagBehind = 0
 	}
-	if pos <= n.counted[roomID] {
-		return
+	released := false
+	if pos > n.counted[roomID] {
+		if len(n.counted) >= countedMax {
+			clear(n.counted)
+		}
+		n.counted[roomID] = pos
+		if h := n.held[roomID]; h != nil && h.pos <= pos {
+			h.timer.Stop()
+			n.releaseLocked(roomID, h)
+			released = true
+		}
 	}
-	if len(n.counted) >= countedMax {
-		clear(n.counted)
-	}
-	n.counted[roomID] = pos
-	if h := n.held[roomID]; h != nil && h.pos <= pos {
-		h.timer.Stop()
-		n.releaseLocked(roomID, h)
+	members := n.rooms[roomID]
+	for _, id := range users {
+		if _, woken := members[id]; released && woken {
+			continue
+		}
+		if u := n.users[id]; u != nil {
+			wakeLocked(u)
+		}
 	}
 }
 

@@ -225,15 +225,15 @@ func TestNotifierWaitsForCounts(t *testing.T) {
 	w, release := listen(t, n, "@a:x")
 	n.OnRoomEvent(message("!r:x", 10))
 	n.OnRoomEvent(message("!r:x", 11))
-	n.OnCounted("!r:x", 10)
+	n.OnCounted("!r:x", 10, nil)
 	if woken(w) {
 		t.Fatal("woken before the counter counted the newest event")
 	}
-	n.OnCounted("!other:x", 11)
+	n.OnCounted("!other:x", 11, nil)
 	if woken(w) {
 		t.Fatal("woken by another room's count")
 	}
-	n.OnCounted("!r:x", 11)
+	n.OnCounted("!r:x", 11, nil)
 	if !woken(w) {
 		t.Fatal("not woken once the room was counted")
 	}
@@ -241,7 +241,7 @@ func TestNotifierWaitsForCounts(t *testing.T) {
 
 	// Counted before the notifier sees the event (they travel apart).
 	w, release = listen(t, n, "@a:x")
-	n.OnCounted("!r:x", 12)
+	n.OnCounted("!r:x", 12, nil)
 	n.OnRoomEvent(message("!r:x", 12))
 	if !woken(w) {
 		t.Fatal("an event counted already was held")
@@ -254,7 +254,7 @@ func TestNotifierWaitsForCounts(t *testing.T) {
 	if woken(w) {
 		t.Fatal("the invite was not held")
 	}
-	n.OnCounted("!new:x", 13)
+	n.OnCounted("!new:x", 13, nil)
 	if !woken(w) {
 		t.Fatal("the invite's target was not woken with its room")
 	}
@@ -281,14 +281,14 @@ func TestNotifierWaitsForCounts(t *testing.T) {
 		t.Fatal("held while the counter lags")
 	}
 	release()
-	n.OnCounted("!r:x", 15)
+	n.OnCounted("!r:x", 15, nil)
 	w, release = listen(t, n, "@a:x")
 	defer release()
 	n.OnRoomEvent(message("!r:x", 16))
 	if woken(w) {
 		t.Fatal("not held again once the counter caught up")
 	}
-	n.OnCounted("!r:x", 16)
+	n.OnCounted("!r:x", 16, nil)
 	if !woken(w) {
 		t.Fatal("not woken once counted")
 	}
@@ -357,5 +357,48 @@ func TestNotifierQuiet(t *testing.T) {
 	n.Close()
 	if n.Quiet("@a:x", mark) {
 		t.Fatal("quiet after Close")
+	}
+}
+
+// TestNotifierCountedUsers: the users an announcement names are woken
+// once: a member of the room by the room's released wake-up alone, a user
+// outside the room, or any named user when nothing was held, by the name.
+func TestNotifierCountedUsers(t *testing.T) {
+	db := &fakeMemberships{rows: map[string][]sql.SyncMembership{
+		"@a:x": {{RoomID: "!r:x", Membership: "join", StreamPos: 1}},
+		"@b:x": {{RoomID: "!s:x", Membership: "join", StreamPos: 1}},
+	}}
+	n := NewNotifier(db, slog.New(slog.DiscardHandler))
+	n.countWait = time.Hour
+	defer n.Close()
+	ctx := context.Background()
+	mark := func(user string) Mark {
+		t.Helper()
+		release, m, err := n.ListenFunc(ctx, user, func() {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		release()
+		return m
+	}
+	gens := func(user string, m Mark) uint64 {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return n.users[user].gen - m.gen
+	}
+	a, b := mark("@a:x"), mark("@b:x")
+	n.OnRoomEvent(message("!r:x", 10))
+	n.OnCounted("!r:x", 10, []string{"@a:x", "@b:x"})
+	if got := gens("@a:x", a); got != 1 {
+		t.Errorf("a member was woken %d times, want once", got)
+	}
+	if got := gens("@b:x", b); got != 1 {
+		t.Errorf("a named user outside the room was woken %d times, want once", got)
+	}
+	// Counted before the event is seen: nothing held, the names wake.
+	a = mark("@a:x")
+	n.OnCounted("!r:x", 11, []string{"@a:x"})
+	if got := gens("@a:x", a); got != 1 {
+		t.Errorf("a named member with nothing held was woken %d times, want once", got)
 	}
 }
