@@ -1,13 +1,13 @@
 package presence
 
 import (
-	"sync"
 	"time"
 
+	"github.com/weft-chat/weft/internal/bounded"
 	"github.com/weft-chat/weft/sql"
 )
 
-// hintMaxUsers bounds the rows Hints keeps; past it, it starts again empty.
+// hintMaxUsers bounds the rows Hints keeps.
 const hintMaxUsers = 100_000
 
 // Hints are presence rows a process read or wrote lately, by user. Every
@@ -22,8 +22,7 @@ const hintMaxUsers = 100_000
 // makes a rule run on the older hint write more often, not less. A hint
 // is trusted for hintTTL at most, in case a wake-up is lost.
 type Hints struct {
-	mu   sync.Mutex
-	rows map[string]hint
+	rows *bounded.Map[string, hint]
 }
 
 type hint struct {
@@ -38,7 +37,7 @@ const hintTTL = writeThrottle
 // NewHints makes an empty hint store. Share one between the Services of
 // a process (WithHints) and feed it every wake-up (Forget).
 func NewHints() *Hints {
-	return &Hints{rows: make(map[string]hint)}
+	return &Hints{rows: bounded.New[string, hint](hintMaxUsers)}
 }
 
 // WithHints makes the Service keep and use hints in h.
@@ -52,10 +51,8 @@ func (h *Hints) Forget(userIDs ...string) {
 	if h == nil {
 		return
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	for _, u := range userIDs {
-		delete(h.rows, u)
+		h.rows.Delete(u)
 	}
 }
 
@@ -64,9 +61,7 @@ func (h *Hints) get(userID string, now time.Time) (sql.Presence, bool) {
 	if h == nil {
 		return sql.Presence{}, false
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	e, ok := h.rows[userID]
+	e, ok := h.rows.Get(userID)
 	if !ok || now.Sub(e.at) >= hintTTL || now.Before(e.at) {
 		return sql.Presence{}, false
 	}
@@ -78,10 +73,5 @@ func (h *Hints) put(row sql.Presence, now time.Time) {
 	if h == nil {
 		return
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if len(h.rows) >= hintMaxUsers {
-		clear(h.rows)
-	}
-	h.rows[row.UserID] = hint{row: row, at: now}
+	h.rows.Put(row.UserID, hint{row: row, at: now})
 }

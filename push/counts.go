@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/nats-io/nats.go"
 
+	"github.com/weft-chat/weft/internal/bounded"
 	"github.com/weft-chat/weft/internal/bus"
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/internal/wake"
@@ -67,7 +67,7 @@ type Counter struct {
 	serverName string
 	log        *slog.Logger
 	rules      *Cache
-	names      nameCache
+	names      *bounded.Map[int64, string]
 	powers     powerCache
 	// wake wakes the syncs of the users whose counts changed (nil: none).
 	wake *wake.Publisher
@@ -90,7 +90,7 @@ func WithWake(p *wake.Publisher) CounterOption {
 // NewCounter makes a counter for the local users of serverName.
 func NewCounter(db *sql.DB, rooms Rooms, serverName string, log *slog.Logger, opts ...CounterOption) *Counter {
 	c := &Counter{db: db, rooms: rooms, serverName: serverName, log: log,
-		rules: NewCache(db.PushRules), names: nameCache{m: make(map[int64]string)}}
+		rules: NewCache(db.PushRules), names: bounded.New[int64, string](nameCacheMax)}
 	for _, o := range opts {
 		o(c)
 	}
@@ -367,7 +367,7 @@ func (c *Counter) displayNames(ctx context.Context, nids []int64) (map[int64]str
 	out := make(map[int64]string, len(nids))
 	var missing []int64
 	for _, n := range nids {
-		if name, ok := c.names.get(n); ok {
+		if name, ok := c.names.Get(n); ok {
 			out[n] = name
 		} else {
 			missing = append(missing, n)
@@ -388,33 +388,12 @@ func (c *Counter) displayNames(ctx context.Context, nids []int64) (map[int64]str
 				} `json:"content"`
 			}
 			_ = json.Unmarshal(e.JSON, &m) // a name that does not parse is no name
-			c.names.put(e.NID, m.Content.Displayname)
+			c.names.Put(e.NID, m.Content.Displayname)
 			out[e.NID] = m.Content.Displayname
 		}
 	}
 	return out, nil
 }
 
-// nameCache maps membership event NIDs to the display names they set.
-type nameCache struct {
-	mu sync.Mutex
-	m  map[int64]string
-}
-
+// nameCacheMax bounds the display names kept, by membership event NID.
 const nameCacheMax = 200_000
-
-func (c *nameCache) get(nid int64) (string, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s, ok := c.m[nid]
-	return s, ok
-}
-
-func (c *nameCache) put(nid int64, name string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.m) >= nameCacheMax {
-		clear(c.m)
-	}
-	c.m[nid] = name
-}

@@ -98,7 +98,7 @@ type roomCommit struct {
 func (rs *Roomserver) commit(ctx context.Context, rcs []*roomCommit) error {
 	if err := rs.commitGrouped(ctx, rcs); err != nil {
 		for _, rc := range rcs {
-			rs.views.drop(rc.v.info.RoomID)
+			rs.views.Delete(rc.v.info.RoomID)
 		}
 		return err
 	}
@@ -106,13 +106,13 @@ func (rs *Roomserver) commit(ctx context.Context, rcs []*roomCommit) error {
 		for i, p := range rc.evs {
 			if p.pdu.StateKey() != nil {
 				// The next events' auth events are likely among them.
-				rs.events.put(rc.nids[i], p.pdu)
+				rs.events.Put(rc.nids[i], p.pdu)
 			}
 		}
 		for _, nid := range rc.redacted {
-			rs.events.drop(nid)
+			rs.events.Delete(nid)
 		}
-		rs.views.put(rc.v.info.RoomID, rc.after)
+		rs.views.Put(rc.v.info.RoomID, rc.after)
 	}
 	var outputs []OutputEvent
 	for _, rc := range rcs {

@@ -48,7 +48,7 @@ func (rs *Roomserver) joinRemote(ctx context.Context, req InputRequest) (InputRe
 	if err != nil {
 		return InputResponse{}, err
 	}
-	rs.views.drop(req.RoomID)
+	rs.views.Delete(req.RoomID)
 	v, err := rs.view(ctx, req.RoomID)
 	if err != nil {
 		return InputResponse{}, err

@@ -29,14 +29,14 @@ func (rs *Roomserver) Event(ctx context.Context, eventID string) (sql.Event, gom
 }
 
 func (rs *Roomserver) parseCached(s sql.Event) (gomatrixserverlib.PDU, error) {
-	if pdu, ok := rs.events.get(s.NID); ok {
+	if pdu, ok := rs.events.Get(s.NID); ok {
 		return pdu, nil
 	}
 	pdu, err := ParseStored(s)
 	if err != nil {
 		return nil, err
 	}
-	rs.events.put(s.NID, pdu)
+	rs.events.Put(s.NID, pdu)
 	return pdu, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/weft-chat/weft/internal/bounded"
 	"github.com/weft-chat/weft/internal/bus"
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/internal/serverkey"
@@ -38,8 +39,8 @@ type Roomserver struct {
 	invite Inviter
 
 	rooms  roomLocks
-	views  viewCache
-	events eventCache
+	views  *bounded.Map[string, *roomView]
+	events *bounded.Map[int64, gomatrixserverlib.PDU]
 	group  groupCommit
 }
 
@@ -54,7 +55,7 @@ const commitSlots = 1
 // New makes a roomserver. Start its consumers with Serve.
 func New(db *sql.DB, b *bus.Bus, serverName string, key serverkey.Key, log *slog.Logger) *Roomserver {
 	rs := &Roomserver{db: db, bus: b, serverName: spec.ServerName(serverName), key: key, log: log, now: time.Now,
-		views: viewCache{m: make(map[string]*roomView)}, events: eventCache{m: make(map[int64]gomatrixserverlib.PDU)}}
+		views: bounded.New[string, *roomView](viewCacheMax), events: bounded.New[int64, gomatrixserverlib.PDU](eventCacheMax)}
 	rs.group.slots = commitSlots
 	return rs
 }
@@ -181,38 +182,13 @@ type roomView struct {
 	state sql.StateMap
 }
 
-type viewCache struct {
-	mu sync.Mutex
-	m  map[string]*roomView
-}
-
+// viewCacheMax bounds the views kept.
 const viewCacheMax = 10_000
-
-func (c *viewCache) get(roomID string) *roomView {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.m[roomID]
-}
-
-func (c *viewCache) put(roomID string, v *roomView) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.m) >= viewCacheMax {
-		clear(c.m)
-	}
-	c.m[roomID] = v
-}
-
-func (c *viewCache) drop(roomID string) {
-	c.mu.Lock()
-	delete(c.m, roomID)
-	c.mu.Unlock()
-}
 
 // view returns the current view of a room (404 M_NOT_FOUND for an unknown
 // room). Called with the room lock held.
 func (rs *Roomserver) view(ctx context.Context, roomID string) (*roomView, error) {
-	if v := rs.views.get(roomID); v != nil {
+	if v, ok := rs.views.Get(roomID); ok {
 		return v, nil
 	}
 	info, err := rs.db.Room(ctx, roomID)
@@ -227,47 +203,20 @@ func (rs *Roomserver) view(ctx context.Context, roomID string) (*roomView, error
 		return nil, fmt.Errorf("load state of %s: %w", roomID, err)
 	}
 	v := &roomView{info: info, state: state}
-	rs.views.put(roomID, v)
+	rs.views.Put(roomID, v)
 	return v, nil
 }
 
-// eventCache keeps parsed events by NID; events never change except by
-// redaction, which evicts them.
-type eventCache struct {
-	mu sync.Mutex
-	m  map[int64]gomatrixserverlib.PDU
-}
-
+// eventCacheMax bounds the parsed events kept. Events never change
+// except by redaction, which evicts them.
 const eventCacheMax = 50_000
-
-func (c *eventCache) get(nid int64) (gomatrixserverlib.PDU, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[nid]
-	return e, ok
-}
-
-func (c *eventCache) put(nid int64, e gomatrixserverlib.PDU) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.m) >= eventCacheMax {
-		clear(c.m)
-	}
-	c.m[nid] = e
-}
-
-func (c *eventCache) drop(nid int64) {
-	c.mu.Lock()
-	delete(c.m, nid)
-	c.mu.Unlock()
-}
 
 // pdus loads the events with the given NIDs, from the cache where it can.
 func (rs *Roomserver) pdus(ctx context.Context, q *sql.Queries, nids []int64) (map[int64]gomatrixserverlib.PDU, error) {
 	out := make(map[int64]gomatrixserverlib.PDU, len(nids))
 	var missing []int64
 	for _, n := range nids {
-		if e, ok := rs.events.get(n); ok {
+		if e, ok := rs.events.Get(n); ok {
 			out[n] = e
 		} else {
 			missing = append(missing, n)
@@ -285,7 +234,7 @@ func (rs *Roomserver) pdus(ctx context.Context, q *sql.Queries, nids []int64) (m
 		if err != nil {
 			return nil, err
 		}
-		rs.events.put(s.NID, pdu)
+		rs.events.Put(s.NID, pdu)
 		out[s.NID] = pdu
 	}
 	return out, nil

@@ -157,7 +157,7 @@ func (rs *Roomserver) buildInto(ctx context.Context, w *roomWork, inputID string
 		if !ok {
 			return nil, nil
 		}
-		if e, ok := rs.events.get(nid); ok {
+		if e, ok := rs.events.Get(nid); ok {
 			return e, nil
 		}
 		evs, err := rs.pdus(ctx, &rs.db.Queries, []int64{nid})

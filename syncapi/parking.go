@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weft-chat/weft/internal/bounded"
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/userapi"
 )
@@ -55,11 +56,10 @@ type Parking struct {
 
 	// last is the last settled response served to each device by a
 	// parked sync (see parkQuiet).
-	lastMu sync.Mutex
-	last   map[deviceKey]servedSync
+	last *bounded.Map[deviceKey, servedSync]
 }
 
-// lastServedMax bounds Parking.last; past it, it starts again empty.
+// lastServedMax bounds Parking.last.
 const lastServedMax = 100_000
 
 type deviceKey struct{ user, device string }
@@ -73,31 +73,23 @@ type servedSync struct {
 // served records resp as the last response to dev, if it is settled.
 func (p *Parking) served(dev *userapi.Device, resp *syncResponse, mark Mark) {
 	k := deviceKey{dev.UserID, dev.DeviceID}
-	p.lastMu.Lock()
-	defer p.lastMu.Unlock()
 	if !resp.settled || mark.u == nil {
-		delete(p.last, k)
+		p.last.Delete(k)
 		return
 	}
-	if len(p.last) >= lastServedMax {
-		clear(p.last)
-	}
-	p.last[k] = servedSync{next: resp.next, mark: mark}
+	p.last.Put(k, servedSync{next: resp.next, mark: mark})
 }
 
 // lastServed returns the last settled response to dev.
 func (p *Parking) lastServed(dev *userapi.Device) (servedSync, bool) {
-	p.lastMu.Lock()
-	defer p.lastMu.Unlock()
-	s, ok := p.last[deviceKey{dev.UserID, dev.DeviceID}]
-	return s, ok
+	return p.last.Get(deviceKey{dev.UserID, dev.DeviceID})
 }
 
 // NewParking makes a Parking; Listener connects it to the client listener
 // and WithParking to the sync API.
 func NewParking() *Parking {
 	return &Parking{conns: make(chan net.Conn, 64), done: make(chan struct{}), parked: make(map[*parkedSync]struct{}),
-		last: make(map[deviceKey]servedSync)}
+		last: bounded.New[deviceKey, servedSync](lastServedMax)}
 }
 
 // WithParking lets long-polls park (see Parking): only for the sync API

@@ -176,7 +176,8 @@ func (a *API) parseSyncRequest(ctx context.Context, r *http.Request, dev *userap
 	if !strings.HasPrefix(raw, "{") {
 		key.localpart = dev.Localpart // an id names one of the caller's filters
 	}
-	if req.filter = a.filters.get(key); req.filter != nil {
+	if f, ok := a.filters.Get(key); ok {
+		req.filter = f
 		return req, nil
 	}
 	f, err := a.loadFilter(ctx, dev, raw)
@@ -184,7 +185,7 @@ func (a *API) parseSyncRequest(ctx context.Context, r *http.Request, dev *userap
 		return nil, err
 	}
 	req.filter = compileSyncFilter(f)
-	a.filters.put(key, req.filter)
+	a.filters.Put(key, req.filter)
 	return req, nil
 }
 

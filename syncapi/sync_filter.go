@@ -2,7 +2,6 @@ package syncapi
 
 import (
 	"slices"
-	"sync"
 
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/syncapi/filter"
@@ -97,32 +96,9 @@ func eventPasses(ef *eventFilter, ev sql.Event) bool {
 	return ef == nil || ef.matches(ev)
 }
 
-// filterCacheMax bounds filterCache; past it, it starts again empty.
+// filterCacheMax bounds the compiled filters kept.
 const filterCacheMax = 10_000
-
-// filterCache keeps compiled sync filters: a client sends the same filter,
-// an id or inline JSON, with every sync, and an uploaded filter never
-// changes (a new one gets a new id).
-type filterCache struct {
-	mu sync.Mutex
-	m  map[filterKey]*syncFilter
-}
 
 // filterKey is a filter parameter, with the owner of a filter id ("" for
 // inline JSON, which means the same for everyone).
 type filterKey struct{ localpart, raw string }
-
-func (c *filterCache) get(k filterKey) *syncFilter {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.m[k]
-}
-
-func (c *filterCache) put(k filterKey, f *syncFilter) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= filterCacheMax {
-		c.m = make(map[filterKey]*syncFilter)
-	}
-	c.m[k] = f
-}

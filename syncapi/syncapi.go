@@ -18,6 +18,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/weft-chat/weft/clientapi"
+	"github.com/weft-chat/weft/internal/bounded"
 	"github.com/weft-chat/weft/internal/mxhttp"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/syncapi/view"
@@ -46,8 +47,11 @@ type API struct {
 	// parking is nil when long-polls wait in their handlers.
 	parking *Parking
 	// backfill is nil when federation is off (see WithBackfill).
-	backfill  Backfiller
-	filters   filterCache
+	backfill Backfiller
+	// filters keeps compiled sync filters: a client sends the same
+	// filter, an id or inline JSON, with every sync, and an uploaded
+	// filter never changes (a new one gets a new id).
+	filters   *bounded.Map[filterKey, *syncFilter]
 	timelines timelineReads
 }
 
@@ -56,7 +60,7 @@ type Option func(*API)
 
 // New makes the sync API.
 func New(db *sql.DB, rooms Rooms, authed Authed, log *slog.Logger, opts ...Option) *API {
-	a := &API{db: db, rooms: rooms, authed: authed, log: log}
+	a := &API{db: db, rooms: rooms, authed: authed, log: log, filters: bounded.New[filterKey, *syncFilter](filterCacheMax)}
 	for _, o := range opts {
 		o(a)
 	}
