@@ -35,7 +35,8 @@ type hint struct {
 const hintTTL = writeThrottle
 
 // NewHints makes an empty hint store. Share one between the Services of
-// a process (WithHints) and feed it every wake-up (Forget).
+// a process (WithHints), and have every presence wake-up drop the hints
+// of its users (Forget).
 func NewHints() *Hints {
 	return &Hints{rows: bounded.New[string, hint](hintMaxUsers)}
 }
