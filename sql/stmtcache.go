@@ -20,8 +20,12 @@ type stmtCache struct {
 	db *stdsql.DB
 	mu sync.RWMutex
 	m  map[string]*stdsql.Stmt
-	// preparing holds the texts being prepared in the background.
+	// preparing holds the texts being prepared in the background, which
+	// inflight counts until they are done.
 	preparing map[string]bool
+	inflight  sync.WaitGroup
+	// closed stops new preparations.
+	closed bool
 }
 
 func newStmtCache(db *stdsql.DB) *stmtCache {
@@ -43,11 +47,11 @@ func (c *stmtCache) get(query string) *stdsql.Stmt {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.preparing[query] || len(c.m)+len(c.preparing) >= stmtCacheMax {
+	if c.closed || c.preparing[query] || len(c.m)+len(c.preparing) >= stmtCacheMax {
 		return nil
 	}
 	c.preparing[query] = true
-	go c.prepare(query)
+	c.inflight.Go(func() { c.prepare(query) })
 	return nil
 }
 
@@ -62,8 +66,14 @@ func (c *stmtCache) prepare(query string) {
 	c.m[query] = s
 }
 
-// close closes every statement.
+// close closes every statement, once the preparations under way are done:
+// each holds a connection, which would otherwise close after the pool
+// does (and SQLite remove its log files after the caller moved on).
 func (c *stmtCache) close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.inflight.Wait()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for q, s := range c.m {
