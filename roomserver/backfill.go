@@ -155,9 +155,9 @@ func (rs *Roomserver) backfill(ctx context.Context, req InputRequest) (InputResp
 	if err != nil {
 		return InputResponse{}, err
 	}
-	ver, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(v.info.Version))
+	ver, err := v.version()
 	if err != nil {
-		return InputResponse{}, mxhttp.Errorf(400, "M_UNSUPPORTED_ROOM_VERSION", "Unsupported room version %s", v.info.Version)
+		return InputResponse{}, err
 	}
 	// What was asked for, and is still missing: anything else is no
 	// part of the answer.

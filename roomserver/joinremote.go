@@ -143,7 +143,7 @@ func (rs *Roomserver) leaveRemote(ctx context.Context, req InputRequest) (InputR
 	if m, err := ev.Membership(); err != nil || m != spec.Leave || ev.StateKey() == nil || *ev.StateKey() != lr.UserID || ev.RoomID().String() != req.RoomID {
 		return InputResponse{}, fmt.Errorf("leave handshake returned event %s, not %s's leave of %s", ev.EventID(), lr.UserID, req.RoomID)
 	}
-	ver, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(v.info.Version))
+	ver, err := v.version()
 	if err != nil {
 		return InputResponse{}, err
 	}

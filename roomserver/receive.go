@@ -59,9 +59,9 @@ func (rs *Roomserver) receive(ctx context.Context, req InputRequest) (InputRespo
 	if err != nil {
 		return InputResponse{}, err
 	}
-	ver, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(v.info.Version))
+	ver, err := v.version()
 	if err != nil {
-		return InputResponse{}, mxhttp.Errorf(400, "M_UNSUPPORTED_ROOM_VERSION", "Unsupported room version %s", v.info.Version)
+		return InputResponse{}, err
 	}
 	ev, err := ver.NewEventFromUntrustedJSON(req.Remote.Event)
 	if err != nil {

@@ -185,6 +185,16 @@ type roomView struct {
 // viewCacheMax bounds the views kept.
 const viewCacheMax = 10_000
 
+// version is the room's version, a 400 M_UNSUPPORTED_ROOM_VERSION for one
+// this server does not implement.
+func (v *roomView) version() (gomatrixserverlib.IRoomVersion, error) {
+	ver, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(v.info.Version))
+	if err != nil {
+		return nil, mxhttp.Errorf(400, "M_UNSUPPORTED_ROOM_VERSION", "Unsupported room version %s", v.info.Version)
+	}
+	return ver, nil
+}
+
 // view returns the current view of a room (404 M_NOT_FOUND for an unknown
 // room). Called with the room lock held.
 func (rs *Roomserver) view(ctx context.Context, roomID string) (*roomView, error) {
