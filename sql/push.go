@@ -355,7 +355,7 @@ func (t *Queries) AddPushNotifications(ctx context.Context, roomNID, eventNID, s
 				}
 				added = append(added, n)
 			}
-			if err := rows.Close(); err != nil {
+			if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 				return err
 			}
 		}
@@ -472,7 +472,7 @@ func (t *Queries) DeleteEventPushNotifications(ctx context.Context, eventNID int
 			}
 			sels[i].users = append(sels[i].users, u)
 		}
-		if err := rows.Close(); err != nil {
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return err
 		}
 		for _, sel := range sels {

@@ -2,6 +2,7 @@ package sql
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -90,6 +91,7 @@ func (t *Queries) Snapshots(ctx context.Context, nids []int64) (map[int64]StateM
 				SELECT c.root, s.base_nid, c.n + 1 FROM state_snapshots s JOIN chain c ON s.snapshot_nid = c.nid WHERE s.base_nid <> 0
 			)
 			SELECT c.root, e.type, e.state_key, e.event_nid FROM chain c JOIN state_snapshot_entries e ON e.snapshot_nid = c.nid
+				AND e.snapshot_nid IN (SELECT nid FROM chain)
 			ORDER BY c.root, c.n DESC`, args...)
 		if err != nil {
 			return nil, err
@@ -103,7 +105,7 @@ func (t *Queries) Snapshots(ctx context.Context, nids []int64) (map[int64]StateM
 			}
 			out[root][k] = ev
 		}
-		if err := rows.Close(); err != nil {
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return nil, err
 		}
 	}
@@ -150,7 +152,7 @@ func (t *Queries) RoomsMemberCounts(ctx context.Context, roomNIDs []int64) (map[
 			}
 			out[nid] = c
 		}
-		if err := rows.Close(); err != nil {
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return nil, err
 		}
 	}
@@ -224,7 +226,7 @@ func (t *Queries) RoomsHeroes(ctx context.Context, roomNIDs []int64, exclude str
 			gone[nid] = present == 0
 			out[nid] = append(out[nid], user)
 		}
-		if err := rows.Close(); err != nil {
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return nil, err
 		}
 	}
