@@ -284,5 +284,20 @@ func TestSyncEventFormat(t *testing.T) {
 				t.Errorf("federation format without %s: %v", k, ev)
 			}
 		}
+
+		// Both together, in an incremental sync (one room: served on its
+		// own, not with the initial sync's batch).
+		since := h.sync(t, alice, nil).NextBatch
+		send(t, alice, roomID, "later", nil)
+		raw = h.get(t, alice, "/_matrix/client/v3/sync", url.Values{"since": {since},
+			"filter": {`{"event_format":"federation","event_fields":["type","depth"],"room":{"timeline":{"limit":1}}}`}})
+		resp.Rooms.Join = nil
+		if err := json.Unmarshal(raw.body, &resp); err != nil {
+			t.Fatal(err)
+		}
+		evs = resp.Rooms.Join[roomID].Timeline.Events
+		if len(evs) != 1 || len(evs[0]) != 2 || evs[0]["type"] != "m.room.message" || evs[0]["depth"] == nil {
+			t.Errorf("federation format with event_fields: %v", evs)
+		}
 	})
 }

@@ -524,7 +524,7 @@ func summaryChanged(changed []sql.StateKey) bool {
 // room_id.
 func (b *syncBuilder) timelineEvents(ctx context.Context, v *view.Viewer, evs []sql.Event) ([]any, error) {
 	if b.req.filter.federation {
-		return rawEvents(evs), nil
+		return b.project(rawEvents(evs))
 	}
 	ces, err := b.a.serve(ctx, v, b.req.dev, evs, serveOptions{bundle: true})
 	if err != nil {
