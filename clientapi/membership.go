@@ -331,8 +331,13 @@ func (a *API) serverInRoom(ctx context.Context, roomID string) (bool, error) {
 // joinRemote joins the caller to a room this server is not in, through
 // the servers given (via and server_name, those of the alias, the
 // inviter's) and the room id's own (see handshake). The roomserver runs
-// the handshake (see roomserver.Joiner for its errors).
+// the handshake (see roomserver.Joiner for its errors). Guests join only
+// rooms this server is in, whose guest access it can check; they may
+// still reject an invite to any room.
 func (a *API) joinRemote(ctx context.Context, dev *userapi.Device, roomID string, servers []string, reason string) (any, error) {
+	if dev.IsGuest {
+		return nil, mxhttp.Forbidden("Guests cannot join rooms this server is not in")
+	}
 	in, err := a.handshake(ctx, dev, roomID, servers, "join", reason, true)
 	if err != nil {
 		return nil, err
@@ -359,14 +364,10 @@ func (a *API) knockRemote(ctx context.Context, dev *userapi.Device, roomID strin
 // handshake is the input for a membership change through other servers:
 // the servers to try (see joinServers; 404 M_NOT_FOUND when none is
 // left, as Synapse answers) and the event's content, with the caller's
-// profile if withProfile. Guests change memberships only in rooms this
-// server is in, whose guest access it can check.
+// profile if withProfile.
 func (a *API) handshake(ctx context.Context, dev *userapi.Device, roomID string, servers []string, what, reason string, withProfile bool) (*roomserver.JoinRemote, error) {
 	if _, err := spec.NewRoomID(roomID); err != nil {
 		return nil, mxhttp.InvalidParam("Bad room id %q", roomID)
-	}
-	if dev.IsGuest {
-		return nil, mxhttp.Forbidden("Guests cannot %s rooms this server is not in", what)
 	}
 	via := joinServers(servers, roomID, a.users.ServerName())
 	if len(via) == 0 {
@@ -410,20 +411,16 @@ func (a *API) leaveRemote(ctx context.Context, dev *userapi.Device, roomID, reas
 // in, as far as userID's invite to it or knock on it tells: the
 // inviter's, then those of the senders of the room state sent with it.
 func (a *API) outOfBandServers(ctx context.Context, roomID, userID string) ([]string, error) {
-	inviter, err := a.inviterServer(ctx, roomID, userID)
+	ev, err := a.db.MembershipEvent(ctx, roomID, userID)
+	if errors.Is(err, sql.ErrNotFound) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
 	var servers []string
-	if inviter != "" {
+	if inviter := inviterOf(ev); inviter != "" {
 		servers = append(servers, inviter)
-	}
-	ev, err := a.db.MembershipEvent(ctx, roomID, userID)
-	if errors.Is(err, sql.ErrNotFound) {
-		return servers, nil
-	}
-	if err != nil {
-		return nil, err
 	}
 	raw, err := a.db.InviteRoomState(ctx, ev.NID)
 	if err != nil || len(raw) == 0 {
@@ -452,14 +449,20 @@ func (a *API) inviterServer(ctx context.Context, roomID, userID string) (string,
 	if err != nil {
 		return "", err
 	}
+	return inviterOf(ev), nil
+}
+
+// inviterOf is the server of the sender of a membership event that is an
+// invite ("" for any other membership).
+func inviterOf(ev sql.Event) string {
 	var invite struct {
 		Content json.RawMessage `json:"content"`
 	}
 	if json.Unmarshal(ev.JSON, &invite) != nil || membershipOf(invite.Content) != spec.Invite {
-		return "", nil
+		return ""
 	}
 	_, server, _ := strings.Cut(ev.Sender, ":")
-	return server, nil
+	return server
 }
 
 // joinServers is the list of servers to join roomID through: servers,
