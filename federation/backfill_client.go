@@ -77,9 +77,7 @@ type backfillRound struct {
 // signatures with keys (a *KeyRing) and finds a room's servers with
 // servers (a *sql.DB).
 func NewBackfiller(client *Client, keys gomatrixserverlib.JSONVerifier, servers JoinedServers, rooms BackfillRooms, log *slog.Logger) *Backfiller {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logOr(log)
 	return &Backfiller{client: client, keys: keys, servers: servers, rooms: rooms, log: log, inFlight: make(map[string]*backfillRound)}
 }
 

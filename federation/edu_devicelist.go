@@ -181,6 +181,9 @@ func (d *DeviceLists) HandleSigningKeyUpdate(ctx context.Context, origin spec.Se
 			keys[typ] = js
 		}
 	}
+	if len(keys) == 0 {
+		return nil // nothing changed
+	}
 	_, usable, tracked, err := d.cache(ctx, c.UserID)
 	if err != nil || !tracked {
 		return err

@@ -28,9 +28,7 @@ type Fetcher struct {
 // NewFetcher makes a fetcher that asks through client and checks
 // signatures with keys (a *KeyRing).
 func NewFetcher(client *Client, keys gomatrixserverlib.JSONVerifier, log *slog.Logger) *Fetcher {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logOr(log)
 	return &Fetcher{client: client, keys: keys, log: log}
 }
 

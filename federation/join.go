@@ -52,9 +52,7 @@ func NewJoiner(c *Client, key serverkey.Key, keys gomatrixserverlib.JSONVerifier
 	if err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logOr(log)
 	return &Joiner{req: req, keys: keys, log: log, now: time.Now}, nil
 }
 

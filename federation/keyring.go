@@ -65,9 +65,7 @@ type KeyRing struct {
 // NewKeyRing builds the key ring.
 func NewKeyRing(cfg KeyRingConfig) *KeyRing {
 	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logOr(log)
 	interval := cfg.RefetchInterval
 	if interval == 0 {
 		interval = refetchInterval

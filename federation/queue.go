@@ -186,9 +186,7 @@ func NewQueue(cfg QueueConfig) (*Queue, error) {
 		cfg.LeaseTTL = 2 * cfg.AttemptTimeout
 	}
 	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logOr(log)
 	return &Queue{
 		db: cfg.DB, doer: doer, key: cfg.Key, origin: cfg.Origin, log: log, cfg: cfg,
 		owner:  randomID(8),
@@ -288,17 +286,6 @@ func (q *Queue) StoreEDUs(ctx context.Context, tx *sql.Queries, edus []EDU) erro
 		rows[i] = sql.FederationEDU{Destination: string(e.Destination), Type: e.Type, Content: e.Content}
 	}
 	return tx.QueueFederationEDUs(ctx, rows)
-}
-
-// SendPDU queues an event, by id, for the destinations and wakes their
-// senders; the event's JSON is read (QueueConfig.PDUs) when its
-// transaction is built.
-func (q *Queue) SendPDU(ctx context.Context, destinations []spec.ServerName, eventID string) error {
-	if err := q.StorePDU(ctx, &q.db.Queries, destinations, eventID); err != nil {
-		return err
-	}
-	q.Wake(destinations...)
-	return nil
 }
 
 // StorePDU queues an event, by id, for the destinations in the caller's

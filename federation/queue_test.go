@@ -530,11 +530,18 @@ func TestQueuePDUs(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	if err := q.SendPDU(ctx, []spec.ServerName{dest.name}, "$one"); err != nil {
+	sendPDU := func(q *Queue, id string) error {
+		if err := q.StorePDU(ctx, &db.Queries, []spec.ServerName{dest.name}, id); err != nil {
+			return err
+		}
+		q.Wake(dest.name)
+		return nil
+	}
+	if err := sendPDU(q, "$one"); err != nil {
 		t.Fatal(err)
 	}
 	<-dest.arrived
-	if err := q.SendPDU(ctx, []spec.ServerName{dest.name}, "$gone"); err != nil {
+	if err := sendPDU(q, "$gone"); err != nil {
 		t.Fatal(err)
 	}
 	<-dest.arrived
@@ -545,8 +552,8 @@ func TestQueuePDUs(t *testing.T) {
 
 	// Without a PDU source, PDUs cannot be queued.
 	q2, _ := newTestQueue(t, db, nil)
-	if err := q2.SendPDU(ctx, []spec.ServerName{dest.name}, "$x"); err == nil {
-		t.Fatal("SendPDU without a source succeeded")
+	if err := sendPDU(q2, "$x"); err == nil {
+		t.Fatal("StorePDU without a source succeeded")
 	}
 }
 

@@ -65,9 +65,7 @@ type Sender struct {
 
 // NewSender makes a sender of serverName's events through queue.
 func NewSender(db *sql.DB, queue *Queue, serverName spec.ServerName, log *slog.Logger) *Sender {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logOr(log)
 	s := &Sender{db: db, queue: queue, serverName: serverName, log: log, kick: make(chan struct{}, 1)}
 	s.pos.Store(-1)
 	return s

@@ -165,9 +165,7 @@ type ToDeviceReceiver struct {
 // not objects are left out.
 func (d *ToDeviceReceiver) Handle(ctx context.Context, origin spec.ServerName, raw json.RawMessage) error {
 	log := d.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logOr(log)
 	var c toDeviceContent
 	if err := json.Unmarshal(raw, &c); err != nil {
 		log.InfoContext(ctx, "federation: malformed to-device EDU dropped", "origin", origin, "err", err)

@@ -68,7 +68,7 @@ type Counter struct {
 	log        *slog.Logger
 	rules      *Cache
 	names      *bounded.Map[int64, string]
-	powers     powerCache
+	powers     *bounded.Map[int64, roomserver.Power]
 	// wake wakes the syncs of the users whose counts changed (nil: none).
 	wake *wake.Publisher
 	// nc carries the Counted announcements (nil: none, a counter that
@@ -90,7 +90,7 @@ func WithWake(p *wake.Publisher) CounterOption {
 // NewCounter makes a counter for the local users of serverName.
 func NewCounter(db *sql.DB, rooms Rooms, serverName string, log *slog.Logger, opts ...CounterOption) *Counter {
 	c := &Counter{db: db, rooms: rooms, serverName: serverName, log: log,
-		rules: NewCache(db.PushRules), names: bounded.New[int64, string](nameCacheMax)}
+		rules: NewCache(db.PushRules), names: bounded.New[int64, string](nameCacheMax), powers: bounded.New[int64, roomserver.Power](powerCacheMax)}
 	for _, o := range opts {
 		o(c)
 	}

@@ -3,7 +3,6 @@ package push
 import (
 	"context"
 	"fmt"
-	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -13,16 +12,10 @@ import (
 )
 
 // powerCacheMax bounds the state snapshots whose power levels are kept.
-const powerCacheMax = 10_000
-
-// powerCache keeps the power levels in force in state snapshots. A
-// snapshot never changes, and the events of a room that change no state
+// A snapshot never changes, and the events of a room that change no state
 // share the snapshot before them, so a room's messages read their power
 // levels once.
-type powerCache struct {
-	mu sync.Mutex
-	m  map[int64]roomserver.Power
-}
+const powerCacheMax = 10_000
 
 var (
 	createKey = sql.StateKey{Type: spec.MRoomCreate}
@@ -33,10 +26,7 @@ var (
 // rights are judged by (as Synapse evaluates push rules with the power
 // levels of the event's auth events, not the room's current ones).
 func (c *Counter) powerAt(ctx context.Context, ev sql.Event) (roomserver.Power, error) {
-	c.powers.mu.Lock()
-	p, ok := c.powers.m[ev.StateBeforeNID]
-	c.powers.mu.Unlock()
-	if ok {
+	if p, ok := c.powers.Get(ev.StateBeforeNID); ok {
 		return p, nil
 	}
 	keys, err := c.db.SnapshotKeys(ctx, ev.StateBeforeNID, []sql.StateKey{createKey, powerKey})
@@ -64,12 +54,7 @@ func (c *Counter) powerAt(ctx context.Context, ev sql.Event) (roomserver.Power, 
 			pl = pdu
 		}
 	}
-	p = roomserver.PowerFrom(create, pl)
-	c.powers.mu.Lock()
-	defer c.powers.mu.Unlock()
-	if c.powers.m == nil || len(c.powers.m) >= powerCacheMax {
-		c.powers.m = make(map[int64]roomserver.Power)
-	}
-	c.powers.m[ev.StateBeforeNID] = p
+	p := roomserver.PowerFrom(create, pl)
+	c.powers.Put(ev.StateBeforeNID, p)
 	return p, nil
 }

@@ -30,13 +30,11 @@ func (t *Queries) ConsumerPosition(ctx context.Context, consumer string) (int64,
 // row stays locked until the transaction ends, so two processes never
 // both handle the same events.
 func (t *Queries) AdvanceConsumer(ctx context.Context, consumer string, from, to int64) error {
-	res, err := t.q.ExecContext(ctx, `UPDATE consumer_positions SET pos = $3 WHERE consumer = $1 AND pos = $2`, consumer, from, to)
+	n, err := rowsAffected(t.q.ExecContext(ctx, `UPDATE consumer_positions SET pos = $3 WHERE consumer = $1 AND pos = $2`, consumer, from, to))
 	if err != nil {
 		return fmt.Errorf("advance consumer %s: %w", consumer, err)
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("advance consumer %s: %w", consumer, err)
-	} else if n == 0 {
+	if n == 0 {
 		return ErrConsumerMoved
 	}
 	return nil
@@ -47,8 +45,6 @@ func (t *Queries) AdvanceConsumer(ctx context.Context, consumer string, from, to
 // pos, oldest first. Positions commit in order (see AllocStreamPos), so
 // the events returned are all there are up to the last one's position.
 func (t *Queries) ServerEventsAfter(ctx context.Context, pos int64, serverName string, limit int) ([]Event, error) {
-	// Server names hold no LIKE wildcard ('%', '_'): the grammar allows
-	// letters, digits, '-', '.', ':' and IPv6 brackets only.
 	return t.queryEvents(ctx, `SELECT `+eventColumns+eventFrom+`WHERE e.stream_pos > $1 AND`+timelineWhere+`
-		AND e.sender LIKE $2 ORDER BY e.stream_pos LIMIT $3`, pos, "%:"+serverName, limit)
+		AND `+localSuffix("e.sender", 2)+` ORDER BY e.stream_pos LIMIT $4`, pos, ":"+serverName, len(serverName)+1, limit)
 }

@@ -51,7 +51,7 @@ type Bundles map[string]*Aggregations
 // event's own aggregations.
 const maxNesting = 1
 
-// Bundle computes the bundled aggregations of evs as the viewer may see
+// BundleRooms computes the bundled aggregations of evs as each room's viewer may see
 // them. Children the viewer cannot see, or whose sender they ignore,
 // count for nothing (spec: "Servers must additionally ensure they do not
 // consider child events from ignored users when preparing an
@@ -68,12 +68,9 @@ const maxNesting = 1
 // m.annotation is not aggregated (spec: Event annotations), and state
 // events get no bundles (spec: "State events do not currently receive
 // bundled aggregations").
-func Bundle(ctx context.Context, db Children, v *Viewer, evs []sql.Event) (Bundles, error) {
-	return BundleRooms(ctx, db, func(int64) *Viewer { return v }, evs)
-}
-
-// BundleRooms is Bundle for the events of several rooms, each seen by its
-// own viewer (by room NID), in one query per nesting level.
+//
+// The events may be of several rooms, each seen by its own viewer (by
+// room NID); one query runs per nesting level.
 func BundleRooms(ctx context.Context, db Children, viewer func(roomNID int64) *Viewer, evs []sql.Event) (Bundles, error) {
 	out := make(Bundles)
 	done := make(map[string]bool)

@@ -76,7 +76,7 @@ func TestBundleSkipsChildless(t *testing.T) {
 		bundle := func(evs []sql.Event) (view.Bundles, [][]string) {
 			t.Helper()
 			c := &countingChildren{DB: db}
-			b, err := view.Bundle(ctx, c, v, evs)
+			b, err := view.BundleRooms(ctx, c, func(int64) *view.Viewer { return v }, evs)
 			if err != nil {
 				t.Fatal(err)
 			}
