@@ -64,75 +64,75 @@ const (
 	headSummary
 )
 
-// SyncHead reads a sync's head. The branches of the query share their
-// columns: s1-s3 text, i1-i7 integers, b a boolean, each branch saying in
-// k what its row is.
+// SyncHead reads one sync's head.
 func (t *Queries) SyncHead(ctx context.Context, r SyncHeadRequest) (SyncHead, error) {
-	args := []any{r.UserID, r.Localpart, r.DeviceID, flag(r.WantCountChanges), r.CountsSince, r.ToDeviceSince,
-		flag(r.WantUnread), r.UnreadSince}
-	for _, typ := range r.AccountDataTypes {
-		args = append(args, typ)
-	}
-	branches := []string{
-		fmt.Sprintf(`SELECT %d AS k, stream AS s1, '' AS s2, '' AS s3, pos AS i1, 0 AS i2, 0 AS i3, 0 AS i4, 0 AS i5, 0 AS i6, 0 AS i7, FALSE AS b
-			FROM stream_positions`, headPosition),
-		fmt.Sprintf(`SELECT %d, r.room_id, r.room_version, m.membership, r.room_nid, m.event_nid, m.stream_pos, r.last_stream_pos, 0, 0, 0, m.forgotten
-			FROM room_members m JOIN rooms r ON r.room_nid = m.room_nid WHERE m.user_id = $1`, headMembership),
-		fmt.Sprintf(`SELECT %d, r.room_id, '', '', 0, 0, 0, 0, 0, 0, 0, FALSE
-			FROM push_count_changes c JOIN rooms r ON r.room_nid = c.room_nid
-			WHERE $4 = 1 AND c.user_id = $1 AND `+headCountChanged, headCountChange),
-		// The summaries of the rooms unreadCovered names: both must pick the
-		// same rooms.
-		fmt.Sprintf(`SELECT %d, r.room_id, s.thread_id, '', s.room_nid, s.notifications, s.highlights, s.first_pos, s.last_pos,
-			`+summaryMarker+`, m.stream_pos, FALSE
-			FROM push_summaries s JOIN room_members m ON m.room_nid = s.room_nid AND m.user_id = s.user_id
-			JOIN rooms r ON r.room_nid = s.room_nid
-			WHERE $7 = 1 AND s.user_id = $1 AND s.notifications > 0 AND m.membership = 'join' AND (r.last_stream_pos > $8
-				OR ($4 = 1 AND EXISTS (SELECT 1 FROM push_count_changes c WHERE c.user_id = $1 AND c.room_nid = s.room_nid
-					AND `+headCountChanged+`)))`, headSummary),
-		fmt.Sprintf(`SELECT %d, algorithm, '', '', COUNT(*), 0, 0, 0, 0, 0, 0, FALSE
-			FROM e2e_one_time_keys WHERE localpart = $2 AND device_id = $3 GROUP BY algorithm`, headOneTimeKeys),
-		fmt.Sprintf(`SELECT %d, algorithm, '', '', 0, 0, 0, 0, 0, 0, 0, FALSE
-			FROM e2e_fallback_keys WHERE localpart = $2 AND device_id = $3 AND used = FALSE`, headFallbackKey),
-		fmt.Sprintf(`SELECT %d, '', '', '',
-			(SELECT COUNT(*) FROM (SELECT 1 FROM to_device_messages WHERE localpart = $2 AND device_id = $3 AND pos <= $6 LIMIT 1) x),
-			(SELECT COUNT(*) FROM (SELECT 1 FROM to_device_messages WHERE localpart = $2 AND device_id = $3 AND pos > $6
-				AND pos <= (SELECT pos FROM stream_positions WHERE stream = '`+ToDeviceStream+`') LIMIT 1) y),
-			0, 0, 0, 0, 0, FALSE`, headToDevice),
-	}
-	if len(r.AccountDataTypes) > 0 {
-		branches = append(branches, fmt.Sprintf(`SELECT %d, type, content, '', 0, 0, 0, 0, 0, 0, 0, FALSE
-			FROM account_data WHERE localpart = $2 AND room_id = '' AND type IN (`+placeholders(9, len(r.AccountDataTypes))+`)`,
-			headAccountData))
-	}
-	rows, err := t.q.QueryContext(ctx, strings.Join(branches, " UNION ALL "), args...)
+	heads, err := t.SyncHeads(ctx, []SyncHeadRequest{r})
 	if err != nil {
-		return SyncHead{}, fmt.Errorf("sync head: %w", err)
+		return SyncHead{}, err
+	}
+	return heads[0], nil
+}
+
+// MaxSyncHeads is the most heads SyncHeads reads at once.
+const MaxSyncHeads = 64
+
+// headParams is the number of parameters each request of a head query
+// takes: the columns of req.
+const headParams = 9
+
+// SyncHeads reads the heads of several syncs in one query: syncs woken
+// together (a room's members) share its round trip and fixed costs, and
+// each head is as SyncHead would read it. The requests' rows come in a
+// CTE, req, which every branch joins. The branches share their columns:
+// q the request's index (-1 for the positions, which all share), s1-s3
+// text, i1-i7 integers, b a boolean, each branch saying in k what its
+// row is. req comes first in every join (CROSS JOIN keeps SQLite to
+// that order): without statistics SQLite would rather scan a table.
+func (t *Queries) SyncHeads(ctx context.Context, rs []SyncHeadRequest) ([]SyncHead, error) {
+	if len(rs) == 0 || len(rs) > MaxSyncHeads {
+		return nil, fmt.Errorf("sync heads: %d requests", len(rs))
+	}
+	query, args := syncHeadsQuery(rs)
+	rows, err := t.q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("sync head: %w", err)
 	}
 	defer rows.Close()
-	h := SyncHead{AccountData: make(map[string][]byte), OneTimeKeys: make(map[string]int), FallbackKeys: []string{}}
-	positions := h.Positions.fields()
-	var sums []summary
+	heads := make([]SyncHead, len(rs))
+	for i := range heads {
+		heads[i] = SyncHead{AccountData: make(map[string][]byte), OneTimeKeys: make(map[string]int), FallbackKeys: []string{}}
+	}
+	var positions StreamPositions
+	fields := positions.fields()
+	sums := make([][]summary, len(rs))
 	for rows.Next() {
-		var k int
+		var k, q int
 		var s1, s2, s3 string
 		var i1, i2, i3, i4, i5, i6, i7 int64
 		var b bool
-		if err := rows.Scan(&k, &s1, &s2, &s3, &i1, &i2, &i3, &i4, &i5, &i6, &i7, &b); err != nil {
-			return SyncHead{}, fmt.Errorf("sync head: %w", err)
+		if err := rows.Scan(&k, &q, &s1, &s2, &s3, &i1, &i2, &i3, &i4, &i5, &i6, &i7, &b); err != nil {
+			return nil, fmt.Errorf("sync head: %w", err)
 		}
-		switch k {
-		case headPosition:
-			if f := positions[s1]; f != nil {
+		if k == headPosition {
+			if f := fields[s1]; f != nil {
 				*f = i1
 			}
+			continue
+		}
+		if q < 0 || q >= len(rs) {
+			continue // a padding row
+		}
+		h := &heads[q]
+		switch k {
 		case headMembership:
 			h.Memberships = append(h.Memberships, SyncMembership{RoomID: s1, RoomVersion: s2, Membership: s3, RoomNID: i1,
 				EventNID: i2, StreamPos: i3, RoomLastStreamPos: i4, Forgotten: b})
 		case headCountChange:
 			h.CountChanges = append(h.CountChanges, s1)
 		case headAccountData:
-			h.AccountData[s1] = []byte(s2)
+			if slices.Contains(rs[q].AccountDataTypes, s1) {
+				h.AccountData[s1] = []byte(s2)
+			}
 		case headOneTimeKeys:
 			h.OneTimeKeys[s1] = int(i1)
 		case headFallbackKey:
@@ -140,24 +140,106 @@ func (t *Queries) SyncHead(ctx context.Context, r SyncHeadRequest) (SyncHead, er
 		case headToDevice:
 			h.ToDeviceToAck, h.ToDeviceNew = i1 > 0, i2 > 0
 		case headSummary:
-			sums = append(sums, newSummary(s1, i1, s2, i2, i3, i4, i5, i6, i7))
+			sums[q] = append(sums[q], newSummary(s1, i1, s2, i2, i3, i4, i5, i6, i7))
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return SyncHead{}, fmt.Errorf("sync head: %w", err)
+		return nil, fmt.Errorf("sync head: %w", err)
 	}
-	// As SyncMemberships and DeviceKeyCounts order them.
-	slices.SortFunc(h.Memberships, func(a, b SyncMembership) int { return strings.Compare(a.RoomID, b.RoomID) })
-	slices.Sort(h.FallbackKeys)
-	if r.WantUnread {
-		h.Unread = h.unreadCovered(r.UnreadSince, sums)
+	for q := range heads {
+		h := &heads[q]
+		h.Positions = positions
+		// As SyncMemberships and DeviceKeyCounts order them.
+		slices.SortFunc(h.Memberships, func(a, b SyncMembership) int { return strings.Compare(a.RoomID, b.RoomID) })
+		slices.Sort(h.FallbackKeys)
+		if rs[q].WantUnread {
+			h.Unread = h.unreadCovered(rs[q].UnreadSince, sums[q])
+		}
 	}
-	return h, nil
+	return heads, nil
+}
+
+// syncHeadsQuery is the query of SyncHeads and its arguments.
+func syncHeadsQuery(rs []SyncHeadRequest) (string, []any) {
+	// The statement is prepared once per connection and size: the sizes
+	// are powers of two, the rows past the requests empty (an empty user
+	// has no rows but its to-device one, which SyncHeads skips).
+	size := 1
+	for size < len(rs) {
+		size *= 2
+	}
+	args := make([]any, 0, size*headParams)
+	values := make([]string, size)
+	var types []string
+	for i := range size {
+		var r SyncHeadRequest
+		if i < len(rs) {
+			r = rs[i]
+		}
+		n := len(args)
+		values[i] = fmt.Sprintf(`(CAST($%d AS BIGINT), CAST($%d AS TEXT), CAST($%d AS TEXT), CAST($%d AS TEXT),
+			CAST($%d AS BIGINT), CAST($%d AS BIGINT), CAST($%d AS BIGINT), CAST($%d AS BIGINT), CAST($%d AS BIGINT))`,
+			n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9)
+		args = append(args, i, r.UserID, r.Localpart, r.DeviceID, flag(r.WantCountChanges), r.CountsSince, r.ToDeviceSince,
+			flag(r.WantUnread), r.UnreadSince)
+		for _, typ := range r.AccountDataTypes {
+			if !slices.Contains(types, typ) {
+				types = append(types, typ)
+			}
+		}
+	}
+	typesFrom := len(args) + 1
+	for _, typ := range types {
+		args = append(args, typ)
+	}
+	branches := []string{
+		fmt.Sprintf(`SELECT %d AS k, -1 AS q, stream AS s1, '' AS s2, '' AS s3, pos AS i1, 0 AS i2, 0 AS i3, 0 AS i4, 0 AS i5,
+			0 AS i6, 0 AS i7, FALSE AS b
+			FROM stream_positions`, headPosition),
+		fmt.Sprintf(`SELECT %d, req.i, r.room_id, r.room_version, m.membership, r.room_nid, m.event_nid, m.stream_pos,
+			r.last_stream_pos, 0, 0, 0, m.forgotten
+			FROM req CROSS JOIN room_members m JOIN rooms r ON r.room_nid = m.room_nid
+			WHERE m.user_id = req.user_id`, headMembership),
+		fmt.Sprintf(`SELECT %d, req.i, r.room_id, '', '', 0, 0, 0, 0, 0, 0, 0, FALSE
+			FROM req CROSS JOIN push_count_changes c JOIN rooms r ON r.room_nid = c.room_nid
+			WHERE c.user_id = req.user_id AND req.want_cc = 1 AND `+headCountChanged, headCountChange),
+		// The summaries of the rooms unreadCovered names: both must pick the
+		// same rooms.
+		fmt.Sprintf(`SELECT %d, req.i, r.room_id, s.thread_id, '', s.room_nid, s.notifications, s.highlights, s.first_pos,
+			s.last_pos, `+summaryMarker+`, m.stream_pos, FALSE
+			FROM req CROSS JOIN push_summaries s
+			JOIN room_members m ON m.room_nid = s.room_nid AND m.user_id = s.user_id
+			JOIN rooms r ON r.room_nid = s.room_nid
+			WHERE s.user_id = req.user_id AND req.want_unread = 1 AND s.notifications > 0 AND m.membership = 'join' AND (r.last_stream_pos > req.unread_since
+				OR (req.want_cc = 1 AND EXISTS (SELECT 1 FROM push_count_changes c WHERE c.user_id = req.user_id
+					AND c.room_nid = s.room_nid AND `+headCountChanged+`)))`, headSummary),
+		fmt.Sprintf(`SELECT %d, req.i, o.algorithm, '', '', COUNT(*), 0, 0, 0, 0, 0, 0, FALSE
+			FROM req CROSS JOIN e2e_one_time_keys o WHERE o.localpart = req.localpart AND o.device_id = req.device_id
+			GROUP BY req.i, o.algorithm`, headOneTimeKeys),
+		fmt.Sprintf(`SELECT %d, req.i, f.algorithm, '', '', 0, 0, 0, 0, 0, 0, 0, FALSE
+			FROM req CROSS JOIN e2e_fallback_keys f
+			WHERE f.localpart = req.localpart AND f.device_id = req.device_id AND f.used = FALSE`, headFallbackKey),
+		fmt.Sprintf(`SELECT %d, req.i, '', '', '',
+			CASE WHEN EXISTS (SELECT 1 FROM to_device_messages t WHERE t.localpart = req.localpart AND t.device_id = req.device_id
+				AND t.pos <= req.todev_since) THEN 1 ELSE 0 END,
+			CASE WHEN EXISTS (SELECT 1 FROM to_device_messages t WHERE t.localpart = req.localpart AND t.device_id = req.device_id
+				AND t.pos > req.todev_since
+				AND t.pos <= (SELECT pos FROM stream_positions WHERE stream = '`+ToDeviceStream+`')) THEN 1 ELSE 0 END,
+			0, 0, 0, 0, 0, FALSE
+			FROM req`, headToDevice),
+	}
+	if len(types) > 0 {
+		branches = append(branches, fmt.Sprintf(`SELECT %d, req.i, a.type, a.content, '', 0, 0, 0, 0, 0, 0, 0, FALSE
+			FROM req CROSS JOIN account_data a
+			WHERE a.localpart = req.localpart AND a.room_id = '' AND a.type IN (`+placeholders(typesFrom, len(types))+`)`, headAccountData))
+	}
+	return `WITH req(i, user_id, localpart, device_id, want_cc, counts_since, todev_since, want_unread, unread_since) AS (
+		VALUES ` + strings.Join(values, ", ") + `) ` + strings.Join(branches, " UNION ALL "), args
 }
 
 // headCountChanged is the window of count changes a head reads, for a
 // push_count_changes row c.
-const headCountChanged = `c.stream_pos > $5
+const headCountChanged = `c.stream_pos > req.counts_since
 	AND c.stream_pos <= (SELECT pos FROM stream_positions WHERE stream = '` + NotificationsStream + `')`
 
 // unreadCovered gives the rooms whose summaries the head read, as the

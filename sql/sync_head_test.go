@@ -3,6 +3,7 @@ package sql_test
 import (
 	"context"
 	"maps"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -86,6 +87,75 @@ func TestSyncHead(t *testing.T) {
 		head, err = db.SyncHead(ctx, sql.SyncHeadRequest{UserID: bob, Localpart: "bob", DeviceID: "B2"})
 		if err != nil || head.ToDeviceToAck || head.ToDeviceNew || len(head.OneTimeKeys) != 0 || len(head.FallbackKeys) != 0 {
 			t.Errorf("another device: %+v %v", head, err)
+		}
+	})
+}
+
+// TestSyncHeadsBatch: heads read together are each what a read of their
+// own gives, whatever the others in the batch ask (the account data types
+// of one request are not another's), for batches of every padded size.
+func TestSyncHeadsBatch(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		addDevices(t, db, "bob", "B1", "B2")
+		addDevices(t, db, "carol", "C1")
+		room, err := db.CreateRoom(ctx, "!r:test", "11")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, u := range []string{"@bob:test", "@carol:test"} {
+			if err := db.SetMembership(ctx, room, u, "join", int64(10+i), int64(10+i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := db.PutAccountData(ctx, "bob", "", "m.ignored_user_list", []byte(`{"ignored_users":{}}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.PutAccountData(ctx, "carol", "", "m.other", []byte(`{"c":1}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.AddOneTimeKey(ctx, "bob", "B1", sql.OneTimeKey{KeyID: "signed_curve25519:A", Algorithm: "signed_curve25519", JSON: []byte(`{}`)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.DeliverToDevice(ctx, "@alice:test", "m.test", []sql.ToDeviceDelivery{
+			{Localpart: "carol", Devices: map[string][]byte{"C1": []byte(`{}`)}}}, 10); err != nil {
+			t.Fatal(err)
+		}
+		reqs := []sql.SyncHeadRequest{
+			{UserID: "@bob:test", Localpart: "bob", DeviceID: "B1", WantUnread: true, WantCountChanges: true,
+				AccountDataTypes: []string{"m.ignored_user_list"}},
+			{UserID: "@carol:test", Localpart: "carol", DeviceID: "C1", AccountDataTypes: []string{"m.other"}},
+			{UserID: "@bob:test", Localpart: "bob", DeviceID: "B2", ToDeviceSince: 1},
+			{UserID: "@nobody:test", Localpart: "nobody", DeviceID: "N"},
+			{UserID: "@carol:test", Localpart: "carol", DeviceID: "C1", ToDeviceSince: 1 << 40},
+		}
+		var alone []sql.SyncHead
+		for _, r := range reqs {
+			h, err := db.SyncHead(ctx, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			alone = append(alone, h)
+		}
+		if len(alone[0].AccountData) != 1 || len(alone[1].AccountData) != 1 || !alone[1].ToDeviceNew || !alone[4].ToDeviceToAck {
+			t.Fatalf("the heads read alone do not tell the requests apart: %+v", alone)
+		}
+		for n := 1; n <= len(reqs); n++ {
+			heads, err := db.SyncHeads(ctx, reqs[:n])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(heads) != n {
+				t.Fatalf("%d heads for %d requests", len(heads), n)
+			}
+			for i, h := range heads {
+				if !reflect.DeepEqual(h, alone[i]) {
+					t.Errorf("batch of %d, request %d: %+v, alone %+v", n, i, h, alone[i])
+				}
+			}
+		}
+		if _, err := db.SyncHeads(ctx, make([]sql.SyncHeadRequest, sql.MaxSyncHeads+1)); err == nil {
+			t.Error("a batch over the limit was read")
 		}
 	})
 }

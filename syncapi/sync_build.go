@@ -64,7 +64,7 @@ func (a *API) buildSync(ctx context.Context, req *syncRequest) (*syncResponse, e
 		hr.CountsSince, hr.WantCountChanges, hr.ToDeviceSince = req.since.Notifications, true, req.since.ToDevice
 		hr.UnreadSince = req.since.Events
 	}
-	head, err := a.db.SyncHead(ctx, hr)
+	head, err := a.heads.read(ctx, a.db, hr)
 	if err != nil {
 		return nil, err
 	}

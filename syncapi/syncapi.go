@@ -53,6 +53,7 @@ type API struct {
 	// filter never changes (a new one gets a new id).
 	filters   *bounded.Map[filterKey, *syncFilter]
 	timelines timelineReads
+	heads     headReads
 }
 
 // Option tunes the sync API at construction.
