@@ -76,7 +76,8 @@ func Open(ctx context.Context, rawURL string, maxConns int) (*DB, error) {
 			return nil, fmt.Errorf("open sqlite: %w", err)
 		}
 		d.Queries.stmts = newStmtCache(d.db)
-		d.Queries.q = cachedDB{d.db, d.Queries.stmts}
+		d.Queries.writes = newWriteLock()
+		d.Queries.q = cachedDB{d.db, d.Queries.stmts, d.Queries.writes}
 		// WAL lets readers run beside the one writer; more connections than
 		// this only queue on SQLite's single write lock.
 		d.db.SetMaxOpenConns(min(maxConns, 8))
@@ -118,7 +119,9 @@ func (d *DB) checkpoint(ctx context.Context) {
 
 // sqliteDSN sets the pragmas Weft relies on: WAL for concurrent readers,
 // FULL sync so a commit survives power loss, a busy timeout instead of
-// immediate SQLITE_BUSY, and immediate transactions so a reader never has to
+// immediate SQLITE_BUSY, temporary files in memory (a statement that may
+// fail halfway, like a many-row INSERT ... ON CONFLICT, journals the pages
+// it changes: in a file, a write syscall per page), and immediate transactions so a reader never has to
 // upgrade to a writer mid-transaction (which deadlocks under load).
 func sqliteDSN(path string) string {
 	q := url.Values{}
@@ -127,6 +130,7 @@ func sqliteDSN(path string) string {
 	q.Add("_pragma", "synchronous(FULL)")
 	q.Add("_pragma", "foreign_keys(ON)")
 	q.Add("_pragma", "wal_autocheckpoint(0)")
+	q.Add("_pragma", "temp_store(MEMORY)")
 	q.Set("_txlock", "immediate")
 	return "file:" + path + "?" + q.Encode()
 }
@@ -163,6 +167,9 @@ type Queries struct {
 	q querier
 	// stmts is SQLite's statement cache (nil on PostgreSQL).
 	stmts *stmtCache
+	// writes queues the transactions begun over the pool (nil on
+	// PostgreSQL, and inside a transaction).
+	writes writeLock
 }
 
 // WithTx runs fn in one transaction, committing when fn returns nil and
@@ -182,6 +189,10 @@ func (t *Queries) ensureTx(ctx context.Context, fn func(*Queries) error) error {
 	if !ok {
 		return fn(t)
 	}
+	if err := t.writes.lock(ctx); err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer t.writes.unlock()
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)

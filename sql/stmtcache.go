@@ -82,13 +82,20 @@ func (c *stmtCache) close() {
 	}
 }
 
-// cachedDB runs queries over the pool through the statement cache.
+// cachedDB runs queries over the pool through the statement cache. Its
+// Execs are writes, each a transaction of its own: they take the write
+// lock.
 type cachedDB struct {
 	*stdsql.DB
-	c *stmtCache
+	c      *stmtCache
+	writes writeLock
 }
 
 func (d cachedDB) ExecContext(ctx context.Context, query string, args ...any) (stdsql.Result, error) {
+	if err := d.writes.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer d.writes.unlock()
 	if s := d.c.get(query); s != nil {
 		return s.ExecContext(ctx, args...)
 	}
