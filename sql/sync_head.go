@@ -77,8 +77,8 @@ func (t *Queries) SyncHead(ctx context.Context, r SyncHeadRequest) (SyncHead, er
 const MaxSyncHeads = 64
 
 // headParams is the number of parameters each request of a head query
-// takes: the columns of req.
-const headParams = 9
+// takes: the columns of req but its index.
+const headParams = 8
 
 // SyncHeads reads the heads of several syncs in one query: syncs woken
 // together (a room's members) share its round trip and fixed costs, and
@@ -177,10 +177,10 @@ func syncHeadsQuery(rs []SyncHeadRequest) (string, []any) {
 			r = rs[i]
 		}
 		n := len(args)
-		values[i] = fmt.Sprintf(`(CAST($%d AS BIGINT), CAST($%d AS TEXT), CAST($%d AS TEXT), CAST($%d AS TEXT),
+		values[i] = fmt.Sprintf(`(%d, CAST($%d AS TEXT), CAST($%d AS TEXT), CAST($%d AS TEXT),
 			CAST($%d AS BIGINT), CAST($%d AS BIGINT), CAST($%d AS BIGINT), CAST($%d AS BIGINT), CAST($%d AS BIGINT))`,
-			n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9)
-		args = append(args, i, r.UserID, r.Localpart, r.DeviceID, flag(r.WantCountChanges), r.CountsSince, r.ToDeviceSince,
+			i, n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8)
+		args = append(args, r.UserID, r.Localpart, r.DeviceID, flag(r.WantCountChanges), r.CountsSince, r.ToDeviceSince,
 			flag(r.WantUnread), r.UnreadSince)
 		for _, typ := range r.AccountDataTypes {
 			if !slices.Contains(types, typ) {
