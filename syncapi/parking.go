@@ -208,11 +208,16 @@ func (p *Parking) add(ps *parkedSync) bool {
 	return true
 }
 
+// remove ends what add began; a sync that add refused (the listener
+// closing) was never counted.
 func (p *Parking) remove(ps *parkedSync) {
 	p.mu.Lock()
+	_, added := p.parked[ps]
 	delete(p.parked, ps)
 	p.mu.Unlock()
-	p.active.Done()
+	if added {
+		p.active.Done()
+	}
 }
 
 // The states of a parked sync.
