@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/weft-chat/weft/e2ee"
 )
 
 // The background fetches of stale device lists. An inbound update that
@@ -261,3 +263,5 @@ func (d *DeviceLists) ResyncStale(ctx context.Context, userIDs []string) error {
 	}
 	return nil
 }
+
+var _ e2ee.DeviceListResync = (*DeviceLists)(nil)
