@@ -107,11 +107,12 @@ func NewDeviceLists(db *sql.DB, c *Client, key serverkey.Key, w *wake.Publisher,
 // replaced or removed in the cache when the update follows the latest one
 // applied (its prev_id names it); otherwise updates were missed, and the
 // list is marked stale, to be fetched whole from the user's server in the
-// background (spec: "it must resynchronise its list"). Updates already covered (a stream_id not past
-// the cache's) change nothing. Dropped, with a log line: an EDU that does
-// not parse, for a user not of origin, with keys for another user or
-// device, and updates of users who share no room with a user of this
-// server (nobody here tracks them; Synapse drops them too).
+// background (spec: "it must resynchronise its list"). Updates already
+// covered (a stream_id not past the cache's) change nothing. Dropped,
+// with a log line: an EDU that does not parse, for a user not of origin,
+// with keys for another user or device, and updates of users who share
+// no room with a user of this server (nobody here tracks them; Synapse
+// drops them too).
 func (d *DeviceLists) HandleDeviceListUpdate(ctx context.Context, origin spec.ServerName, raw json.RawMessage) error {
 	var c deviceListUpdate
 	// Stream ids start at 1 (Synapse's and Weft's): 0 is a missing one.
@@ -158,10 +159,10 @@ func (d *DeviceLists) HandleDeviceListUpdate(ctx context.Context, origin spec.Se
 
 // HandleSigningKeyUpdate stores the master and self-signing keys of one
 // m.signing_key_update in the cache, or marks the user's list stale (to
-// be fetched whole) when the cache is not usable. Dropped, with a log line: an EDU that
-// does not parse, for a user not of origin, with keys that are not the
-// user's of their type, and updates of users who share no room with a
-// user of this server.
+// be fetched whole) when the cache is not usable. Dropped, with a log
+// line: an EDU that does not parse, for a user not of origin, with keys
+// that are not the user's of their type, and updates of users who share
+// no room with a user of this server.
 func (d *DeviceLists) HandleSigningKeyUpdate(ctx context.Context, origin spec.ServerName, raw json.RawMessage) error {
 	var c signingKeyUpdate
 	if json.Unmarshal(raw, &c) != nil {
