@@ -48,6 +48,9 @@ type API struct {
 	// remoteKeys fetches other servers' users' keys (keys.go); nil: they
 	// are listed in the failures of /keys/query and /keys/claim.
 	remoteKeys e2ee.RemoteKeys
+	// deviceListResync refetches stale cached device lists for
+	// /keys/query (keys.go); nil: their users are asked for directly.
+	deviceListResync e2ee.DeviceListResync
 
 	// remoteAliases resolves other servers' room aliases (directory.go);
 	// nil: they are unknown here.

@@ -15,7 +15,8 @@ import (
 // keyRoutes registers the end-to-end encryption endpoints (GET
 // /keys/changes: KeyChangesRoute).
 func (a *API) keyRoutes(r *mux.Router) {
-	k := &keyHandlers{API: a, keys: e2ee.New(a.db, a.users.ServerName(), e2ee.WithWake(a.wake), e2ee.WithRemoteKeys(a.remoteKeys))}
+	k := &keyHandlers{API: a, keys: e2ee.New(a.db, a.users.ServerName(), e2ee.WithWake(a.wake), e2ee.WithRemoteKeys(a.remoteKeys),
+		e2ee.WithDeviceListResync(a.deviceListResync))}
 	handle(r, "/keys/upload", a.authedJSON(k.upload), http.MethodPost)
 	handle(r, "/keys/query", a.authedJSON(k.query), http.MethodPost)
 	handle(r, "/keys/claim", a.authedJSON(k.claim), http.MethodPost)
@@ -28,6 +29,12 @@ func (a *API) keyRoutes(r *mux.Router) {
 // about their users through r.
 func WithRemoteKeys(r e2ee.RemoteKeys) Option {
 	return func(a *API) { a.remoteKeys = r }
+}
+
+// WithDeviceListResync makes /keys/query refetch the stale cached device
+// lists of other servers' users it is asked about through r.
+func WithDeviceListResync(r e2ee.DeviceListResync) Option {
+	return func(a *API) { a.deviceListResync = r }
 }
 
 // keyHandlers are the handlers of the key endpoints, over the e2ee service.

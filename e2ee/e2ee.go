@@ -33,6 +33,9 @@ type Service struct {
 	// remote asks other servers about their users' keys (nil: they are
 	// listed in failures; remote.go).
 	remote RemoteKeys
+	// resync refetches stale cached device lists of other servers' users
+	// (nil: they are asked for as the users not cached; remote.go).
+	resync DeviceListResync
 }
 
 // Option tunes the service at construction.

@@ -191,8 +191,9 @@ type QueryResult struct {
 // signatures that other users made, so nobody learns whom others verified.
 // Unknown users and devices are absent. Users of other servers come from
 // the cache of their device lists when this server tracks them
-// completely, and are otherwise asked for through RemoteKeys, within
-// DefaultRemoteTimeout.
+// completely (after refetching it when it is stale, with a
+// DeviceListResync), and are otherwise asked for through RemoteKeys,
+// within DefaultRemoteTimeout.
 func (s *Service) QueryKeys(ctx context.Context, callerUserID string, users map[string][]string) (QueryResult, error) {
 	return s.QueryKeysWithin(ctx, callerUserID, users, DefaultRemoteTimeout)
 }
@@ -208,8 +209,12 @@ func (s *Service) QueryKeysWithin(ctx context.Context, callerUserID string, user
 		UserSigningKeys: map[string]json.RawMessage{},
 		Failures:        map[string]any{},
 	}
+	deadline := time.Now().Add(timeout)
 	cached, err := s.fromCache(ctx, users, &res)
 	if err != nil {
+		return QueryResult{}, err
+	}
+	if err := s.resyncStale(ctx, users, cached, &res, timeout/2); err != nil {
 		return QueryResult{}, err
 	}
 	remote := map[string]map[string][]string{}
@@ -225,7 +230,7 @@ func (s *Service) QueryKeysWithin(ctx context.Context, callerUserID string, user
 			remote[srv][userID] = devices
 		}
 	}
-	waitRemote, cancel := s.queryRemote(ctx, remote, timeout)
+	waitRemote, cancel := s.queryRemote(ctx, remote, time.Until(deadline))
 	defer cancel()
 	for userID, devices := range users {
 		local, err := s.localpart(userID)

@@ -26,6 +26,22 @@ type RemoteKeys interface {
 	ClaimKeys(ctx context.Context, server string, oneTimeKeys map[string]map[string]string) (map[string]map[string]map[string]json.RawMessage, error)
 }
 
+// DeviceListResync refetches the cached device lists of other servers'
+// users (the federation's device-list cache; see fromCache).
+type DeviceListResync interface {
+	// ResyncStale fetches the lists of those of the users whose cache is
+	// stale, waiting for them until ctx ends.
+	ResyncStale(ctx context.Context, userIDs []string) error
+}
+
+// WithDeviceListResync makes /keys/query refetch, through r, the stale
+// cached lists of the users asked about before answering, within half
+// the time it gives other servers; those still stale are asked for as
+// the users not cached.
+func WithDeviceListResync(r DeviceListResync) Option {
+	return func(s *Service) { s.resync = r }
+}
+
 // RemoteQuery is another server's answer to a key query. It has no
 // user-signing keys: servers do not share them.
 type RemoteQuery struct {

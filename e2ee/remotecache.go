@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"time"
 
 	"github.com/weft-chat/weft/sql"
 )
@@ -55,4 +58,33 @@ func (s *Service) fromCache(ctx context.Context, users map[string][]string, res 
 		}
 	}
 	return answered, nil
+}
+
+// resyncStale refetches, waiting at most wait, the stale cached lists of
+// the users of other servers not answered from the cache, and answers
+// from the cache those it could; it adds them to cached.
+func (s *Service) resyncStale(ctx context.Context, users map[string][]string, cached map[string]bool, res *QueryResult, wait time.Duration) error {
+	if s.resync == nil {
+		return nil
+	}
+	missing := map[string][]string{}
+	for userID, devices := range users {
+		if _, err := s.localpart(userID); errors.Is(err, errRemote) && !cached[userID] {
+			missing[userID] = devices
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, wait)
+	err := s.resync.ResyncStale(rctx, slices.Collect(maps.Keys(missing)))
+	timedOut := rctx.Err() != nil
+	cancel()
+	// Out of time, the users are asked for as the others.
+	if err != nil && !timedOut {
+		return fmt.Errorf("refetch stale device lists: %w", err)
+	}
+	answered, err := s.fromCache(ctx, missing, res)
+	maps.Copy(cached, answered)
+	return err
 }

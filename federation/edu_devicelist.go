@@ -70,8 +70,10 @@ type userDevicesAnswer struct {
 }
 
 // DeviceLists receives other servers' device-list EDUs into the cache
-// (sql: remote_device_lists) and fetches a user's whole list from their
-// server when an update was missed. Register HandleDeviceListUpdate and
+// (sql: remote_device_lists) and, when an update was missed, marks the
+// user's list stale and fetches it whole from their server in the
+// background (Start; devicelist_resync.go), so that a transaction never
+// waits for another server. Register HandleDeviceListUpdate and
 // HandleSigningKeyUpdate for their EDU types.
 type DeviceLists struct {
 	db         *sql.DB
@@ -81,6 +83,7 @@ type DeviceLists struct {
 	// fetch gets a user's whole device list from their server (GET
 	// /user/devices; tests replace it).
 	fetch func(ctx context.Context, userID spec.UserID) (userDevicesAnswer, error)
+	sched resyncSchedule
 }
 
 // NewDeviceLists makes the receiver; it fetches lists through c, signing
@@ -103,12 +106,13 @@ func NewDeviceLists(db *sql.DB, c *Client, key serverkey.Key, w *wake.Publisher,
 // HandleDeviceListUpdate applies one m.device_list_update: the device is
 // replaced or removed in the cache when the update follows the latest one
 // applied (its prev_id names it); otherwise updates were missed, and the
-// whole list is fetched from the user's server instead (spec: "it must
-// resynchronise its list"). Updates already covered (a stream_id not past
-// the cache's) change nothing. Dropped, with a log line: an EDU that does
-// not parse, for a user not of origin, with keys for another user or
-// device, and updates of users who share no room with a user of this
-// server (nobody here tracks them; Synapse drops them too).
+// list is marked stale, to be fetched whole from the user's server in the
+// background (spec: "it must resynchronise its list"). Updates already
+// covered (a stream_id not past the cache's) change nothing. Dropped,
+// with a log line: an EDU that does not parse, for a user not of origin,
+// with keys for another user or device, and updates of users who share
+// no room with a user of this server (nobody here tracks them; Synapse
+// drops them too).
 func (d *DeviceLists) HandleDeviceListUpdate(ctx context.Context, origin spec.ServerName, raw json.RawMessage) error {
 	var c deviceListUpdate
 	// Stream ids start at 1 (Synapse's and Weft's): 0 is a missing one.
@@ -116,8 +120,7 @@ func (d *DeviceLists) HandleDeviceListUpdate(ctx context.Context, origin spec.Se
 		d.log.InfoContext(ctx, "federation: malformed device list update dropped", "origin", origin)
 		return nil
 	}
-	user, ok := d.remoteUser(ctx, origin, c.UserID, "device list update")
-	if !ok {
+	if !d.remoteUser(ctx, origin, c.UserID, "device list update") {
 		return nil
 	}
 	keys, ok := sentDeviceKeys(c.Keys, c.UserID, c.DeviceID)
@@ -151,23 +154,22 @@ func (d *DeviceLists) HandleDeviceListUpdate(ctx context.Context, origin spec.Se
 			return nil
 		}
 	}
-	return d.resync(ctx, user)
+	return d.markStale(ctx, c.UserID)
 }
 
 // HandleSigningKeyUpdate stores the master and self-signing keys of one
-// m.signing_key_update in the cache, or fetches the user's whole list
-// when the cache is not usable. Dropped, with a log line: an EDU that
-// does not parse, for a user not of origin, with keys that are not the
-// user's of their type, and updates of users who share no room with a
-// user of this server.
+// m.signing_key_update in the cache, or marks the user's list stale (to
+// be fetched whole) when the cache is not usable. Dropped, with a log
+// line: an EDU that does not parse, for a user not of origin, with keys
+// that are not the user's of their type, and updates of users who share
+// no room with a user of this server.
 func (d *DeviceLists) HandleSigningKeyUpdate(ctx context.Context, origin spec.ServerName, raw json.RawMessage) error {
 	var c signingKeyUpdate
 	if json.Unmarshal(raw, &c) != nil {
 		d.log.InfoContext(ctx, "federation: malformed signing key update dropped", "origin", origin)
 		return nil
 	}
-	user, ok := d.remoteUser(ctx, origin, c.UserID, "signing key update")
-	if !ok {
+	if !d.remoteUser(ctx, origin, c.UserID, "signing key update") {
 		return nil
 	}
 	keys := map[string][]byte{}
@@ -189,7 +191,7 @@ func (d *DeviceLists) HandleSigningKeyUpdate(ctx context.Context, origin spec.Se
 		return err
 	}
 	if !usable {
-		return d.resync(ctx, user)
+		return d.markStale(ctx, c.UserID)
 	}
 	var ch *sql.DeviceListChange
 	err = d.db.WithTx(ctx, func(q *sql.Queries) error {
@@ -207,15 +209,15 @@ func (d *DeviceLists) HandleSigningKeyUpdate(ctx context.Context, origin spec.Se
 	return nil
 }
 
-// remoteUser checks that userID is a user of origin; ok is false (and a
+// remoteUser checks that userID is a user of origin; it is false (and a
 // line logged) otherwise.
-func (d *DeviceLists) remoteUser(ctx context.Context, origin spec.ServerName, userID, what string) (spec.UserID, bool) {
+func (d *DeviceLists) remoteUser(ctx context.Context, origin spec.ServerName, userID, what string) bool {
 	u, err := spec.NewUserID(userID, true)
 	if err != nil || u.Domain() != origin || origin == d.serverName {
 		d.log.WarnContext(ctx, "federation: "+what+" for a user not of its origin dropped", "origin", origin, "user_id", userID)
-		return spec.UserID{}, false
+		return false
 	}
-	return *u, true
+	return true
 }
 
 // cache reads what the cache holds of a remote user: tracked is false
@@ -242,35 +244,14 @@ func (d *DeviceLists) cache(ctx context.Context, userID string) (list sql.Remote
 	return list, !list.Stale && shared <= list.SyncedPos, true, nil
 }
 
-// resync fetches a remote user's whole list and replaces the cache with
-// it; when the fetch fails, the cache is marked stale (not used until a
-// later fetch succeeds), which is no error of the transaction being
-// handled. Either way the local users sharing a room with them are told
-// their list changed.
-func (d *DeviceLists) resync(ctx context.Context, user spec.UserID) error {
-	userID := user.String()
-	pos, err := d.db.SyncPositions(ctx)
-	if err != nil {
-		return err
-	}
-	fctx, cancel := context.WithTimeout(ctx, resyncTimeout)
-	answer, ferr := d.fetch(fctx, user)
-	cancel()
-	if ferr == nil && answer.UserID != userID {
-		ferr = fmt.Errorf("the answer is for %q", answer.UserID)
-	}
+// markStale records that a remote user's list must be fetched again (the
+// cache is not used meanwhile), tells the local users sharing a room
+// with them that it changed, and has the background fetch it.
+func (d *DeviceLists) markStale(ctx context.Context, userID string) error {
 	var ch *sql.DeviceListChange
-	err = d.db.WithTx(ctx, func(q *sql.Queries) error {
-		if ferr != nil {
-			if err := q.MarkRemoteDeviceListStale(ctx, userID); err != nil {
-				return err
-			}
-		} else {
-			devices, cross := d.checkAnswer(ctx, answer)
-			if err := q.ReplaceRemoteDeviceList(ctx, sql.RemoteDeviceList{UserID: userID, StreamID: answer.StreamID, SyncedPos: pos.Events},
-				devices, cross); err != nil {
-				return err
-			}
+	err := d.db.WithTx(ctx, func(q *sql.Queries) error {
+		if err := q.MarkRemoteDeviceListStale(ctx, userID); err != nil {
+			return err
 		}
 		var err error
 		ch, err = q.AddDeviceListChange(ctx, userID)
@@ -279,8 +260,45 @@ func (d *DeviceLists) resync(ctx context.Context, user spec.UserID) error {
 	if err != nil {
 		return err
 	}
-	if ferr != nil {
-		d.log.WarnContext(ctx, "federation: fetching a remote user's device list failed; their cache is stale", "user_id", userID, "err", ferr)
+	e2ee.WakeDeviceList(d.wake, ch)
+	d.schedule(userID)
+	return nil
+}
+
+// resync fetches a remote user's whole list and replaces the cache with
+// it (no longer stale), and tells the local users sharing a room with
+// them that it changed. When the fetch fails the cache stays as it was.
+func (d *DeviceLists) resync(ctx context.Context, userID string) error {
+	user, err := spec.NewUserID(userID, true)
+	if err != nil {
+		return err
+	}
+	pos, err := d.db.SyncPositions(ctx)
+	if err != nil {
+		return err
+	}
+	fctx, cancel := context.WithTimeout(ctx, resyncTimeout)
+	answer, err := d.fetch(fctx, *user)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("fetch the device list of %s: %w", userID, err)
+	}
+	if answer.UserID != userID {
+		return fmt.Errorf("fetch the device list of %s: the answer is for %q", userID, answer.UserID)
+	}
+	var ch *sql.DeviceListChange
+	err = d.db.WithTx(ctx, func(q *sql.Queries) error {
+		devices, cross := d.checkAnswer(ctx, answer)
+		if err := q.ReplaceRemoteDeviceList(ctx, sql.RemoteDeviceList{UserID: userID, StreamID: answer.StreamID, SyncedPos: pos.Events},
+			devices, cross); err != nil {
+			return err
+		}
+		var err error
+		ch, err = q.AddDeviceListChange(ctx, userID)
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	e2ee.WakeDeviceList(d.wake, ch)
 	return nil

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -330,18 +331,53 @@ func TestPresenceEDUs(t *testing.T) {
 	})
 }
 
-// fakeDevices answers GET /user/devices for the device-list tests.
+// fakeDevices answers GET /user/devices for the device-list tests; the
+// background fetches, so the fields are read and set under mu.
 type fakeDevices struct {
+	mu     sync.Mutex
 	answer userDevicesAnswer
 	err    error
 	calls  int
 }
 
 func (f *fakeDevices) fetch(_ context.Context, userID spec.UserID) (userDevicesAnswer, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.calls++
 	a := f.answer
 	a.UserID = userID.String()
 	return a, f.err
+}
+
+// set changes the answer under the lock.
+func (f *fakeDevices) set(change func(f *fakeDevices)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	change(f)
+}
+
+func (f *fakeDevices) fetches() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
+// settle waits until d has no fetch running or due now.
+func settle(t *testing.T, d *DeviceLists) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d.sched.mu.Lock()
+		idle := len(d.sched.running) == 0 && len(d.sched.pending) == 0
+		d.sched.mu.Unlock()
+		if idle {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("device list fetches still running")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // deviceKeysOf is a device's keys as a server sends them.
@@ -355,10 +391,10 @@ func crossKeyOf(user, usage string) json.RawMessage {
 }
 
 // TestDeviceListEDUs follows a remote user's device list: the first
-// update fetches the whole list; updates that follow the latest applied
-// are applied without a fetch; a gap in prev_id fetches again; a failed
-// fetch leaves the cache stale (unused) until a fetch succeeds; signing
-// key updates land in the cache. Every change shows in the local users'
+// update fetches the whole list (in the background); updates that follow
+// the latest applied are applied without a fetch; a gap in prev_id
+// fetches again; a failed fetch leaves the cache stale (unused) until a
+// fetch succeeds; signing key updates land in the cache. Every change shows in the local users'
 // device_lists.changed, and /keys/query answers from a fresh cache
 // without asking the remote server. Updates of users sharing no room,
 // not of their origin or malformed change nothing.
@@ -368,11 +404,13 @@ func TestDeviceListEDUs(t *testing.T) {
 		sharedRoom(t, db)
 		fake := &fakeDevices{}
 		d := &DeviceLists{db: db, serverName: ours, log: discard(), fetch: fake.fetch}
+		t.Cleanup(d.Start(ctx))
 		update := func(origin spec.ServerName, content string) {
 			t.Helper()
 			if err := d.HandleDeviceListUpdate(ctx, origin, json.RawMessage(content)); err != nil {
 				t.Fatalf("update %s: %v", content, err)
 			}
+			settle(t, d)
 		}
 		upd := func(stream int, prev string, device string, extra string) string {
 			return fmt.Sprintf(`{"user_id":%q,"device_id":%q,"stream_id":%d,"prev_id":%s%s}`, fedBob, device, stream, prev, extra)
@@ -395,8 +433,8 @@ func TestDeviceListEDUs(t *testing.T) {
 			if len(res.Failures) > 0 {
 				got = append(got, "failed")
 			}
-			if fmt.Sprint(got) != want || fake.calls != fetches {
-				t.Fatalf("keys of bob %v after %d fetches, want %s after %d", got, fake.calls, want, fetches)
+			if fmt.Sprint(got) != want || fake.fetches() != fetches {
+				t.Fatalf("keys of bob %v after %d fetches, want %s after %d", got, fake.fetches(), want, fetches)
 			}
 		}
 		changedPos := func() int64 {
@@ -431,17 +469,19 @@ func TestDeviceListEDUs(t *testing.T) {
 		update(fedRemote, `{"user_id":"`+fedBob+`","device_id":"B1"}`)
 		update(fedRemote, `{"user_id":"`+fedBob+`","stream_id":3}`)
 		update(fedRemote, `"nonsense"`)
-		if fake.calls != 0 {
-			t.Fatalf("%d fetches for dropped updates", fake.calls)
+		if n := fake.fetches(); n != 0 {
+			t.Fatalf("%d fetches for dropped updates", n)
 		}
 
 		// The first update fetches the list.
-		fake.answer = userDevicesAnswer{StreamID: 5, MasterKey: crossKeyOf(fedBob, "master")}
-		fake.answer.Devices = append(fake.answer.Devices, struct {
-			DeviceID    string          `json:"device_id"`
-			DisplayName string          `json:"device_display_name"`
-			Keys        json.RawMessage `json:"keys"`
-		}{DeviceID: "B1", Keys: deviceKeysOf(fedBob, "B1")})
+		fake.set(func(f *fakeDevices) {
+			f.answer = userDevicesAnswer{StreamID: 5, MasterKey: crossKeyOf(fedBob, "master")}
+			f.answer.Devices = append(f.answer.Devices, struct {
+				DeviceID    string          `json:"device_id"`
+				DisplayName string          `json:"device_display_name"`
+				Keys        json.RawMessage `json:"keys"`
+			}{DeviceID: "B1", Keys: deviceKeysOf(fedBob, "B1")})
+		})
 		pos := changedPos()
 		update(fedRemote, upd(5, "[4]", "B1", withKeys("B1")))
 		seenChange(pos)
@@ -457,12 +497,12 @@ func TestDeviceListEDUs(t *testing.T) {
 		cached("[B2 master]", 1)
 
 		// A gap: fetched again.
-		fake.answer.StreamID = 9
+		fake.set(func(f *fakeDevices) { f.answer.StreamID = 9 })
 		update(fedRemote, upd(9, "[8]", "B3", withKeys("B3")))
 		cached("[B1 master]", 2)
 
 		// A fetch that fails: the cache is stale and not used.
-		fake.err = errors.New("unreachable")
+		fake.set(func(f *fakeDevices) { f.err = errors.New("unreachable") })
 		pos = changedPos()
 		update(fedRemote, upd(11, "[10]", "B4", withKeys("B4")))
 		seenChange(pos)
@@ -470,13 +510,13 @@ func TestDeviceListEDUs(t *testing.T) {
 
 		// A signing key update on a stale cache fetches; one on a fresh
 		// cache is stored.
-		fake.err = nil
-		fake.answer.StreamID = 11
+		fake.set(func(f *fakeDevices) { f.err, f.answer.StreamID = nil, 11 })
 		sku := func(extra string) {
 			t.Helper()
 			if err := d.HandleSigningKeyUpdate(ctx, fedRemote, json.RawMessage(`{"user_id":"`+fedBob+`"`+extra+`}`)); err != nil {
 				t.Fatal(err)
 			}
+			settle(t, d)
 		}
 		sku(`,"master_key":` + string(crossKeyOf(fedBob, "master")))
 		cached("[B1 master]", 4)

@@ -145,9 +145,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	// Federation before the client API, which sends through its queue.
 	fedRouter := mxhttp.NewRouter()
 	keys.Routes(fedRouter)
-	if err := s.federation(fedRouter, keys, rooms, fedLog); err != nil {
+	deviceListCache, err := s.federation(fedRouter, keys, rooms, fedLog)
+	if err != nil {
 		return nil, err
 	}
+	stopResync := deviceListCache.Start(runCtx)
+	s.closers = append(s.closers, func() error { stopResync(); return nil })
 	stopQueue, err := s.fedQueue.Start(runCtx)
 	if err != nil {
 		return nil, err
@@ -172,7 +175,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	}
 	eduSender := &federation.EDUSender{DB: s.db, Queue: s.fedQueue, ServerName: serverName}
 	capiOpts := []clientapi.Option{clientapi.WithWake(wake.NewPublisher(s.bus.Conn(), log.With("component", "wake"))),
-		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys), clientapi.WithRemoteAliases(remoteAliases), clientapi.WithRemoteProfiles(profiles),
+		clientapi.WithRemoteToDevice(s.fedQueue), clientapi.WithRemoteKeys(remoteKeys), clientapi.WithDeviceListResync(deviceListCache), clientapi.WithRemoteAliases(remoteAliases), clientapi.WithRemoteProfiles(profiles),
 		clientapi.WithRemoteTyping(eduSender), clientapi.WithRemoteReceipts(eduSender)}
 	var presenceOpts []presence.Option
 	presenceSender := &federation.PresenceSender{DB: s.db, Queue: s.fedQueue, ServerName: serverName, Log: fedLog}
@@ -291,8 +294,9 @@ func (s *Server) federationClient(serverName spec.ServerName, log *slog.Logger) 
 
 // federation registers the notary and the authenticated federation
 // endpoints on r (after the key server's open routes), and builds the
-// outbound queue.
-func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roomserver.API, log *slog.Logger) error {
+// outbound queue. It returns the cache of other servers' device lists,
+// whose background fetches the caller starts.
+func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roomserver.API, log *slog.Logger) (*federation.DeviceLists, error) {
 	f := s.cfg.Federation
 	var err error
 	(&federation.Notary{Keys: keys, DB: s.db, Fetch: s.keyRing, Log: log}).Routes(r)
@@ -304,7 +308,7 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 	s.fedQueue, err = federation.NewQueue(federation.QueueConfig{DB: s.db, Client: s.fedClient, Key: s.key,
 		Origin: keys.ServerName, Log: log.With("part", "queue"), PDUs: federation.StoredPDUs(s.db)})
 	if err != nil {
-		return fmt.Errorf("federation: %w", err)
+		return nil, fmt.Errorf("federation: %w", err)
 	}
 	// Inbound EDUs by type; each feature registers its types here (typing
 	// and presence once their components exist, in New).
@@ -313,7 +317,7 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 	toDevice := &federation.ToDeviceReceiver{DB: s.db, ServerName: keys.ServerName, Wake: wakes, Log: log}
 	deviceLists, err := federation.NewDeviceLists(s.db, s.fedClient, s.key, wakes, log)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for typ, h := range map[string]federation.EDUHandler{
 		federation.ToDeviceEDUType:         toDevice.Handle,
@@ -322,7 +326,7 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 		federation.SigningKeyUpdateEDUType: deviceLists.HandleSigningKeyUpdate,
 	} {
 		if err := s.edus.Register(typ, h); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	(&federation.Transactions{DB: s.db, EDUs: s.edus, Rooms: rooms, Keys: s.keyRing, Queue: s.fedQueue, Log: log}).Routes(authed)
@@ -334,7 +338,7 @@ func (s *Server) federation(r *mux.Router, keys *federation.KeyServer, rooms roo
 	(&federation.UserKeys{DB: s.db, Keys: e2ee.New(s.db, s.cfg.ServerName), ServerName: keys.ServerName}).Routes(authed)
 	(&federation.ThirdPartyInvites{DB: s.db}).Routes(authed)
 	(&federation.InviteReceiver{DB: s.db, Rooms: rooms, Keys: s.keyRing, ServerName: keys.ServerName, Key: s.key}).Routes(authed)
-	return nil
+	return deviceLists, nil
 }
 
 // FederationClient is the outbound federation client, signing as this

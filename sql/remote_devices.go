@@ -24,7 +24,9 @@ type RemoteDeviceList struct {
 	// SyncedPos is the events stream position before the latest fetch of
 	// the whole list.
 	SyncedPos int64
-	Stale     bool
+	// Stale is true when an update was missed and the list was not
+	// fetched since.
+	Stale bool
 }
 
 // RemoteDevice is a device of a remote user as their server described it.
@@ -118,9 +120,8 @@ func (t *Queries) SetRemoteCrossSigningKeys(ctx context.Context, userID string, 
 }
 
 // MarkRemoteDeviceListStale records that updates of a remote user's list
-// were missed and could not be fetched: the cache is not used until a
-// fetch succeeds. A user not tracked yet gets a stale row, so that the
-// next update fetches the list.
+// were missed: the cache is not used until the list is fetched again. A
+// user not tracked yet gets a stale row, so that the list is fetched.
 func (t *Queries) MarkRemoteDeviceListStale(ctx context.Context, userID string) error {
 	_, err := t.q.ExecContext(ctx, `INSERT INTO remote_device_lists (user_id, stream_id, synced_pos, stale) VALUES ($1, 0, 0, TRUE)
 		ON CONFLICT (user_id) DO UPDATE SET stale = TRUE`, userID)
@@ -128,6 +129,48 @@ func (t *Queries) MarkRemoteDeviceListStale(ctx context.Context, userID string) 
 		return fmt.Errorf("mark device list of %s stale: %w", userID, err)
 	}
 	return nil
+}
+
+// StaleRemoteDeviceLists returns, by user id, the remote users after
+// after whose cached list is stale (it must be fetched again), at most
+// limit.
+func (t *Queries) StaleRemoteDeviceLists(ctx context.Context, after string, limit int) ([]string, error) {
+	return t.staleUsers(ctx, `SELECT user_id FROM remote_device_lists WHERE stale AND user_id > $1 ORDER BY user_id LIMIT $2`, after, limit)
+}
+
+// StaleAmong returns those of the remote users whose cached list is
+// stale.
+func (t *Queries) StaleAmong(ctx context.Context, userIDs []string) ([]string, error) {
+	var out []string
+	for chunk := range slices.Chunk(userIDs, 500) {
+		args := make([]any, len(chunk))
+		for i, u := range chunk {
+			args[i] = u
+		}
+		stale, err := t.staleUsers(ctx, `SELECT user_id FROM remote_device_lists WHERE stale AND user_id IN (`+placeholders(1, len(chunk))+`)`, args...)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, stale...)
+	}
+	return out, nil
+}
+
+func (t *Queries) staleUsers(ctx context.Context, query string, args ...any) ([]string, error) {
+	rows, err := t.q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("stale device lists: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
 }
 
 // localSuffix is an SQL condition: the user in column col is of the

@@ -187,3 +187,31 @@ func TestDeviceListOutbound(t *testing.T) {
 		}
 	})
 }
+
+// TestStaleRemoteDeviceLists: the stale lists are listed by user id, a
+// page at a time, and found among given users; a fetch takes a list off.
+func TestStaleRemoteDeviceLists(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		for _, u := range []string{"@c:r.example", "@a:r.example", "@b:r.example"} {
+			if err := db.MarkRemoteDeviceListStale(ctx, u); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := db.ReplaceRemoteDeviceList(ctx, sql.RemoteDeviceList{UserID: "@b:r.example", StreamID: 3}, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		page, err := db.StaleRemoteDeviceLists(ctx, "", 1)
+		if err != nil || fmt.Sprint(page) != "[@a:r.example]" {
+			t.Fatalf("first page %v %v", page, err)
+		}
+		page, err = db.StaleRemoteDeviceLists(ctx, page[0], 5)
+		if err != nil || fmt.Sprint(page) != "[@c:r.example]" {
+			t.Fatalf("next page %v %v", page, err)
+		}
+		among, err := db.StaleAmong(ctx, []string{"@b:r.example", "@c:r.example", "@d:r.example"})
+		if err != nil || fmt.Sprint(among) != "[@c:r.example]" {
+			t.Fatalf("stale among %v %v", among, err)
+		}
+	})
+}
