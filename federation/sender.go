@@ -39,7 +39,11 @@ const senderBatch = 100
 // process sends (the next start catches up), not when a publish is lost
 // (the next local event, or the next start, catches up), and not when a
 // process dies between queueing and moving the position (both or
-// neither committed). The wake-ups come from an ephemeral tail of
+// neither committed). Events that go to no other server (a server with no
+// peers, a room of local users) move it only in memory, for up to
+// senderLag positions: a process that dies reads them again at its start,
+// and they go nowhere again, at the cost of a read but not of a write
+// per event. The wake-ups come from an ephemeral tail of
 // room.output, with no acknowledgements: a durable consumer would hold
 // the messages a dead process had taken until their ack wait ran out,
 // and the sends behind them with it.
@@ -61,7 +65,15 @@ type Sender struct {
 	// read. Another process may have moved it further. Written under mu;
 	// read without it by the wake-ups, which only skip what it covers.
 	pos atomic.Int64
+	// stored is the position as last read from or written to the
+	// database (under mu): pos runs ahead of it over events that went
+	// nowhere.
+	stored int64
 }
+
+// senderLag is how far the sender's position may run ahead of the one
+// stored over events that go to no other server.
+const senderLag = 1000
 
 // NewSender makes a sender of serverName's events through queue.
 func NewSender(db *sql.DB, queue *Queue, serverName spec.ServerName, log *slog.Logger) *Sender {
@@ -174,11 +186,13 @@ func (s *Sender) readPosition(ctx context.Context) error {
 		return fmt.Errorf("federation sender: read position: %w", err)
 	}
 	s.pos.Store(pos)
+	s.stored = pos
 	return nil
 }
 
 // queueEvents queues evs, in order, and moves the position to the last
-// one's in the same transaction.
+// one's in the same transaction (in memory only when none goes anywhere,
+// up to senderLag).
 func (s *Sender) queueEvents(ctx context.Context, evs []sql.Event) error {
 	type item struct {
 		eventID string
@@ -202,10 +216,14 @@ func (s *Sender) queueEvents(ctx context.Context, evs []sql.Event) error {
 		}
 	}
 	last := evs[len(evs)-1].StreamPos
+	if len(items) == 0 && last-s.stored < senderLag {
+		s.pos.Store(last)
+		return nil
+	}
 	err := s.db.WithTx(ctx, func(tx *sql.Queries) error {
 		// First: on PostgreSQL the position's row lock keeps another
 		// process's catch-up waiting until this one commits.
-		if err := tx.AdvanceConsumer(ctx, SenderConsumer, s.pos.Load(), last); err != nil {
+		if err := tx.AdvanceConsumer(ctx, SenderConsumer, s.stored, last); err != nil {
 			return err
 		}
 		for _, it := range items {
@@ -219,6 +237,7 @@ func (s *Sender) queueEvents(ctx context.Context, evs []sql.Event) error {
 		return err
 	}
 	s.pos.Store(last)
+	s.stored = last
 	slices.Sort(woken)
 	s.queue.Wake(slices.Compact(woken)...)
 	return nil

@@ -172,6 +172,38 @@ func TestSenderCatchUp(t *testing.T) {
 			t.Errorf("position %d, %v; want the third message's, %d", pos, err, stored.StreamPos)
 		}
 
+		// Events that go nowhere (a room of local users) move the stored
+		// position only senderLag positions at a time; a new process
+		// reads them again and queues nothing.
+		local, _ := fed.createRoom("10", "local")
+		var last int64
+		for i := range 3 {
+			ev, err := db.EventByID(ctx, fed.message(local, fedAlice, fmt.Sprint("local ", i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			last = ev.StreamPos
+		}
+		catchUp(s)
+		if pos, err := db.ConsumerPosition(ctx, SenderConsumer); err != nil || pos != stored.StreamPos {
+			t.Errorf("after events that go nowhere: stored position %d, %v; want %d", pos, err, stored.StreamPos)
+		}
+		if s.pos.Load() != last {
+			t.Errorf("after events that go nowhere: position %d, want %d", s.pos.Load(), last)
+		}
+		catchUp(NewSender(db, q, ours, nil))
+		expect("events that go nowhere, read again")
+		four := fed.message(roomID, fedAlice, "four")
+		catchUp(s)
+		expect("four, past the events that went nowhere", four)
+		stored, err = db.EventByID(ctx, four)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pos, err := db.ConsumerPosition(ctx, SenderConsumer); err != nil || pos != stored.StreamPos {
+			t.Errorf("position %d, %v; want the fourth message's, %d", pos, err, stored.StreamPos)
+		}
+
 		// A backlog longer than a batch comes whole, in order.
 		var backlog []string
 		for i := range senderBatch + 5 {
