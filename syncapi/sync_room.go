@@ -138,7 +138,7 @@ func (b *syncBuilder) roomContent(ctx context.Context, m sql.SyncMembership, mem
 		}
 	case w.full || m.RoomLastStreamPos > w.lo:
 		var err error
-		if read, err = b.readTimeline(ctx, m.RoomNID, v, w, tf, own); err != nil {
+		if read, err = b.readTimeline(ctx, m, v, w, tf, own); err != nil {
 			return nil, err
 		}
 	default:
@@ -392,7 +392,8 @@ func (r timelineRead) keysFrom(pos int64) []sql.StateKey {
 // readTimeline reads the newest events of a room in the window that pass
 // the timeline filter and that the caller may see, up to the filter's
 // limit.
-func (b *syncBuilder) readTimeline(ctx context.Context, roomNID int64, v *view.Viewer, w roomWindow, tf *eventFilter, own *sql.Event) (timelineRead, error) {
+func (b *syncBuilder) readTimeline(ctx context.Context, m sql.SyncMembership, v *view.Viewer, w roomWindow, tf *eventFilter, own *sql.Event) (timelineRead, error) {
+	roomNID := m.RoomNID
 	var r timelineRead
 	defer func() { slices.Reverse(r.evs) }()
 	limit := b.req.filter.timelineLimit
@@ -402,7 +403,7 @@ func (b *syncBuilder) readTimeline(ctx context.Context, roomNID int64, v *view.V
 		rows, ok := b.prefetched(roomNID, w.lo, cur, n)
 		if !ok {
 			var err error
-			if rows, err = b.a.timelines.read(ctx, b.a.db, roomNID, w.lo, cur, n); err != nil {
+			if rows, err = b.a.timelines.read(ctx, b.a.db, roomNID, w.lo, cur, n, m.RoomLastStreamPos); err != nil {
 				return timelineRead{}, fmt.Errorf("timeline: %w", err)
 			}
 		}

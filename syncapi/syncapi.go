@@ -61,7 +61,8 @@ type Option func(*API)
 
 // New makes the sync API.
 func New(db *sql.DB, rooms Rooms, authed Authed, log *slog.Logger, opts ...Option) *API {
-	a := &API{db: db, rooms: rooms, authed: authed, log: log, filters: bounded.New[filterKey, *syncFilter](filterCacheMax)}
+	a := &API{db: db, rooms: rooms, authed: authed, log: log, filters: bounded.New[filterKey, *syncFilter](filterCacheMax),
+		timelines: newTimelineReads()}
 	for _, o := range opts {
 		o(a)
 	}

@@ -3,10 +3,12 @@ package syncapi
 import (
 	"context"
 	"fmt"
+	"sort"
 	"time"
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/weft-chat/weft/internal/bounded"
 	"github.com/weft-chat/weft/sql"
 )
 
@@ -14,29 +16,63 @@ import (
 // no one request's end may cut short.
 const sharedReadTimeout = 30 * time.Second
 
-// timelineReads shares the timeline reads of syncs that ask for the same
-// window of the same room at the same time: an event wakes every member
-// of its room at once, and they mostly ask for the window since their
-// last sync, which is the same for all of them.
+// windowsMax bounds the rooms whose last timeline read is kept.
+const windowsMax = 4096
+
+// timelineReads shares the timeline reads of syncs: an event wakes every
+// member of its room at once, and they mostly ask for the window since
+// their last sync, which is the same for all of them or lies within the
+// window one of them read.
 //
-// Sharing is sound because each window (lo, hi] lies at or below the
-// stream bound its sync read first, and positions commit in order: every
-// event in it, and every redaction or relation at or below hi, committed
-// before the first of those syncs asked, so the read gives what each of
-// them would have read alone. What lies above hi, each may see or not
-// either way. The rows are shared: callers must not change them.
+// Syncs that ask for the same window at the same time share one read.
+// That is sound because each window (lo, hi] lies at or below the stream
+// bound its sync read first, and positions commit in order: every event
+// in it, and every redaction or relation at or below hi, committed before
+// the first of those syncs asked, so the read gives what each of them
+// would have read alone. What lies above hi, each may see or not either
+// way.
+//
+// A sync that asks later is served from the room's last read when its
+// window lies within that read's and its head saw no event of the room
+// past that read's hi: every event of the room committed after the read
+// would lie past it (positions commit in order), so none did, no
+// redaction or relation either, and the read is what a new one would
+// give. The rows are shared: callers must not change them.
 type timelineReads struct {
-	g singleflight.Group
+	g       singleflight.Group
+	windows *bounded.Map[int64, *timelineWindow]
 }
 
-// read is RoomEventsByStream(roomNID, lo, hi, n), shared.
-func (t *timelineReads) read(ctx context.Context, db *sql.DB, roomNID, lo, hi int64, n int) ([]sql.Event, error) {
+// timelineWindow is a read of RoomEventsByStream(room, lo, hi, n): rows,
+// newest first.
+type timelineWindow struct {
+	lo, hi int64
+	n      int
+	rows   []sql.Event
+}
+
+func newTimelineReads() timelineReads {
+	return timelineReads{windows: bounded.New[int64, *timelineWindow](windowsMax)}
+}
+
+// read is RoomEventsByStream(roomNID, lo, hi, n), shared. roomLast is the
+// stream position of the room's newest event as the caller's head read it.
+func (t *timelineReads) read(ctx context.Context, db *sql.DB, roomNID, lo, hi int64, n int, roomLast int64) ([]sql.Event, error) {
+	if w, ok := t.windows.Get(roomNID); ok {
+		if rows, ok := w.serve(lo, hi, n, roomLast); ok {
+			return rows, nil
+		}
+	}
 	key := fmt.Sprintf("%d:%d:%d:%d", roomNID, lo, hi, n)
 	ch := t.g.DoChan(key, func() (any, error) {
 		// Not the first caller's context: its end must not fail the others.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sharedReadTimeout)
 		defer cancel()
-		return db.RoomEventsByStream(ctx, roomNID, lo, hi, n)
+		rows, err := db.RoomEventsByStream(ctx, roomNID, lo, hi, n)
+		if err == nil {
+			t.windows.Put(roomNID, &timelineWindow{lo: lo, hi: hi, n: n, rows: rows})
+		}
+		return rows, err
 	})
 	select {
 	case r := <-ch:
@@ -47,4 +83,31 @@ func (t *timelineReads) read(ctx context.Context, db *sql.DB, roomNID, lo, hi in
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// serve gives RoomEventsByStream(room, lo, hi, n) from the window, if
+// the window holds it whole and nothing of the room came after it.
+func (w *timelineWindow) serve(lo, hi int64, n int, roomLast int64) ([]sql.Event, bool) {
+	if roomLast > w.hi || lo < w.lo {
+		return nil, false
+	}
+	// No event of the room lies in (w.hi, hi].
+	hi = min(hi, w.hi)
+	newest := sort.Search(len(w.rows), func(i int) bool { return w.rows[i].StreamPos <= hi })
+	past := sort.Search(len(w.rows), func(i int) bool { return w.rows[i].StreamPos <= lo })
+	if past < newest {
+		past = newest // lo >= hi: an empty window
+	}
+	rows := w.rows[newest:past]
+	switch {
+	case len(rows) >= n:
+		// The read's rows are the newest of its window: (lo, hi]'s
+		// newest n are among them.
+		return rows[:n:n], true
+	case past < len(w.rows) || len(w.rows) < w.n:
+		// A row at or below lo was read, or the read held the whole of
+		// its window: every event of (lo, hi] is among the rows.
+		return rows[:len(rows):len(rows)], true
+	}
+	return nil, false
 }

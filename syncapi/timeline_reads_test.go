@@ -1,0 +1,57 @@
+package syncapi
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/weft-chat/weft/sql"
+)
+
+// TestTimelineWindowServe: a later window is served from the room's last
+// read exactly when the read holds all of it and the room has nothing
+// newer than the read.
+func TestTimelineWindowServe(t *testing.T) {
+	rows := func(pos ...int64) []sql.Event {
+		var out []sql.Event
+		for _, p := range pos {
+			out = append(out, sql.Event{StreamPos: p})
+		}
+		return out
+	}
+	whole := &timelineWindow{lo: 2, hi: 10, n: 5, rows: rows(10, 8, 5, 3)}
+	cut := &timelineWindow{lo: 2, hi: 10, n: 2, rows: rows(10, 8)} // more lie below 8
+	for _, c := range []struct {
+		name     string
+		w        *timelineWindow
+		lo, hi   int64
+		n        int
+		roomLast int64
+		want     []int64 // nil: not served
+	}{
+		{"the same window", whole, 2, 10, 5, 10, []int64{10, 8, 5, 3}},
+		{"the same window, fewer", whole, 2, 10, 2, 10, []int64{10, 8}},
+		{"a later since", whole, 5, 10, 5, 10, []int64{10, 8}},
+		{"a lower bound", whole, 2, 8, 5, 10, []int64{8, 5, 3}},
+		{"a higher bound, nothing newer in the room", whole, 2, 12, 5, 10, []int64{10, 8, 5, 3}},
+		{"an empty window", whole, 10, 10, 5, 10, []int64{}},
+		{"an event of the room past the read", whole, 2, 12, 5, 11, nil},
+		{"an earlier since than the read's", whole, 1, 10, 5, 10, nil},
+		{"a cut read, as many as it holds", cut, 2, 10, 2, 10, []int64{10, 8}},
+		{"a cut read, more than it holds", cut, 2, 10, 3, 10, nil},
+		{"a cut read, a since at its oldest row", cut, 8, 10, 3, 10, []int64{10}},
+		{"a cut read, a since below its oldest row", cut, 7, 10, 3, 10, nil},
+	} {
+		got, ok := c.w.serve(c.lo, c.hi, c.n, c.roomLast)
+		if ok != (c.want != nil) {
+			t.Errorf("%s: served %v, want %v", c.name, ok, c.want != nil)
+			continue
+		}
+		var pos []int64
+		for _, e := range got {
+			pos = append(pos, e.StreamPos)
+		}
+		if ok && !slices.Equal(pos, c.want) && !(len(pos) == 0 && len(c.want) == 0) {
+			t.Errorf("%s: %v, want %v", c.name, pos, c.want)
+		}
+	}
+}
