@@ -58,6 +58,9 @@ func newTimelineReads() timelineReads {
 // read is RoomEventsByStream(roomNID, lo, hi, n), shared. roomLast is the
 // stream position of the room's newest event as the caller's head read it.
 func (t *timelineReads) read(ctx context.Context, db *sql.DB, roomNID, lo, hi int64, n int, roomLast int64) ([]sql.Event, error) {
+	// The room has no event in (roomLast, hi]: syncs whose heads differ
+	// in positions but not in the room read the same window.
+	hi = min(hi, roomLast)
 	if w, ok := t.windows.Get(roomNID); ok {
 		if rows, ok := w.serve(lo, hi, n, roomLast); ok {
 			return rows, nil
