@@ -120,9 +120,10 @@ func (d *DB) checkpoint(ctx context.Context) {
 // sqliteDSN sets the pragmas Weft relies on: WAL for concurrent readers,
 // FULL sync so a commit survives power loss, a busy timeout instead of
 // immediate SQLITE_BUSY, temporary files in memory (a statement that may
-// fail halfway, like a many-row INSERT ... ON CONFLICT, journals the pages
-// it changes: in a file, a write syscall per page), and immediate transactions so a reader never has to
-// upgrade to a writer mid-transaction (which deadlocks under load).
+// fail halfway, like a many-row INSERT ... ON CONFLICT, journals the
+// pages it changes: in a file, a write syscall per page), and immediate
+// transactions so a reader never has to upgrade to a writer
+// mid-transaction (which deadlocks under load).
 func sqliteDSN(path string) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
