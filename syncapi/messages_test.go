@@ -1,6 +1,7 @@
 package syncapi_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -10,6 +11,7 @@ import (
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 )
 
 // paginateAll pages through /messages from the given start until end is
@@ -267,5 +269,35 @@ func TestMessagesErrors(t *testing.T) {
 		wantError(t, "no access token", h.get(t, nil, path, url.Values{"dir": {"b"}}), 401, "M_MISSING_TOKEN")
 		wantError(t, "not a member", h.get(t, mallory, path, url.Values{"dir": {"b"}}), 403, "M_FORBIDDEN")
 		wantError(t, "unknown room", h.get(t, alice, roomPath("v3", "!nope:localhost", "/messages"), url.Values{"dir": {"b"}}), 403, "M_FORBIDDEN")
+	})
+}
+
+// TestMessagesRedactedAfterServed: an event /messages served once is
+// served redacted after its redaction (the parsed events syncs keep are
+// those of the row as read).
+func TestMessagesRedactedAfterServed(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, h hs) {
+		alice := h.user(t, "alice")
+		roomID := roomWithVisibility(t, alice, "shared")
+		msg := send(t, alice, roomID, "oops", nil)
+		body := func() string {
+			t.Helper()
+			for _, e := range h.messages(t, alice, roomID, url.Values{"dir": {"b"}, "limit": {"5"}}).Chunk {
+				if e.EventID == msg {
+					return e.body()
+				}
+			}
+			t.Fatalf("%s not served", msg)
+			return ""
+		}
+		if got := body(); got != "oops" {
+			t.Fatalf("before the redaction: %q", got)
+		}
+		if _, err := alice.RedactEvent(context.Background(), id.RoomID(roomID), id.EventID(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if got := body(); got != "" {
+			t.Fatalf("after the redaction: %q", got)
+		}
 	})
 }

@@ -9,7 +9,6 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/weft-chat/weft/clientapi"
-	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/syncapi/view"
 	"github.com/weft-chat/weft/userapi"
@@ -73,7 +72,7 @@ func (a *API) serveRooms(ctx context.Context, viewer func(roomNID int64) *view.V
 	}
 	pdus := make([]gomatrixserverlib.PDU, len(all))
 	for i, ev := range all {
-		pdu, err := roomserver.ParseStored(ev)
+		pdu, err := a.parsed.pdu(ev)
 		if err != nil {
 			return nil, err
 		}

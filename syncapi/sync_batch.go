@@ -11,7 +11,6 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/weft-chat/weft/clientapi"
-	"github.com/weft-chat/weft/roomserver"
 	"github.com/weft-chat/weft/sql"
 	"github.com/weft-chat/weft/syncapi/view"
 )
@@ -270,7 +269,7 @@ func (b *syncBuilder) formatState(ctx context.Context, evs []sql.Event) ([]any, 
 	pdus := make([]gomatrixserverlib.PDU, len(evs))
 	for i, ev := range evs {
 		var err error
-		if pdus[i], err = roomserver.ParseStored(ev); err != nil {
+		if pdus[i], err = b.a.parsed.pdu(ev); err != nil {
 			return nil, err
 		}
 	}

@@ -54,6 +54,7 @@ type API struct {
 	filters   *bounded.Map[filterKey, *syncFilter]
 	timelines timelineReads
 	heads     headReads
+	parsed    parsed
 }
 
 // Option tunes the sync API at construction.
@@ -62,7 +63,7 @@ type Option func(*API)
 // New makes the sync API.
 func New(db *sql.DB, rooms Rooms, authed Authed, log *slog.Logger, opts ...Option) *API {
 	a := &API{db: db, rooms: rooms, authed: authed, log: log, filters: bounded.New[filterKey, *syncFilter](filterCacheMax),
-		timelines: newTimelineReads()}
+		timelines: newTimelineReads(), parsed: newParsed()}
 	for _, o := range opts {
 		o(a)
 	}

@@ -1,0 +1,45 @@
+package syncapi
+
+import (
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/weft-chat/weft/internal/bounded"
+	"github.com/weft-chat/weft/roomserver"
+	"github.com/weft-chat/weft/sql"
+)
+
+// parsedMax bounds the parsed events kept.
+const parsedMax = 4096
+
+// parsedKey names a stored event as it parses: its JSON changes only when
+// it is redacted (to the redacted form), so the NID and whether it is
+// redacted say which JSON a row holds.
+type parsedKey struct {
+	nid      int64
+	redacted bool
+}
+
+// parsed keeps the events syncs parsed: an event wakes every member of its
+// room, and each of their syncs serves it (parsing was a quarter of the
+// CPU of those syncs). Parsed events are read-only, so they are shared.
+type parsed struct {
+	m *bounded.Map[parsedKey, gomatrixserverlib.PDU]
+}
+
+func newParsed() parsed {
+	return parsed{m: bounded.New[parsedKey, gomatrixserverlib.PDU](parsedMax)}
+}
+
+// pdu is roomserver.ParseStored(ev), from the cache where it can.
+func (p parsed) pdu(ev sql.Event) (gomatrixserverlib.PDU, error) {
+	k := parsedKey{ev.NID, ev.RedactedBy != ""}
+	if pdu, ok := p.m.Get(k); ok {
+		return pdu, nil
+	}
+	pdu, err := roomserver.ParseStored(ev)
+	if err != nil {
+		return nil, err
+	}
+	p.m.Put(k, pdu)
+	return pdu, nil
+}
