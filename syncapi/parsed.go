@@ -1,6 +1,8 @@
 package syncapi
 
 import (
+	"hash/maphash"
+
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/weft-chat/weft/internal/bounded"
@@ -11,11 +13,13 @@ import (
 // parsedMax bounds the parsed events kept.
 const parsedMax = 4096
 
-// parsedKey names a stored event as it parses: its JSON changes only when
-// it is redacted (to the redacted form), so the NID and whether it is
-// redacted say which JSON a row holds.
+// parsedKey names a stored event as it parses: its NID, a hash of its
+// JSON, which changes when it is redacted (in the database, or as served
+// to a user who ignores its sender), and whether the row says it is
+// redacted, which the parsed event reports.
 type parsedKey struct {
 	nid      int64
+	json     uint64
 	redacted bool
 }
 
@@ -23,16 +27,17 @@ type parsedKey struct {
 // room, and each of their syncs serves it (parsing was a quarter of the
 // CPU of those syncs). Parsed events are read-only, so they are shared.
 type parsed struct {
-	m *bounded.Map[parsedKey, gomatrixserverlib.PDU]
+	m    *bounded.Map[parsedKey, gomatrixserverlib.PDU]
+	seed maphash.Seed
 }
 
 func newParsed() parsed {
-	return parsed{m: bounded.New[parsedKey, gomatrixserverlib.PDU](parsedMax)}
+	return parsed{m: bounded.New[parsedKey, gomatrixserverlib.PDU](parsedMax), seed: maphash.MakeSeed()}
 }
 
 // pdu is roomserver.ParseStored(ev), from the cache where it can.
 func (p parsed) pdu(ev sql.Event) (gomatrixserverlib.PDU, error) {
-	k := parsedKey{ev.NID, ev.RedactedBy != ""}
+	k := parsedKey{ev.NID, maphash.Bytes(p.seed, ev.JSON), ev.RedactedBy != ""}
 	if pdu, ok := p.m.Get(k); ok {
 		return pdu, nil
 	}

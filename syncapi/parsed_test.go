@@ -7,7 +7,8 @@ import (
 )
 
 // TestParsedCache: a stored event parses once; once redacted, its row
-// (stripped JSON, redacted_by set) parses anew, as redacted.
+// (stripped JSON, redacted_by set) parses anew, as redacted, and so does
+// the row stripped in memory for a user who ignores its sender.
 func TestParsedCache(t *testing.T) {
 	p := newParsed()
 	ev := sql.Event{NID: 7, EventID: "$e", RoomVersion: "10",
@@ -30,5 +31,13 @@ func TestParsedCache(t *testing.T) {
 	}
 	if pdu == first || !pdu.Redacted() || string(pdu.Content()) != "{}" {
 		t.Errorf("the redacted row gave %s (redacted %v)", pdu.Content(), pdu.Redacted())
+	}
+	stripped := redacted
+	stripped.RedactedBy = ""
+	if pdu, err := p.pdu(stripped); err != nil || pdu.Redacted() || string(pdu.Content()) != "{}" {
+		t.Errorf("the row stripped in memory gave %v, %v", pdu, err)
+	}
+	if pdu, err := p.pdu(ev); err != nil || pdu != first {
+		t.Errorf("the stored event again: %v, %v", pdu, err)
 	}
 }
