@@ -2,11 +2,8 @@ package federation_test
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
-	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -153,20 +150,8 @@ type deviceStandIn struct {
 // with its certificate until the test ends.
 func startDeviceStandIn(t *testing.T, cfg config.Config) *deviceStandIn {
 	t.Helper()
-	cert, err := tls.LoadX509KeyPair(filepath.Join(cfg.DataDir, "federation.crt"), filepath.Join(cfg.DataDir, "federation.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", cfg.Federation.Listen)
-	if err != nil {
-		t.Fatal(err)
-	}
 	s := &deviceStandIn{decided: make(chan struct{})}
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(s.serve)}
-	go func() {
-		_ = srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
-	}()
-	t.Cleanup(func() { srv.Close() })
+	serveStandIn(t, cfg, s.serve)
 	return s
 }
 

@@ -406,9 +406,9 @@ type recorder struct {
 	edus []recordedEDU
 }
 
-// startRecorder serves the recorder on cfg's federation address with its
-// certificate until the test ends.
-func startRecorder(t *testing.T, cfg config.Config) *recorder {
+// serveStandIn serves h on cfg's federation address with its certificate
+// until the test ends: a stand-in for the server cfg configures.
+func serveStandIn(t *testing.T, cfg config.Config, h http.HandlerFunc) {
 	t.Helper()
 	cert, err := tls.LoadX509KeyPair(filepath.Join(cfg.DataDir, "federation.crt"), filepath.Join(cfg.DataDir, "federation.key"))
 	if err != nil {
@@ -418,8 +418,19 @@ func startRecorder(t *testing.T, cfg config.Config) *recorder {
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: h}
+	go func() {
+		_ = srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
+	}()
+	t.Cleanup(func() { srv.Close() })
+}
+
+// startRecorder serves the recorder on cfg's federation address with its
+// certificate until the test ends.
+func startRecorder(t *testing.T, cfg config.Config) *recorder {
+	t.Helper()
 	rec := &recorder{}
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	serveStandIn(t, cfg, func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPut || !strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/send/") {
 			http.NotFound(w, r)
 			return
@@ -441,11 +452,7 @@ func startRecorder(t *testing.T, cfg config.Config) *recorder {
 		rec.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"pdus":{}}`))
-	})}
-	go func() {
-		_ = srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
-	}()
-	t.Cleanup(func() { srv.Close() })
+	})
 	return rec
 }
 
