@@ -193,20 +193,9 @@ func (d *DeviceLists) HandleSigningKeyUpdate(ctx context.Context, origin spec.Se
 	if !usable {
 		return d.markStale(ctx, c.UserID)
 	}
-	var ch *sql.DeviceListChange
-	err = d.db.WithTx(ctx, func(q *sql.Queries) error {
-		if err := q.SetRemoteCrossSigningKeys(ctx, c.UserID, keys); err != nil {
-			return err
-		}
-		var err error
-		ch, err = q.AddDeviceListChange(ctx, c.UserID)
-		return err
+	return d.changed(ctx, c.UserID, func(q *sql.Queries) error {
+		return q.SetRemoteCrossSigningKeys(ctx, c.UserID, keys)
 	})
-	if err != nil {
-		return err
-	}
-	e2ee.WakeDeviceList(d.wake, ch)
-	return nil
 }
 
 // remoteUser checks that userID is a user of origin; it is false (and a
@@ -248,19 +237,11 @@ func (d *DeviceLists) cache(ctx context.Context, userID string) (list sql.Remote
 // cache is not used meanwhile), tells the local users sharing a room
 // with them that it changed, and has the background fetch it.
 func (d *DeviceLists) markStale(ctx context.Context, userID string) error {
-	var ch *sql.DeviceListChange
-	err := d.db.WithTx(ctx, func(q *sql.Queries) error {
-		if err := q.MarkRemoteDeviceListStale(ctx, userID); err != nil {
-			return err
-		}
-		var err error
-		ch, err = q.AddDeviceListChange(ctx, userID)
-		return err
-	})
-	if err != nil {
+	if err := d.changed(ctx, userID, func(q *sql.Queries) error {
+		return q.MarkRemoteDeviceListStale(ctx, userID)
+	}); err != nil {
 		return err
 	}
-	e2ee.WakeDeviceList(d.wake, ch)
 	d.schedule(userID)
 	return nil
 }
@@ -286,11 +267,20 @@ func (d *DeviceLists) resync(ctx context.Context, userID string) error {
 	if answer.UserID != userID {
 		return fmt.Errorf("fetch the device list of %s: the answer is for %q", userID, answer.UserID)
 	}
+	devices, cross := d.checkAnswer(ctx, answer)
+	return d.changed(ctx, userID, func(q *sql.Queries) error {
+		return q.ReplaceRemoteDeviceList(ctx, sql.RemoteDeviceList{UserID: userID, StreamID: answer.StreamID, SyncedPos: pos.Events},
+			devices, cross)
+	})
+}
+
+// changed runs f and records that userID's device list changed in one
+// transaction, then wakes the syncs of the local users who share a room
+// with them.
+func (d *DeviceLists) changed(ctx context.Context, userID string, f func(q *sql.Queries) error) error {
 	var ch *sql.DeviceListChange
-	err = d.db.WithTx(ctx, func(q *sql.Queries) error {
-		devices, cross := d.checkAnswer(ctx, answer)
-		if err := q.ReplaceRemoteDeviceList(ctx, sql.RemoteDeviceList{UserID: userID, StreamID: answer.StreamID, SyncedPos: pos.Events},
-			devices, cross); err != nil {
+	err := d.db.WithTx(ctx, func(q *sql.Queries) error {
+		if err := f(q); err != nil {
 			return err
 		}
 		var err error
