@@ -252,7 +252,12 @@ func (n *Notifier) ListenFuncIfQuiet(userID string, m Mark, f func()) (release f
 	if !n.quietLocked(userID, m) {
 		return nil, false
 	}
-	u, wf := m.u, &wakeFunc{f: f}
+	return n.addFuncLocked(m.u, &wakeFunc{f: f}), true
+}
+
+// addFuncLocked registers wf with u, counted as a listener, and returns
+// its release.
+func (n *Notifier) addFuncLocked(u *notifiedUser, wf *wakeFunc) (release func()) {
 	u.listeners++
 	if u.funcs == nil {
 		u.funcs = make(map[*wakeFunc]struct{})
@@ -263,7 +268,7 @@ func (n *Notifier) ListenFuncIfQuiet(userID string, m Mark, f func()) (release f
 		u.listeners--
 		delete(u.funcs, wf)
 		n.mu.Unlock()
-	}, true
+	}
 }
 
 // wakeFunc is a function registered by ListenFunc.
@@ -280,30 +285,26 @@ func (n *Notifier) listen(ctx context.Context, userID string, wf *wakeFunc) (wak
 		u = &notifiedUser{rooms: make(map[string]knownMembership), ready: make(chan struct{})}
 		n.users[userID] = u
 	}
-	u.listeners++
 	mark = Mark{u: u, gen: u.gen}
-	if wf == nil {
-		if u.wake == nil {
-			u.wake = make(chan struct{})
-		}
-		wake = u.wake
-	} else if isClosed(n.closed) {
-		go wf.f()
+	if wf != nil && !isClosed(n.closed) {
+		release = n.addFuncLocked(u, wf)
 	} else {
-		if u.funcs == nil {
-			u.funcs = make(map[*wakeFunc]struct{})
+		u.listeners++
+		if wf != nil {
+			go wf.f() // closed: no wake-up will come
+		} else {
+			if u.wake == nil {
+				u.wake = make(chan struct{})
+			}
+			wake = u.wake
 		}
-		u.funcs[wf] = struct{}{}
+		release = func() {
+			n.mu.Lock()
+			u.listeners--
+			n.mu.Unlock()
+		}
 	}
 	n.mu.Unlock()
-	release = func() {
-		n.mu.Lock()
-		u.listeners--
-		if wf != nil {
-			delete(u.funcs, wf)
-		}
-		n.mu.Unlock()
-	}
 
 	if load {
 		n.load(ctx, userID, u)
