@@ -45,11 +45,11 @@ func TestCounterNotesCountChanges(t *testing.T) {
 				f()
 				for _, c := range []*mautrix.Client{alice, bob, carol} {
 					// The changes since last, as a sync's head reads them.
-					head, err := h.db.SyncHead(ctx, sql.SyncHeadRequest{UserID: c.UserID.String(), CountsSince: last, WantCountChanges: true})
+					heads, err := h.db.SyncHeads(ctx, []sql.SyncHeadRequest{{UserID: c.UserID.String(), CountsSince: last, WantCountChanges: true}})
 					if err != nil {
 						t.Fatal(err)
 					}
-					if slices.Contains(head.CountChanges, room.String()) {
+					if slices.Contains(heads[0].CountChanges, room.String()) {
 						users = append(users, c.UserID.String())
 					}
 				}

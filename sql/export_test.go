@@ -62,3 +62,12 @@ func (r *recordingQuerier) QueryRowContext(ctx context.Context, query string, ar
 	r.queries = append(r.queries, query)
 	return r.querier.QueryRowContext(ctx, query, args...)
 }
+
+// SyncHead reads one sync's head (syncs read theirs in batches: SyncHeads).
+func (t *Queries) SyncHead(ctx context.Context, r SyncHeadRequest) (SyncHead, error) {
+	heads, err := t.SyncHeads(ctx, []SyncHeadRequest{r})
+	if err != nil {
+		return SyncHead{}, err
+	}
+	return heads[0], nil
+}

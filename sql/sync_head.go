@@ -64,15 +64,6 @@ const (
 	headSummary
 )
 
-// SyncHead reads one sync's head.
-func (t *Queries) SyncHead(ctx context.Context, r SyncHeadRequest) (SyncHead, error) {
-	heads, err := t.SyncHeads(ctx, []SyncHeadRequest{r})
-	if err != nil {
-		return SyncHead{}, err
-	}
-	return heads[0], nil
-}
-
 // MaxSyncHeads is the most heads SyncHeads reads at once.
 const MaxSyncHeads = 64
 
@@ -82,12 +73,13 @@ const headParams = 8
 
 // SyncHeads reads the heads of several syncs in one query: syncs woken
 // together (a room's members) share its round trip and fixed costs, and
-// each head is as SyncHead would read it. The requests' rows come in a
-// CTE, req, which every branch joins. The branches share their columns:
-// q the request's index (-1 for the positions, which all share), s1-s3
-// text, i1-i7 integers, b a boolean, each branch saying in k what its
-// row is. req comes first in every join (CROSS JOIN keeps SQLite to
-// that order): without statistics SQLite would rather scan a table.
+// each head is as a query of its own would read it. The requests' rows
+// come in a CTE, req, which every branch joins. The branches share their
+// columns: q the request's index (-1 for the positions, which all
+// share), s1-s3 text, i1-i7 integers, b a boolean, each branch saying in
+// k what its row is. req comes first in every join (CROSS JOIN keeps
+// SQLite to that order): without statistics SQLite would rather scan a
+// table.
 func (t *Queries) SyncHeads(ctx context.Context, rs []SyncHeadRequest) ([]SyncHead, error) {
 	if len(rs) == 0 || len(rs) > MaxSyncHeads {
 		return nil, fmt.Errorf("sync heads: %d requests", len(rs))
@@ -119,7 +111,7 @@ func (t *Queries) SyncHeads(ctx context.Context, rs []SyncHeadRequest) ([]SyncHe
 			}
 			continue
 		}
-		if q < 0 || q >= len(rs) {
+		if q >= len(rs) {
 			continue // a padding row
 		}
 		h := &heads[q]
@@ -210,8 +202,8 @@ func syncHeadsQuery(rs []SyncHeadRequest) (string, []any) {
 			FROM req CROSS JOIN push_summaries s
 			JOIN room_members m ON m.room_nid = s.room_nid AND m.user_id = s.user_id
 			JOIN rooms r ON r.room_nid = s.room_nid
-			WHERE s.user_id = req.user_id AND req.want_unread = 1 AND s.notifications > 0 AND m.membership = 'join' AND (r.last_stream_pos > req.unread_since
-				OR (req.want_cc = 1 AND EXISTS (SELECT 1 FROM push_count_changes c WHERE c.user_id = req.user_id
+			WHERE s.user_id = req.user_id AND req.want_unread = 1 AND s.notifications > 0 AND m.membership = 'join'
+				AND (r.last_stream_pos > req.unread_since OR (req.want_cc = 1 AND EXISTS (SELECT 1 FROM push_count_changes c WHERE c.user_id = req.user_id
 					AND c.room_nid = s.room_nid AND `+headCountChanged+`)))`, headSummary),
 		fmt.Sprintf(`SELECT %d, req.i, o.algorithm, '', '', COUNT(*), 0, 0, 0, 0, 0, 0, FALSE
 			FROM req CROSS JOIN e2e_one_time_keys o WHERE o.localpart = req.localpart AND o.device_id = req.device_id

@@ -31,7 +31,7 @@ type headCall struct {
 	err  error
 }
 
-// read is SyncHead(r), batched.
+// read reads r's head, in a batch with the heads asked for meanwhile.
 func (h *headReads) read(ctx context.Context, db *sql.DB, r sql.SyncHeadRequest) (sql.SyncHead, error) {
 	c := &headCall{req: r, done: make(chan struct{})}
 	h.mu.Lock()
