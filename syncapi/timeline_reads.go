@@ -16,8 +16,14 @@ import (
 // no one request's end may cut short.
 const sharedReadTimeout = 30 * time.Second
 
-// windowsMax bounds the rooms whose last timeline read is kept.
-const windowsMax = 4096
+// The last timeline reads kept: of at most windowsMax rooms, and only
+// reads of at most windowRows events (a read's events are shared while a
+// room's members are woken together, which is over fast; an initial sync's
+// long read would only take memory).
+const (
+	windowsMax = 1024
+	windowRows = 20
+)
 
 // timelineReads shares the timeline reads of syncs: an event wakes every
 // member of its room at once, and they mostly ask for the window since
@@ -72,7 +78,7 @@ func (t *timelineReads) read(ctx context.Context, db *sql.DB, roomNID, lo, hi in
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sharedReadTimeout)
 		defer cancel()
 		rows, err := db.RoomEventsByStream(ctx, roomNID, lo, hi, n)
-		if err == nil {
+		if err == nil && len(rows) <= windowRows {
 			t.windows.Put(roomNID, &timelineWindow{lo: lo, hi: hi, n: n, rows: rows})
 		}
 		return rows, err
