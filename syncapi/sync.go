@@ -185,7 +185,9 @@ func (a *API) parseSyncRequest(ctx context.Context, r *http.Request, dev *userap
 		return nil, err
 	}
 	req.filter = compileSyncFilter(f)
-	a.filters.Put(key, req.filter)
+	if len(raw) <= filterCacheRaw {
+		a.filters.Put(key, req.filter)
+	}
 	return req, nil
 }
 

@@ -96,8 +96,13 @@ func eventPasses(ef *eventFilter, ev sql.Event) bool {
 	return ef == nil || ef.matches(ev)
 }
 
-// filterCacheMax bounds the compiled filters kept.
-const filterCacheMax = 10_000
+// The compiled filters kept: at most filterCacheMax, each given as at
+// most filterCacheRaw bytes (clients send short ones; a request line may
+// carry a megabyte, and 10,000 of those would be 10 GiB).
+const (
+	filterCacheMax = 10_000
+	filterCacheRaw = 4096
+)
 
 // filterKey is a filter parameter, with the owner of a filter id ("" for
 // inline JSON, which means the same for everyone).
