@@ -112,7 +112,7 @@ func runIdle(ctx context.Context, r *runner) (*Result, error) {
 	if !sleepUntil(ctx, settled.Add(idleSettle)) {
 		return nil, ctx.Err()
 	}
-	if err := r.settle(ctx, res, "the long-polls opened"); err != nil {
+	if _, err := r.settle(ctx, res, "the long-polls opened"); err != nil {
 		return nil, err
 	}
 	if err := mem.done(res); err != nil {

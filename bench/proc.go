@@ -182,33 +182,35 @@ const (
 	quietCPU    = 0.1
 )
 
-// settle waits for the server to go quiet, after what (for the notes).
+// settle waits for the server to go quiet, after what (for the notes),
+// and returns the CPU time the server spent meanwhile, in seconds.
 // Without a pid it returns at once.
-func (r *runner) settle(ctx context.Context, res *Result, after string) error {
+func (r *runner) settle(ctx context.Context, res *Result, after string) (float64, error) {
 	if r.o.PID == 0 {
-		return nil
+		return 0, nil
 	}
 	start := time.Now()
-	before, err := readCPU(r.o.PID)
+	first, err := readCPU(r.o.PID)
 	if err != nil {
-		return fmt.Errorf("server CPU time: %w", err)
+		return 0, fmt.Errorf("server CPU time: %w", err)
 	}
+	before := first
 	for time.Since(start) < settleMax {
 		if !sleepUntil(ctx, time.Now().Add(quietWindow)) {
-			return ctx.Err()
+			return 0, ctx.Err()
 		}
 		now, err := readCPU(r.o.PID)
 		if err != nil {
-			return fmt.Errorf("server CPU time: %w", err)
+			return 0, fmt.Errorf("server CPU time: %w", err)
 		}
 		if now-before < quietCPU*quietWindow.Seconds() {
 			if d := time.Since(start); d > 2*quietWindow {
 				res.note("the server went quiet %.1f s after %s", d.Seconds(), after)
 			}
-			return nil
+			return now - first, nil
 		}
 		before = now
 	}
 	res.note("the server was still busy %s after %s", settleMax, after)
-	return nil
+	return before - first, nil
 }

@@ -35,6 +35,10 @@ type Result struct {
 	// (user and system, all threads), with a pid: on a shared machine a
 	// steadier measure of the cost of the work than its latency.
 	ServerCPUS float64 `json:"server_cpu_s,omitempty"`
+	// ServerCPUAfterS is the CPU time the server spent after the measured
+	// phase of fanout and rooms until it went quiet: work the messages
+	// left behind.
+	ServerCPUAfterS float64 `json:"server_cpu_after_s,omitempty"`
 	// Target is the goal the issue sets for the scenario, if any, and
 	// TargetMet whether this run reached it.
 	Target    string   `json:"target,omitempty"`
@@ -158,6 +162,12 @@ func (res *Result) Summary(w io.Writer) {
 		fmt.Fprintf(w, "  server CPU  %.2f s", res.ServerCPUS)
 		if res.Ops > 0 {
 			fmt.Fprintf(w, ", %.2f ms per op", 1000*res.ServerCPUS/float64(res.Ops))
+		}
+		if res.ServerCPUAfterS > 0 {
+			fmt.Fprintf(w, "; %.2f s more until quiet", res.ServerCPUAfterS)
+			if res.Ops > 0 {
+				fmt.Fprintf(w, " (%.2f ms per op in all)", 1000*(res.ServerCPUS+res.ServerCPUAfterS)/float64(res.Ops))
+			}
 		}
 		fmt.Fprintln(w)
 	}

@@ -114,7 +114,7 @@ func runInitialSync(ctx context.Context, r *runner) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("setup: send: %w", err)
 	}
-	if err := r.settle(ctx, res, "the setup"); err != nil {
+	if _, err := r.settle(ctx, res, "the setup"); err != nil {
 		return nil, err
 	}
 	mem, err := r.watchMemory()

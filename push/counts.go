@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -102,22 +103,97 @@ func NewCounter(db *sql.DB, rooms Rooms, serverName string, log *slog.Logger, op
 // NATS payload limit.
 const wakeBatch = 1000
 
-// Serve consumes room.output with the durable consumer push-counts, one
-// event at a time in stream order, until ctx ends or stop is called.
+// Serve consumes room.output with the durable consumer push-counts until
+// ctx ends or stop is called. Events are counted in stream order, in
+// batches of those already waiting, one transaction each: counting one
+// event per transaction, with a round trip to NATS for each, fell seconds
+// behind the room under load (`weft bench rooms`). A batch that fails is retried here, not handed back, since a
+// message handed back would come again after later ones; only one process
+// at a time is handed events (bus.Pinned), for the same reason.
 func (c *Counter) Serve(ctx context.Context, b *bus.Bus) (stop func(), err error) {
 	c.nc = b.Conn()
-	return bus.Consume(ctx, b, bus.StreamRoomOutput, CountsDurable, bus.RoomOutputSubjects, c.Handle, bus.Ordered())
+	return bus.ConsumeAsync(ctx, b, bus.StreamRoomOutput, CountsDurable, bus.RoomOutputSubjects, countBatch,
+		func(ctx context.Context, os []roomserver.OutputEvent, finish func(error)) {
+			finish(c.handleRetrying(ctx, os))
+		}, bus.Pinned())
 }
 
-// Handle counts one committed event. It is idempotent: notifications are
-// keyed by (user, event), so a redelivered event changes nothing. Errors
-// are the database's, worth a retry; events that cannot be counted (gone,
-// unparsable) are logged and skipped, since a retry cannot fix them.
+// countBatch bounds the events counted in one transaction.
+const countBatch = 32
+
+// retryDelay is how long a batch that failed waits before it is tried
+// again.
+const retryDelay = time.Second
+
+// handleRetrying counts a batch until that succeeds or ctx ends.
+func (c *Counter) handleRetrying(ctx context.Context, os []roomserver.OutputEvent) error {
+	for {
+		err := c.HandleBatch(ctx, os)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		c.log.Warn("push counts failed, will retry", "events", len(os), "err", err)
+		select {
+		case <-time.After(retryDelay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Handle counts one committed event; see HandleBatch.
 func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
-	changed, err := c.handle(ctx, o)
+	return c.HandleBatch(ctx, []roomserver.OutputEvent{o})
+}
+
+// HandleBatch counts committed events, in order, in one transaction. It
+// is idempotent: notifications are keyed by (user, event), so a
+// redelivered event changes nothing. Errors are the database's, worth a
+// retry; events that cannot be counted (gone, unparsable) are logged and
+// skipped, since a retry cannot fix them.
+func (c *Counter) HandleBatch(ctx context.Context, os []roomserver.OutputEvent) error {
+	cs := make([]*counting, len(os))
+	for i, o := range os {
+		var err error
+		if cs[i], err = c.prepare(ctx, o); err != nil {
+			return err
+		}
+	}
+	changed := make([][]string, len(os))
+	err := c.db.WithTx(ctx, func(q *sql.Queries) error {
+		for i, ct := range cs {
+			if ct == nil {
+				continue
+			}
+			var err error
+			if changed[i], err = c.record(ctx, q, ct); err != nil {
+				return err
+			}
+		}
+		// Last: a stream position locks its counter until the commit.
+		for i, ct := range cs {
+			if ct != nil {
+				if _, err := q.NoteCountChanges(ctx, ct.stored.RoomNID, changed[i]); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
+	for i, o := range os {
+		if cs[i] != nil {
+			c.tell(o, changed[i])
+		}
+	}
+	return nil
+}
+
+// tell announces a counted event and wakes the users whose counts it
+// changed.
+func (c *Counter) tell(o roomserver.OutputEvent, changed []string) {
 	slices.Sort(changed)
 	changed = slices.Compact(changed)
 	// The announcement releases the wake-up of the whole room, which the
@@ -135,7 +211,6 @@ func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 		changed = changed[len(batch):]
 		c.wake.Users(batch...)
 	}
-	return nil
 }
 
 // announce publishes that the event's room is counted up to it, naming
@@ -157,8 +232,19 @@ func (c *Counter) announce(o roomserver.OutputEvent, users []string) bool {
 	return true
 }
 
-// handle counts the event and returns the users whose counts changed.
-func (c *Counter) handle(ctx context.Context, o roomserver.OutputEvent) ([]string, error) {
+// counting is what counting an event writes, worked out before the
+// transaction.
+type counting struct {
+	stored      sql.Event
+	pdu         gomatrixserverlib.PDU
+	thread      string
+	notes       []sql.PushNotification
+	redactedNID int64
+}
+
+// prepare reads and evaluates what counting the event needs; nil when the
+// event is not counted.
+func (c *Counter) prepare(ctx context.Context, o roomserver.OutputEvent) (*counting, error) {
 	stored, pdu, err := c.rooms.Event(ctx, o.EventID)
 	if err != nil {
 		var me *mxhttp.Error
@@ -176,17 +262,15 @@ func (c *Counter) handle(ctx context.Context, o roomserver.OutputEvent) ([]strin
 		c.log.Warn("push counts: cannot read event", "event_id", o.EventID, "err", err)
 		return nil, nil
 	}
-	thread, err := c.threadOf(ctx, ev)
-	if err != nil {
+	ct := &counting{stored: stored, pdu: pdu}
+	if ct.thread, err = c.threadOf(ctx, ev); err != nil {
 		return nil, err
 	}
-	var notes []sql.PushNotification
 	if stored.RedactedBy == "" {
-		if notes, err = c.evaluate(ctx, stored, pdu, ev, thread); err != nil {
+		if ct.notes, err = c.evaluate(ctx, stored, pdu, ev, ct.thread); err != nil {
 			return nil, err
 		}
 	}
-	var redactedNID int64
 	if pdu.Type() == spec.MRoomRedaction && pdu.Redacts() != "" {
 		target, err := c.db.EventByID(ctx, pdu.Redacts())
 		if err != nil && !errors.Is(err, sql.ErrNotFound) {
@@ -194,68 +278,67 @@ func (c *Counter) handle(ctx context.Context, o roomserver.OutputEvent) ([]strin
 		}
 		// Only an effective redaction drops the target's notifications.
 		if err == nil && target.RedactedBy == pdu.EventID() {
-			redactedNID = target.NID
+			ct.redactedNID = target.NID
 		}
 	}
+	return ct, nil
+}
+
+// record writes an event's counting in q's transaction and returns the
+// users whose counts changed.
+func (c *Counter) record(ctx context.Context, q *sql.Queries, ct *counting) ([]string, error) {
+	stored, pdu := ct.stored, ct.pdu
 	sender := string(pdu.SenderID())
 	// changed collects the users whose counts this event changes: the
 	// notifications stream tells their next sync to send the counts again.
 	var changed []string
-	for _, n := range notes {
+	for _, n := range ct.notes {
 		changed = append(changed, n.UserID)
 	}
-	err = c.db.WithTx(ctx, func(q *sql.Queries) error {
-		if err := q.AddPushNotifications(ctx, stored.RoomNID, stored.NID, stored.StreamPos, notes); err != nil {
-			return err
+	if err := q.AddPushNotifications(ctx, stored.RoomNID, stored.NID, stored.StreamPos, ct.notes); err != nil {
+		return nil, err
+	}
+	if c.isLocal(sender) {
+		// Sending an event reads everything before it (spec: "When
+		// the user updates their read receipt (either by using the API
+		// or by sending an event) ...").
+		had, err := q.HasPushNotificationsUpTo(ctx, sender, stored.RoomNID, ct.thread, stored.StreamPos)
+		if err != nil {
+			return nil, err
 		}
-		if c.isLocal(sender) {
-			// Sending an event reads everything before it (spec: "When
-			// the user updates their read receipt (either by using the API
-			// or by sending an event) ...").
-			had, err := q.HasPushNotificationsUpTo(ctx, sender, stored.RoomNID, thread, stored.StreamPos)
-			if err != nil {
-				return err
+		// Nothing to read: the counter goes in stream order, so no
+		// notification it counts later lies before this event, and
+		// moving the read marker would change nothing.
+		if had {
+			// The sender's own membership event reads the room in the
+			// counts /sync serves as soon as it commits (see
+			// sql.UnreadCountsInRooms): no change to send for it, and
+			// no second sync for every join.
+			if ownMember := pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil && *pdu.StateKey() == sender; !ownMember {
+				changed = append(changed, sender)
 			}
-			// Nothing to read: the counter goes in stream order, so no
-			// notification it counts later lies before this event, and
-			// moving the read marker would change nothing.
-			if had {
-				// The sender's own membership event reads the room in the
-				// counts /sync serves as soon as it commits (see
-				// sql.UnreadCountsInRooms): no change to send for it, and
-				// no second sync for every join.
-				if ownMember := pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil && *pdu.StateKey() == sender; !ownMember {
-					changed = append(changed, sender)
-				}
-				if err := q.ResetCountsNID(ctx, sender, stored.RoomNID, thread, stored.StreamPos); err != nil {
-					return err
-				}
+			if err := q.ResetCountsNID(ctx, sender, stored.RoomNID, ct.thread, stored.StreamPos); err != nil {
+				return nil, err
 			}
 		}
-		if sk := pdu.StateKey(); pdu.Type() == spec.MRoomMember && sk != nil && c.isLocal(*sk) {
-			// No count change to note: the room leaves the user's joined
-			// rooms, which alone carry counts.
-			if m, _ := pdu.Membership(); m == spec.Leave || m == spec.Ban {
-				if err := q.DeleteRoomPushNotifications(ctx, *sk, stored.RoomNID); err != nil {
-					return err
-				}
+	}
+	if sk := pdu.StateKey(); pdu.Type() == spec.MRoomMember && sk != nil && c.isLocal(*sk) {
+		// No count change to note: the room leaves the user's joined
+		// rooms, which alone carry counts.
+		if m, _ := pdu.Membership(); m == spec.Leave || m == spec.Ban {
+			if err := q.DeleteRoomPushNotifications(ctx, *sk, stored.RoomNID); err != nil {
+				return nil, err
 			}
 		}
-		if redactedNID != 0 {
-			users, err := q.DeleteEventPushNotifications(ctx, redactedNID)
-			if err != nil {
-				return err
-			}
-			changed = append(changed, users...)
+	}
+	if ct.redactedNID != 0 {
+		users, err := q.DeleteEventPushNotifications(ctx, ct.redactedNID)
+		if err != nil {
+			return nil, err
 		}
-		if err := q.SetPushCounted(ctx, stored.RoomNID, stored.StreamPos); err != nil {
-			return err
-		}
-		// Last: the stream position locks its counter until the commit.
-		_, err := q.NoteCountChanges(ctx, stored.RoomNID, changed)
-		return err
-	})
-	if err != nil {
+		changed = append(changed, users...)
+	}
+	if err := q.SetPushCounted(ctx, stored.RoomNID, stored.StreamPos); err != nil {
 		return nil, err
 	}
 	return changed, nil

@@ -3,10 +3,12 @@ package push_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -268,16 +270,17 @@ func TestNotificationCounts(t *testing.T) {
 			rs := roomserver.New(h.db, nil, h.srv.Config.ServerName, serverkey.Key{}, slog.New(slog.DiscardHandler))
 			counter := push.NewCounter(h.db, roomserver.API{Roomserver: rs}, h.srv.Config.ServerName, slog.New(slog.DiscardHandler))
 			bobBefore, _ := h.db.UnreadCounts(ctx, bob.UserID.String(), room.String())
-			for _, ev := range []id.EventID{root, reply, ref, gone, red.EventID} {
-				if err := counter.Handle(ctx, roomserver.OutputEvent{RoomID: room.String(), EventID: ev.String()}); err != nil {
-					t.Fatal(err)
-				}
+			// In one batch, with an unknown event amid them: skipped, not
+			// retried.
+			var again []roomserver.OutputEvent
+			for _, ev := range []id.EventID{root, reply, "$unknown", ref, gone, red.EventID} {
+				again = append(again, roomserver.OutputEvent{RoomID: room.String(), EventID: ev.String()})
+			}
+			if err := counter.HandleBatch(ctx, again); err != nil {
+				t.Fatal(err)
 			}
 			if bobAfter, _ := h.db.UnreadCounts(ctx, bob.UserID.String(), room.String()); bobAfter.NotificationCounts != bobBefore.NotificationCounts {
 				t.Errorf("redelivery changed bob's counts from %+v to %+v", bobBefore, bobAfter)
-			}
-			if err := counter.Handle(ctx, roomserver.OutputEvent{RoomID: room.String(), EventID: "$unknown"}); err != nil {
-				t.Errorf("an unknown event is skipped, not retried: %v", err)
 			}
 		})
 	}
@@ -329,6 +332,73 @@ func TestNotificationCountsDirectChat(t *testing.T) {
 			h.expect("three members", dave, dm, want{2, 0}, want{2, 0}, nil)
 			// alice's counts in the DM never include her own events.
 			h.expect("sender", alice, dm, want{0, 0}, want{0, 0}, nil)
+		})
+	}
+}
+
+// Messages sent all at once reach the counter together, and it counts
+// them in batches: each member's count is still that of the messages after
+// the member's own last one (sending reads the room), whatever the batches.
+func TestNotificationCountsBackToBack(t *testing.T) {
+	for _, e := range sqltest.Engines() {
+		t.Run(string(e), func(t *testing.T) {
+			h := startCountsHS(t, e)
+			ctx := context.Background()
+			base := h.srv.ClientURL
+			alice, bob, carol := testclient.Register(t, base, "alice"), testclient.Register(t, base, "bob"), testclient.Register(t, base, "carol")
+			created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			room := created.RoomID
+			for _, c := range []*mautrix.Client{bob, carol} {
+				if _, err := c.JoinRoomByID(ctx, room); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, c := range []*mautrix.Client{alice, bob, carol} {
+				h.text(c, room, "here", nil)
+			}
+
+			senders := []*mautrix.Client{alice, alice, alice, bob, alice, alice, bob, alice, alice, alice}
+			sent := make([]id.EventID, len(senders))
+			var wg sync.WaitGroup
+			for i, c := range senders {
+				wg.Go(func() {
+					resp, err := c.SendText(ctx, room, fmt.Sprint("burst ", i))
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					sent[i] = resp.EventID
+				})
+			}
+			wg.Wait()
+			if t.Failed() {
+				return
+			}
+			positions := make([]int64, len(sent))
+			for i, ev := range sent {
+				h.counted(room, ev)
+				positions[i] = h.pos(ev)
+			}
+			// Each member's count is the burst's messages by others after
+			// the member's own last message.
+			for _, member := range []*mautrix.Client{alice, bob, carol} {
+				var lastOwn int64
+				for i, c := range senders {
+					if c == member {
+						lastOwn = max(lastOwn, positions[i])
+					}
+				}
+				var n int64
+				for i, c := range senders {
+					if c != member && positions[i] > lastOwn {
+						n++
+					}
+				}
+				h.expect("burst", member, room, want{n, 0}, want{n, 0}, nil)
+			}
 		})
 	}
 }

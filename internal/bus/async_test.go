@@ -275,3 +275,75 @@ func TestConsumeAsyncMemoryStateAfterRestart(t *testing.T) {
 	}
 	none(t, again)
 }
+
+// With Pinned, two processes sharing a durable are not handed messages
+// side by side: one has them all, in order, until it stops, and then the
+// other within pinnedTTL. The durable was made unpinned first, as the
+// push counter's was before it batched.
+func TestConsumeAsyncPinned(t *testing.T) {
+	b := openTest(t, Config{})
+	subj := RoomOutputSubject("!pinned:example.org")
+	plain, stopPlain := consumeInto(t, b, StreamRoomOutput, "pinned", subj, Ordered())
+	publishRange(t, b, subj, 1, 1)
+	if got := recv(t, plain); got.N != 1 {
+		t.Fatalf("unpinned consumer got %d, want 1", got.N)
+	}
+	stopPlain()
+
+	type handed struct {
+		who string
+		ns  []int
+	}
+	ch := make(chan handed, 256)
+	start := func(who string) func() {
+		stop, err := ConsumeAsync(t.Context(), b, StreamRoomOutput, "pinned", subj, 8, func(_ context.Context, evs []testEvent, finish func(error)) {
+			h := handed{who: who}
+			for _, ev := range evs {
+				h.ns = append(h.ns, ev.N)
+			}
+			ch <- h
+			finish(nil)
+		}, Pinned())
+		if err != nil {
+			t.Fatalf("ConsumeAsync %s: %v", who, err)
+		}
+		t.Cleanup(stop)
+		return stop
+	}
+	stops := map[string]func(){"a": start("a"), "b": start("b")}
+
+	// collect waits for messages from..to and returns who had them.
+	collect := func(from, to int, wait time.Duration) string {
+		t.Helper()
+		who, next := "", from
+		deadline := time.After(wait)
+		for next <= to {
+			select {
+			case h := <-ch:
+				if who == "" {
+					who = h.who
+				}
+				if h.who != who {
+					t.Fatalf("%s was handed %v while %s held the pin", h.who, h.ns, who)
+				}
+				for _, n := range h.ns {
+					if n != next {
+						t.Fatalf("%s was handed %d, want %d (order)", who, n, next)
+					}
+					next++
+				}
+			case <-deadline:
+				t.Fatalf("timed out at message %d of %d..%d", next, from, to)
+			}
+		}
+		return who
+	}
+	publishRange(t, b, subj, 2, 40)
+	pinned := collect(2, 40, 5*time.Second)
+
+	stops[pinned]()
+	publishRange(t, b, subj, 41, 45)
+	if other := collect(41, 45, pinnedTTL+5*time.Second); other == pinned {
+		t.Fatalf("%s was handed messages after it stopped", other)
+	}
+}

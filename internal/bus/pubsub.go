@@ -48,6 +48,7 @@ type consumeConfig struct {
 	ackWait       time.Duration
 	nakDelay      time.Duration
 	memoryState   bool
+	pinned        bool
 }
 
 // Ordered makes the consumer strictly ordered: MaxAckPending 1, so the server
@@ -89,6 +90,25 @@ func AckWait(d time.Duration) ConsumeOption {
 func MemoryState() ConsumeOption {
 	return func(c *consumeConfig) { c.memoryState = true }
 }
+
+// Pinned makes the server hand the consumer's messages to one process at
+// a time (a JetStream pinned priority group): the process pinned first
+// keeps them until it stops pulling for pinnedTTL. With it, a consumer
+// that handles its messages in order in batches (MaxAckPending above 1)
+// keeps that order across processes sharing the durable; without it, each
+// process would be handed messages of its own, in parallel.
+func Pinned() ConsumeOption {
+	return func(c *consumeConfig) { c.pinned = true }
+}
+
+// pinGroup is the priority group pinned consumers pull in, and pinnedTTL
+// how long the server keeps a pin whose process no longer pulls: an idle
+// consumer pulls every pullExpiry, so a live process keeps its pin, and a
+// stopped one hands over within pinnedTTL.
+const (
+	pinGroup  = "pinned"
+	pinnedTTL = 5 * time.Second
+)
 
 // NakDelay sets how long a message whose handler failed waits before it is
 // redelivered (default 1s).
@@ -166,7 +186,7 @@ func messages(ctx context.Context, b *Bus, stream, durable, subject string, cfg 
 			}
 		}
 	}
-	cons, err := b.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+	ccfg := jetstream.ConsumerConfig{
 		Durable:       durable,
 		FilterSubject: subject,
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -175,7 +195,13 @@ func messages(ctx context.Context, b *Bus, stream, durable, subject string, cfg 
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		MaxDeliver:    -1,
 		MemoryStorage: cfg.memoryState,
-	})
+	}
+	pull := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(min(cfg.maxAckPending, maxPrefetch)), jetstream.PullExpiry(pullExpiry)}
+	if cfg.pinned {
+		ccfg.PriorityPolicy, ccfg.PriorityGroups, ccfg.PinnedTTL = jetstream.PriorityPolicyPinned, []string{pinGroup}, pinnedTTL
+		pull = append(pull, jetstream.PullPriorityGroup(pinGroup))
+	}
+	cons, err := b.js.CreateOrUpdateConsumer(ctx, stream, ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("bus: consumer %s on %s: %w", durable, stream, err)
 	}
@@ -184,7 +210,7 @@ func messages(ctx context.Context, b *Bus, stream, durable, subject string, cfg 
 	// delays the redelivery by as much (30s by default; seen with
 	// nats.go 1.55 and nats-server 2.15). An idle consumer renews its
 	// pull every pullExpiry instead.
-	it, err := cons.Messages(jetstream.PullMaxMessages(min(cfg.maxAckPending, maxPrefetch)), jetstream.PullExpiry(pullExpiry))
+	it, err := cons.Messages(pull...)
 	if err != nil {
 		return nil, fmt.Errorf("bus: consume %s on %s: %w", durable, stream, err)
 	}
