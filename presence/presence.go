@@ -32,6 +32,8 @@ type Service struct {
 	fed Federation
 	// hints spare the reads of rules that change nothing (nil: none).
 	hints *Hints
+	// writes applies the changes of requests, several at once.
+	writes *writer
 }
 
 // Federation tells the servers sharing a room with a user about their
@@ -64,7 +66,7 @@ func WithClock(now func() time.Time) Option {
 
 // New makes a Service over db that wakes syncs through w (nil: none).
 func New(db *sql.DB, w *wake.Publisher, log *slog.Logger, opts ...Option) *Service {
-	s := &Service{db: db, wake: w, log: log, now: time.Now}
+	s := &Service{db: db, wake: w, log: log, now: time.Now, writes: &writer{db: db}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -164,12 +166,12 @@ func (s *Service) update(ctx context.Context, userID string, rule func(sql.Prese
 		if !o.write {
 			return nil
 		}
-		applied, err := s.db.ApplyPresence(ctx, []sql.PresenceChange{{Prev: p, Next: o.next, Notify: o.notify}})
+		applied, err := s.writes.apply(ctx, sql.PresenceChange{Prev: p, Next: o.next, Notify: o.notify})
 		if err != nil {
 			s.hints.Forget(userID)
 			return err
 		}
-		if applied[0] {
+		if applied {
 			s.hints.put(o.next, s.now())
 			if o.notify {
 				s.wakeFor(ctx, []string{userID})

@@ -2,6 +2,7 @@ package presence
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -351,6 +352,35 @@ func TestCanSee(t *testing.T) {
 			if got, err := e.svc.CanSee(ctx, c.a, c.b); err != nil || got != c.want {
 				t.Errorf("CanSee(%s, %s) = %v, %v", c.a, c.b, got, err)
 			}
+		}
+	})
+}
+
+// TestConcurrentSyncs brings 20 users online with two syncs each, all at
+// once: the writer puts changes of several requests, the same user's
+// among them, in one transaction, and every user ends up online at a
+// position of its own.
+func TestConcurrentSyncs(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		e := newEnv(t, db)
+		before := e.pos(t)
+		var wg sync.WaitGroup
+		for i := range 40 {
+			wg.Go(func() {
+				if err := e.svc.Synced(ctx, fmt.Sprintf("@u%d:example.org", i%20), "", 30*time.Second); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		seen := map[int64]bool{}
+		for i := range 20 {
+			p := e.state(t, fmt.Sprintf("@u%d:example.org", i))
+			if p.State != Online || p.StreamPos <= before || seen[p.StreamPos] {
+				t.Errorf("@u%d is %s at position %d, want online at a new position of its own", i, p.State, p.StreamPos)
+			}
+			seen[p.StreamPos] = true
 		}
 	})
 }
