@@ -12,6 +12,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-chat/weft/internal/bounded"
 	"github.com/weft-chat/weft/internal/bus"
@@ -118,8 +119,12 @@ func (c *Counter) Serve(ctx context.Context, b *bus.Bus) (stop func(), err error
 		}, bus.Pinned())
 }
 
-// countBatch bounds the events counted in one transaction.
-const countBatch = 32
+// countBatch bounds the events counted in one transaction, and
+// prepareParallel the events whose counting is worked out at once.
+const (
+	countBatch      = 32
+	prepareParallel = 4
+)
 
 // retryDelay is how long a batch that failed waits before it is tried
 // again.
@@ -152,12 +157,21 @@ func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 // retry; events that cannot be counted (gone, unparsable) are logged and
 // skipped, since a retry cannot fix them.
 func (c *Counter) HandleBatch(ctx context.Context, os []roomserver.OutputEvent) error {
+	// The reads behind each event's counting go side by side: on
+	// PostgreSQL each is a round trip, and one event after the other left
+	// the counter behind the room under load.
 	cs := make([]*counting, len(os))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(prepareParallel)
 	for i, o := range os {
-		var err error
-		if cs[i], err = c.prepare(ctx, o); err != nil {
+		g.Go(func() error {
+			var err error
+			cs[i], err = c.prepare(gctx, o)
 			return err
-		}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
 	}
 	changed := make([][]string, len(os))
 	err := c.db.WithTx(ctx, func(q *sql.Queries) error {
