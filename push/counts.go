@@ -184,15 +184,23 @@ func (c *Counter) HandleBatch(ctx context.Context, os []roomserver.OutputEvent) 
 				return err
 			}
 		}
-		// Last: a stream position locks its counter until the commit.
+		// The batch's rooms are counted up to their last events, and its
+		// count changes take one position, last: a stream position locks
+		// its counter until the commit.
+		counted := make(map[int64]int64)
+		byRoom := make(map[int64][]string)
 		for i, ct := range cs {
 			if ct != nil {
-				if _, err := q.NoteCountChanges(ctx, ct.stored.RoomNID, changed[i]); err != nil {
-					return err
-				}
+				room := ct.stored.RoomNID
+				counted[room] = max(counted[room], ct.stored.StreamPos)
+				byRoom[room] = append(byRoom[room], changed[i]...)
 			}
 		}
-		return nil
+		if err := q.SetPushCountedIn(ctx, counted); err != nil {
+			return err
+		}
+		_, err := q.NoteCountChangesIn(ctx, byRoom)
+		return err
 	})
 	if err != nil {
 		return err
@@ -351,9 +359,6 @@ func (c *Counter) record(ctx context.Context, q *sql.Queries, ct *counting) ([]s
 			return nil, err
 		}
 		changed = append(changed, users...)
-	}
-	if err := q.SetPushCounted(ctx, stored.RoomNID, stored.StreamPos); err != nil {
-		return nil, err
 	}
 	return changed, nil
 }

@@ -5,6 +5,7 @@ import (
 	stdsql "database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -496,11 +497,36 @@ func (t *Queries) DeleteEventPushNotifications(ctx context.Context, eventNID int
 // SetPushCounted records that the room's events up to stream position pos
 // were counted; it never moves back.
 func (t *Queries) SetPushCounted(ctx context.Context, roomNID, pos int64) error {
-	_, err := t.q.ExecContext(ctx, `INSERT INTO push_counted_rooms (room_nid, stream_pos) VALUES ($1, $2)
-		ON CONFLICT (room_nid) DO UPDATE SET stream_pos =
-			CASE WHEN excluded.stream_pos > push_counted_rooms.stream_pos THEN excluded.stream_pos ELSE push_counted_rooms.stream_pos END`,
-		roomNID, pos)
-	return err
+	return t.SetPushCountedIn(ctx, map[int64]int64{roomNID: pos})
+}
+
+// pushCountedBatch bounds the rows of one upsert of counted positions.
+const pushCountedBatch = 500
+
+// SetPushCountedIn is SetPushCounted for several rooms: positions by room
+// NID.
+func (t *Queries) SetPushCountedIn(ctx context.Context, counted map[int64]int64) error {
+	rooms := slices.Sorted(maps.Keys(counted))
+	for len(rooms) > 0 {
+		batch := rooms[:min(len(rooms), pushCountedBatch)]
+		rooms = rooms[len(batch):]
+		var b strings.Builder
+		b.WriteString(`INSERT INTO push_counted_rooms (room_nid, stream_pos) VALUES `)
+		args := make([]any, 0, 2*len(batch))
+		for i, room := range batch {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "($%d, $%d)", 1+2*i, 2+2*i)
+			args = append(args, room, counted[room])
+		}
+		b.WriteString(` ON CONFLICT (room_nid) DO UPDATE SET stream_pos =
+			CASE WHEN excluded.stream_pos > push_counted_rooms.stream_pos THEN excluded.stream_pos ELSE push_counted_rooms.stream_pos END`)
+		if _, err := t.q.ExecContext(ctx, b.String(), args...); err != nil {
+			return fmt.Errorf("set push counted: %w", err)
+		}
+	}
+	return nil
 }
 
 // PushCountedUpTo is the stream position up to which the room's events

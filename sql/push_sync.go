@@ -3,6 +3,7 @@ package sql
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -15,15 +16,30 @@ import (
 const pushCountChangeBatch = 500
 
 // NoteCountChanges records that the unread counts of the given users in a
-// room changed: it takes one position of the notifications stream for all
-// of them, so call it last in the transaction that changed the counts (the
+// room changed; see NoteCountChangesIn.
+func (t *Queries) NoteCountChanges(ctx context.Context, roomNID int64, userIDs []string) (int64, error) {
+	return t.NoteCountChangesIn(ctx, map[int64][]string{roomNID: userIDs})
+}
+
+// NoteCountChangesIn records that the unread counts of users changed, by
+// room NID: it takes one position of the notifications stream for all of
+// them, so call it last in the transaction that changed the counts (the
 // stream's counter row stays locked until that transaction ends). It
 // returns the position, 0 when there was nobody to record.
-func (t *Queries) NoteCountChanges(ctx context.Context, roomNID int64, userIDs []string) (int64, error) {
-	users := slices.Clone(userIDs)
-	slices.Sort(users)
-	users = slices.Compact(users)
-	if len(users) == 0 {
+func (t *Queries) NoteCountChangesIn(ctx context.Context, changed map[int64][]string) (int64, error) {
+	type change struct {
+		room int64
+		user string
+	}
+	var rows []change
+	for _, room := range slices.Sorted(maps.Keys(changed)) {
+		users := slices.Clone(changed[room])
+		slices.Sort(users)
+		for _, u := range slices.Compact(users) {
+			rows = append(rows, change{room, u})
+		}
+	}
+	if len(rows) == 0 {
 		return 0, nil
 	}
 	var pos int64
@@ -32,19 +48,19 @@ func (t *Queries) NoteCountChanges(ctx context.Context, roomNID int64, userIDs [
 		if pos, err = q.AllocStreamPos(ctx, NotificationsStream); err != nil {
 			return err
 		}
-		for len(users) > 0 {
-			batch := users[:min(len(users), pushCountChangeBatch)]
-			users = users[len(batch):]
+		for len(rows) > 0 {
+			batch := rows[:min(len(rows), pushCountChangeBatch)]
+			rows = rows[len(batch):]
 			var b strings.Builder
 			b.WriteString(`INSERT INTO push_count_changes (user_id, room_nid, stream_pos) VALUES `)
-			args := make([]any, 0, 2+len(batch))
-			args = append(args, roomNID, pos)
-			for i, u := range batch {
+			args := make([]any, 0, 1+2*len(batch))
+			args = append(args, pos)
+			for i, c := range batch {
 				if i > 0 {
 					b.WriteString(", ")
 				}
-				fmt.Fprintf(&b, "($%d, $1, $2)", 3+i)
-				args = append(args, u)
+				fmt.Fprintf(&b, "($%d, $%d, $1)", 2+2*i, 3+2*i)
+				args = append(args, c.user, c.room)
 			}
 			b.WriteString(` ON CONFLICT (user_id, room_nid) DO UPDATE SET stream_pos = excluded.stream_pos`)
 			if _, err := q.q.ExecContext(ctx, b.String(), args...); err != nil {

@@ -77,6 +77,17 @@ func TestPushCountChanges(t *testing.T) {
 		if got := changes(v, p3); len(got) != 0 {
 			t.Fatalf("bob's changes after %d: %v", p3, got)
 		}
+		// Changes in several rooms take one position together.
+		p4, err := db.NoteCountChangesIn(ctx, map[int64][]string{r1: {v}, r2: {v, u}})
+		if err != nil || p4 != p3+1 {
+			t.Fatalf("changes in two rooms at %d (%v), want %d", p4, err, p3+1)
+		}
+		if got := changes(v, p3); !slices.Equal(got, []string{"!a:hs", "!b:hs"}) {
+			t.Fatalf("bob's changes after %d: %v", p3, got)
+		}
+		if got := changes(u, p3); !slices.Equal(got, []string{"!b:hs"}) {
+			t.Fatalf("alice's changes after %d: %v", p3, got)
+		}
 		// Not asked for, not read.
 		if head, err := db.SyncHead(ctx, sql.SyncHeadRequest{UserID: v}); err != nil || len(head.CountChanges) != 0 {
 			t.Fatalf("count changes not asked for: %v %v", head.CountChanges, err)

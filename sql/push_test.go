@@ -296,6 +296,19 @@ func TestPushCounts(t *testing.T) {
 		if p, err := db.PushCountedUpTo(ctx, "!other:hs"); err != nil || p != 0 {
 			t.Fatalf("uncounted room at %d, %v", p, err)
 		}
+		// Several rooms at once, each only forward.
+		other, cerr := db.CreateRoom(ctx, "!third:hs", "12")
+		if cerr != nil {
+			t.Fatal(cerr)
+		}
+		if err := db.SetPushCountedIn(ctx, map[int64]int64{room: 8, other: 3}); err != nil {
+			t.Fatal(err)
+		}
+		for id, want := range map[string]int64{"!r:hs": 9, "!third:hs": 3} {
+			if p, err := db.PushCountedUpTo(ctx, id); err != nil || p != want {
+				t.Fatalf("%s counted up to %d (%v), want %d", id, p, err, want)
+			}
+		}
 	})
 }
 
