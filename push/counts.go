@@ -175,6 +175,20 @@ func (c *Counter) HandleBatch(ctx context.Context, os []roomserver.OutputEvent) 
 	}
 	changed := make([][]string, len(os))
 	err := c.db.WithTx(ctx, func(q *sql.Queries) error {
+		// Every event's notifications first, in a few statements: what
+		// comes after (reading up to a sender's event, a leave, a
+		// redaction) takes away only notifications at or before its
+		// event, so it leaves the same as event after event would.
+		var notes []sql.EventNotifications
+		for _, ct := range cs {
+			if ct != nil && len(ct.notes) > 0 {
+				notes = append(notes, sql.EventNotifications{RoomNID: ct.stored.RoomNID, EventNID: ct.stored.NID,
+					StreamPos: ct.stored.StreamPos, Notes: ct.notes})
+			}
+		}
+		if err := q.AddEventsPushNotifications(ctx, notes); err != nil {
+			return err
+		}
 		for i, ct := range cs {
 			if ct == nil {
 				continue
@@ -306,8 +320,9 @@ func (c *Counter) prepare(ctx context.Context, o roomserver.OutputEvent) (*count
 	return ct, nil
 }
 
-// record writes an event's counting in q's transaction and returns the
-// users whose counts changed.
+// record writes what an event's counting takes away (its notifications
+// are in already) in q's transaction and returns the users whose counts
+// changed.
 func (c *Counter) record(ctx context.Context, q *sql.Queries, ct *counting) ([]string, error) {
 	stored, pdu := ct.stored, ct.pdu
 	sender := string(pdu.SenderID())
@@ -316,9 +331,6 @@ func (c *Counter) record(ctx context.Context, q *sql.Queries, ct *counting) ([]s
 	var changed []string
 	for _, n := range ct.notes {
 		changed = append(changed, n.UserID)
-	}
-	if err := q.AddPushNotifications(ctx, stored.RoomNID, stored.NID, stored.StreamPos, ct.notes); err != nil {
-		return nil, err
 	}
 	if c.isLocal(sender) {
 		// Sending an event reads everything before it (spec: "When

@@ -306,89 +306,152 @@ type PushNotification struct {
 // stays far below the engines' limits on parameters.
 const pushNotificationBatch = 500
 
-// AddPushNotifications records the users an event notifies and adds them
-// to the users' counts (push_summaries). Adding an event's notifications
-// again changes nothing; a user whose read marker is already at or past
-// the event (a receipt that came before the counter got to the event) is
-// not notified.
+// AddPushNotifications records the users an event notifies; see
+// AddEventsPushNotifications.
 func (t *Queries) AddPushNotifications(ctx context.Context, roomNID, eventNID, streamPos int64, ns []PushNotification) error {
-	if len(ns) == 0 {
+	return t.AddEventsPushNotifications(ctx, []EventNotifications{{RoomNID: roomNID, EventNID: eventNID, StreamPos: streamPos, Notes: ns}})
+}
+
+// EventNotifications are the users one event notifies.
+type EventNotifications struct {
+	RoomNID, EventNID, StreamPos int64
+	Notes                        []PushNotification
+}
+
+// AddEventsPushNotifications records the users events notify and adds
+// them to the users' counts (push_summaries), a few statements for all
+// the events. Adding an event's notifications again changes nothing; a
+// user whose read marker is already at or past the event (a receipt that
+// came before the counter got to the event) is not notified.
+func (t *Queries) AddEventsPushNotifications(ctx context.Context, evs []EventNotifications) error {
+	first := make(map[int64]int64) // the earliest event of each room
+	for _, ev := range evs {
+		if len(ev.Notes) > 0 {
+			if p, ok := first[ev.RoomNID]; !ok || ev.StreamPos < p {
+				first[ev.RoomNID] = ev.StreamPos
+			}
+		}
+	}
+	if len(first) == 0 {
 		return nil
 	}
 	return t.ensureTx(ctx, func(q *Queries) error {
-		read, err := q.readersAt(ctx, roomNID, streamPos)
+		read, err := q.readMarkersFrom(ctx, first)
 		if err != nil {
 			return err
 		}
-		if len(read) > 0 {
-			ns = slices.DeleteFunc(slices.Clone(ns), func(n PushNotification) bool {
-				return read[readerKey{n.UserID, ""}] || read[readerKey{n.UserID, n.ThreadID}]
-			})
+		var rows []notificationRow
+		for _, ev := range evs {
+			for _, n := range ev.Notes {
+				k := readerKey{ev.RoomNID, n.UserID, ""}
+				if read[k] >= ev.StreamPos {
+					continue
+				}
+				if k.thread = n.ThreadID; read[k] >= ev.StreamPos {
+					continue
+				}
+				rows = append(rows, notificationRow{room: ev.RoomNID, event: ev.EventNID, pos: ev.StreamPos, PushNotification: n})
+			}
 		}
-		var added []PushNotification
-		for len(ns) > 0 {
-			batch := ns[:min(len(ns), pushNotificationBatch)]
-			ns = ns[len(batch):]
-			var b strings.Builder
-			b.WriteString(`INSERT INTO push_notifications (user_id, room_nid, thread_id, event_nid, stream_pos, highlight) VALUES `)
-			args := make([]any, 0, 3+3*len(batch))
-			args = append(args, roomNID, eventNID, streamPos)
-			for i, n := range batch {
-				if i > 0 {
-					b.WriteString(", ")
-				}
-				p := 4 + 3*i
-				fmt.Fprintf(&b, "($%d, $1, $%d, $2, $3, $%d)", p, p+1, p+2)
-				args = append(args, n.UserID, n.ThreadID, n.Highlight)
-			}
-			// RETURNING lists the rows inserted: only those are new to the
-			// counts.
-			b.WriteString(` ON CONFLICT (user_id, event_nid) DO NOTHING RETURNING user_id, thread_id, highlight`)
-			rows, err := q.q.QueryContext(ctx, b.String(), args...)
+		var added []notificationRow
+		for len(rows) > 0 {
+			batch := rows[:min(len(rows), pushNotificationBatch)]
+			rows = rows[len(batch):]
+			more, err := q.insertNotifications(ctx, batch)
 			if err != nil {
-				return fmt.Errorf("add push notifications: %w", err)
-			}
-			for rows.Next() {
-				var n PushNotification
-				if err := rows.Scan(&n.UserID, &n.ThreadID, &n.Highlight); err != nil {
-					rows.Close()
-					return err
-				}
-				added = append(added, n)
-			}
-			if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 				return err
 			}
+			added = append(added, more...)
 		}
-		return q.addToSummaries(ctx, roomNID, streamPos, added)
+		return q.addToSummaries(ctx, added)
 	})
 }
 
-// readerKey is a user's read marker in a thread ("" for unthreaded).
-type readerKey struct{ user, thread string }
+// notificationRow is a row of push_notifications.
+type notificationRow struct {
+	room, event, pos int64
+	PushNotification
+}
 
-// readersAt returns the read markers of a room at or past a stream
-// position: usually none, since the counter runs only a little behind the
-// room.
-func (t *Queries) readersAt(ctx context.Context, roomNID, pos int64) (map[readerKey]bool, error) {
-	rows, err := t.q.QueryContext(ctx, `SELECT user_id, thread_id FROM push_read_markers WHERE room_nid = $1 AND read_pos >= $2`,
-		roomNID, pos)
-	if err != nil {
-		return nil, fmt.Errorf("read markers: %w", err)
+// insertNotifications inserts rows and returns those that were new: only
+// those are new to the counts.
+func (t *Queries) insertNotifications(ctx context.Context, rows []notificationRow) ([]notificationRow, error) {
+	var b strings.Builder
+	b.WriteString(`INSERT INTO push_notifications (user_id, room_nid, thread_id, event_nid, stream_pos, highlight) VALUES `)
+	args := make([]any, 0, 6*len(rows))
+	for i, r := range rows {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		p := 1 + 6*i
+		fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d, $%d)", p, p+1, p+2, p+3, p+4, p+5)
+		args = append(args, r.UserID, r.room, r.ThreadID, r.event, r.pos, r.Highlight)
 	}
-	defer rows.Close()
-	var out map[readerKey]bool
-	for rows.Next() {
-		var k readerKey
-		if err := rows.Scan(&k.user, &k.thread); err != nil {
+	b.WriteString(` ON CONFLICT (user_id, event_nid) DO NOTHING RETURNING user_id, room_nid, thread_id, stream_pos, highlight`)
+	out, err := t.q.QueryContext(ctx, b.String(), args...)
+	if err != nil {
+		return nil, fmt.Errorf("add push notifications: %w", err)
+	}
+	defer out.Close()
+	var added []notificationRow
+	for out.Next() {
+		var r notificationRow
+		if err := out.Scan(&r.UserID, &r.room, &r.ThreadID, &r.pos, &r.Highlight); err != nil {
 			return nil, err
 		}
-		if out == nil {
-			out = make(map[readerKey]bool)
-		}
-		out[k] = true
+		added = append(added, r)
 	}
-	return out, rows.Err()
+	return added, out.Err()
+}
+
+// readerKey is a user's read marker in a room's thread ("" for
+// unthreaded).
+type readerKey struct {
+	room         int64
+	user, thread string
+}
+
+// readMarkerRoomsBatch bounds the rooms of one read of read markers.
+const readMarkerRoomsBatch = 500
+
+// readMarkersFrom returns the read markers of rooms at or past a stream
+// position, by room NID, with their positions: usually none, since the
+// counter runs only a little behind the rooms.
+func (t *Queries) readMarkersFrom(ctx context.Context, from map[int64]int64) (map[readerKey]int64, error) {
+	rooms := slices.Sorted(maps.Keys(from))
+	var out map[readerKey]int64
+	for len(rooms) > 0 {
+		batch := rooms[:min(len(rooms), readMarkerRoomsBatch)]
+		rooms = rooms[len(batch):]
+		values := make([]string, len(batch))
+		args := make([]any, 0, 2*len(batch))
+		for i, room := range batch {
+			values[i] = fmt.Sprintf("(CAST($%d AS BIGINT), CAST($%d AS BIGINT))", 1+2*i, 2+2*i)
+			args = append(args, room, from[room])
+		}
+		rows, err := t.q.QueryContext(ctx, `WITH f(room_nid, pos) AS (VALUES `+strings.Join(values, ", ")+`)
+			SELECT k.room_nid, k.user_id, k.thread_id, k.read_pos FROM f
+			CROSS JOIN push_read_markers k WHERE k.room_nid = f.room_nid AND k.read_pos >= f.pos`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("read markers: %w", err)
+		}
+		for rows.Next() {
+			var k readerKey
+			var pos int64
+			if err := rows.Scan(&k.room, &k.user, &k.thread, &pos); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			if out == nil {
+				out = make(map[readerKey]int64)
+			}
+			out[k] = pos
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // ResetCounts marks a user's notifications in a room as read up to and

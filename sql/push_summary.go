@@ -69,29 +69,47 @@ func (t *Queries) recountSummaries(ctx context.Context, s summarySelection) erro
 	return nil
 }
 
-// addToSummaries adds notifications of one event, at stream position pos,
-// to their users' counts.
-func (t *Queries) addToSummaries(ctx context.Context, roomNID, pos int64, ns []PushNotification) error {
-	for len(ns) > 0 {
-		batch := ns[:min(len(ns), pushNotificationBatch)]
-		ns = ns[len(batch):]
+// addToSummaries adds new notifications to their users' counts: one
+// upsert per summary row, however many of the notifications it takes.
+func (t *Queries) addToSummaries(ctx context.Context, added []notificationRow) error {
+	type key struct {
+		user   string
+		room   int64
+		thread string
+	}
+	type sum struct{ n, hl, first, last int64 }
+	sums := make(map[key]*sum)
+	var keys []key
+	for _, r := range added {
+		k := key{r.UserID, r.room, r.ThreadID}
+		s := sums[k]
+		if s == nil {
+			s = &sum{first: r.pos, last: r.pos}
+			sums[k] = s
+			keys = append(keys, k)
+		}
+		s.n++
+		if r.Highlight {
+			s.hl++
+		}
+		s.first, s.last = min(s.first, r.pos), max(s.last, r.pos)
+	}
+	for len(keys) > 0 {
+		batch := keys[:min(len(keys), pushNotificationBatch)]
+		keys = keys[len(batch):]
 		var b strings.Builder
 		b.WriteString(`INSERT INTO push_summaries (user_id, room_nid, thread_id, notifications, highlights, first_pos, last_pos) VALUES `)
-		args := make([]any, 0, 2+3*len(batch))
-		args = append(args, roomNID, pos)
-		for i, n := range batch {
+		args := make([]any, 0, 7*len(batch))
+		for i, k := range batch {
 			if i > 0 {
 				b.WriteString(", ")
 			}
-			p := 3 + 3*i
-			fmt.Fprintf(&b, "($%d, $1, $%d, 1, $%d, $2, $2)", p, p+1, p+2)
-			hl := 0
-			if n.Highlight {
-				hl = 1
-			}
-			args = append(args, n.UserID, n.ThreadID, hl)
+			p := 1 + 7*i
+			fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d, $%d, $%d)", p, p+1, p+2, p+3, p+4, p+5, p+6)
+			s := sums[k]
+			args = append(args, k.user, k.room, k.thread, s.n, s.hl, s.first, s.last)
 		}
-		// A row recounted to nothing starts again at this event.
+		// A row recounted to nothing starts again at these events.
 		b.WriteString(` ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET
 			notifications = push_summaries.notifications + excluded.notifications,
 			highlights = push_summaries.highlights + excluded.highlights,

@@ -309,6 +309,41 @@ func TestPushCounts(t *testing.T) {
 				t.Fatalf("%s counted up to %d (%v), want %d", id, p, err, want)
 			}
 		}
+
+		// Several events at once, across rooms: a user notified twice in
+		// a room has one summary of both; a read marker between events
+		// keeps out only the one before it; an event added again is not
+		// counted twice.
+		b1, cerr := db.CreateRoom(ctx, "!batch1:hs", "12")
+		if cerr != nil {
+			t.Fatal(cerr)
+		}
+		b2, cerr := db.CreateRoom(ctx, "!batch2:hs", "12")
+		if cerr != nil {
+			t.Fatal(cerr)
+		}
+		if err := db.ResetCounts(ctx, u, "!batch1:hs", "", 2005); err != nil {
+			t.Fatal(err)
+		}
+		ev := func(room, pos int64, ns ...sql.PushNotification) sql.EventNotifications {
+			return sql.EventNotifications{RoomNID: room, EventNID: pos, StreamPos: pos, Notes: ns}
+		}
+		batch := []sql.EventNotifications{ev(b1, 2004, main(u, false)), ev(b1, 2006, main(u, true), main(v, false)),
+			ev(b2, 2007, thread(u, "$root", false)), ev(b1, 2008, main(u, false)), ev(b1, 2006, main(u, true))}
+		for range 2 {
+			if err := db.AddEventsPushNotifications(ctx, batch); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if c := counts(u, "!batch1:hs"); c.NotificationCounts != nc(2, 1) {
+			t.Fatalf("batched events in one room: %+v", c)
+		}
+		if c := counts(v, "!batch1:hs"); c.NotificationCounts != nc(1, 0) {
+			t.Fatalf("another user of the batch: %+v", c)
+		}
+		if c := counts(u, "!batch2:hs"); c.NotificationCounts != nc(1, 0) || c.Threads["$root"].NotificationCount != 1 {
+			t.Fatalf("batched event in another room: %+v", c)
+		}
 	})
 }
 
