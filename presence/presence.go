@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/weft-chat/weft/config"
 	"github.com/weft-chat/weft/internal/wake"
 	"github.com/weft-chat/weft/sql"
 )
@@ -66,7 +67,7 @@ func WithClock(now func() time.Time) Option {
 
 // New makes a Service over db that wakes syncs through w (nil: none).
 func New(db *sql.DB, w *wake.Publisher, log *slog.Logger, opts ...Option) *Service {
-	s := &Service{db: db, wake: w, log: log, now: time.Now, writes: &writer{db: db}}
+	s := &Service{db: db, wake: w, log: log, now: time.Now, writes: &writer{db: db, together: db.Engine() == config.SQLite}}
 	for _, o := range opts {
 		o(s)
 	}
