@@ -189,12 +189,15 @@ func (c *Counter) HandleBatch(ctx context.Context, os []roomserver.OutputEvent) 
 		if err := q.AddEventsPushNotifications(ctx, notes); err != nil {
 			return err
 		}
+		had, err := c.senderReads(ctx, q, cs)
+		if err != nil {
+			return err
+		}
 		for i, ct := range cs {
 			if ct == nil {
 				continue
 			}
-			var err error
-			if changed[i], err = c.record(ctx, q, ct); err != nil {
+			if changed[i], err = c.record(ctx, q, ct, had[i]); err != nil {
 				return err
 			}
 		}
@@ -213,7 +216,7 @@ func (c *Counter) HandleBatch(ctx context.Context, os []roomserver.OutputEvent) 
 		if err := q.SetPushCountedIn(ctx, counted); err != nil {
 			return err
 		}
-		_, err := q.NoteCountChangesIn(ctx, byRoom)
+		_, err = q.NoteCountChangesIn(ctx, byRoom)
 		return err
 	})
 	if err != nil {
@@ -320,10 +323,50 @@ func (c *Counter) prepare(ctx context.Context, o roomserver.OutputEvent) (*count
 	return ct, nil
 }
 
+// senderReads reports, for each event a local user sent, whether sending
+// it reads any of their notifications (spec: "When the user updates their
+// read receipt (either by using the API or by sending an event) ..."):
+// those after the sender's previous event of the batch in the thread, up
+// to this one, which are all that is left to read once the batch's
+// earlier events are recorded.
+func (c *Counter) senderReads(ctx context.Context, q *sql.Queries, cs []*counting) ([]bool, error) {
+	type thread struct {
+		user   string
+		room   int64
+		thread string
+	}
+	prev := make(map[thread]int64)
+	var reads []sql.ReadUpTo
+	at := make([]int, len(cs))
+	for i, ct := range cs {
+		at[i] = -1
+		if ct == nil {
+			continue
+		}
+		sender := string(ct.pdu.SenderID())
+		if !c.isLocal(sender) {
+			continue
+		}
+		k := thread{sender, ct.stored.RoomNID, ct.thread}
+		at[i] = len(reads)
+		reads = append(reads, sql.ReadUpTo{UserID: sender, RoomNID: k.room, ThreadID: k.thread, After: prev[k], UpTo: ct.stored.StreamPos})
+		prev[k] = ct.stored.StreamPos
+	}
+	read, err := q.HasPushNotificationsIn(ctx, reads)
+	if err != nil {
+		return nil, err
+	}
+	had := make([]bool, len(cs))
+	for i, j := range at {
+		had[i] = j >= 0 && read[j]
+	}
+	return had, nil
+}
+
 // record writes what an event's counting takes away (its notifications
 // are in already) in q's transaction and returns the users whose counts
 // changed.
-func (c *Counter) record(ctx context.Context, q *sql.Queries, ct *counting) ([]string, error) {
+func (c *Counter) record(ctx context.Context, q *sql.Queries, ct *counting, senderRead bool) ([]string, error) {
 	stored, pdu := ct.stored, ct.pdu
 	sender := string(pdu.SenderID())
 	// changed collects the users whose counts this event changes: the
@@ -332,28 +375,20 @@ func (c *Counter) record(ctx context.Context, q *sql.Queries, ct *counting) ([]s
 	for _, n := range ct.notes {
 		changed = append(changed, n.UserID)
 	}
-	if c.isLocal(sender) {
-		// Sending an event reads everything before it (spec: "When
-		// the user updates their read receipt (either by using the API
-		// or by sending an event) ...").
-		had, err := q.HasPushNotificationsUpTo(ctx, sender, stored.RoomNID, ct.thread, stored.StreamPos)
-		if err != nil {
-			return nil, err
+	// Sending the event read notifications of the sender's (see
+	// senderReads). When it read none, moving the read marker would
+	// change nothing: the counter goes in stream order, so no
+	// notification it counts later lies before this event.
+	if senderRead {
+		// The sender's own membership event reads the room in the
+		// counts /sync serves as soon as it commits (see
+		// sql.UnreadCountsInRooms): no change to send for it, and no
+		// second sync for every join.
+		if ownMember := pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil && *pdu.StateKey() == sender; !ownMember {
+			changed = append(changed, sender)
 		}
-		// Nothing to read: the counter goes in stream order, so no
-		// notification it counts later lies before this event, and
-		// moving the read marker would change nothing.
-		if had {
-			// The sender's own membership event reads the room in the
-			// counts /sync serves as soon as it commits (see
-			// sql.UnreadCountsInRooms): no change to send for it, and
-			// no second sync for every join.
-			if ownMember := pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil && *pdu.StateKey() == sender; !ownMember {
-				changed = append(changed, sender)
-			}
-			if err := q.ResetCountsNID(ctx, sender, stored.RoomNID, ct.thread, stored.StreamPos); err != nil {
-				return nil, err
-			}
+		if err := q.ResetCountsNID(ctx, sender, stored.RoomNID, ct.thread, stored.StreamPos); err != nil {
+			return nil, err
 		}
 	}
 	if sk := pdu.StateKey(); pdu.Type() == spec.MRoomMember && sk != nil && c.isLocal(*sk) {

@@ -2,6 +2,7 @@ package sql
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -72,13 +73,50 @@ func (t *Queries) NoteCountChangesIn(ctx context.Context, changed map[int64][]st
 	return pos, err
 }
 
-// HasPushNotificationsUpTo reports whether the user has a notification in
-// a room's thread at or before stream position upTo, which reading the
-// thread up to there would clear.
-func (t *Queries) HasPushNotificationsUpTo(ctx context.Context, userID string, roomNID int64, threadID string, upTo int64) (bool, error) {
-	var n int
-	err := t.q.QueryRowContext(ctx, `SELECT COUNT(*) FROM (SELECT 1 FROM push_notifications
-		WHERE user_id = $1 AND room_nid = $2 AND thread_id = $3 AND stream_pos <= $4 LIMIT 1) x`,
-		userID, roomNID, threadID, upTo).Scan(&n)
-	return n > 0, err
+// ReadUpTo is a user's reading of a room's thread: the notifications
+// after After and at or before UpTo.
+type ReadUpTo struct {
+	UserID   string
+	RoomNID  int64
+	ThreadID string
+	After    int64
+	UpTo     int64
+}
+
+// readsBatch bounds the reads of one HasPushNotificationsIn query.
+const readsBatch = 200
+
+// HasPushNotificationsIn reports, for each read, whether its user has a
+// notification that reading the thread would clear.
+func (t *Queries) HasPushNotificationsIn(ctx context.Context, reads []ReadUpTo) ([]bool, error) {
+	out := make([]bool, len(reads))
+	for start := 0; start < len(reads); start += readsBatch {
+		chunk := reads[start:min(len(reads), start+readsBatch)]
+		values := make([]string, len(chunk))
+		args := make([]any, 0, 5*len(chunk))
+		for i, r := range chunk {
+			p := 1 + 5*i
+			values[i] = fmt.Sprintf("(%d, CAST($%d AS TEXT), CAST($%d AS BIGINT), CAST($%d AS TEXT), CAST($%d AS BIGINT), CAST($%d AS BIGINT))",
+				i, p, p+1, p+2, p+3, p+4)
+			args = append(args, r.UserID, r.RoomNID, r.ThreadID, r.After, r.UpTo)
+		}
+		rows, err := t.q.QueryContext(ctx, `WITH r(i, user_id, room_nid, thread_id, after_pos, up_to) AS (VALUES `+strings.Join(values, ", ")+`)
+			SELECT r.i FROM r WHERE EXISTS (SELECT 1 FROM push_notifications n WHERE n.user_id = r.user_id AND n.room_nid = r.room_nid
+				AND n.thread_id = r.thread_id AND n.stream_pos > r.after_pos AND n.stream_pos <= r.up_to)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("notifications to read: %w", err)
+		}
+		for rows.Next() {
+			var i int
+			if err := rows.Scan(&i); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[start+i] = true
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }

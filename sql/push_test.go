@@ -344,6 +344,17 @@ func TestPushCounts(t *testing.T) {
 		if c := counts(u, "!batch2:hs"); c.NotificationCounts != nc(1, 0) || c.Threads["$root"].NotificationCount != 1 {
 			t.Fatalf("batched event in another room: %+v", c)
 		}
+		// What reading up to a position would clear, after another.
+		had, herr := db.HasPushNotificationsIn(ctx, []sql.ReadUpTo{
+			{UserID: u, RoomNID: b1, ThreadID: "main", UpTo: 2005},               // 2004 was read already
+			{UserID: u, RoomNID: b1, ThreadID: "main", UpTo: 2006},               // 2006
+			{UserID: u, RoomNID: b1, ThreadID: "main", After: 2006, UpTo: 2007},  // nothing in (2006, 2007]
+			{UserID: u, RoomNID: b2, ThreadID: "main", UpTo: 2010},               // only a thread there
+			{UserID: u, RoomNID: b2, ThreadID: "$root", After: 2006, UpTo: 2007}, // 2007
+		})
+		if herr != nil || !slices.Equal(had, []bool{false, true, false, false, true}) {
+			t.Fatalf("notifications to read: %v, %v", had, herr)
+		}
 	})
 }
 
