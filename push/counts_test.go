@@ -45,6 +45,24 @@ func startCountsHS(t *testing.T, engine config.Engine) *countsHS {
 	return &countsHS{t: t, srv: srv, db: db}
 }
 
+// roomOfThree registers alice, bob and carol and makes a private room of
+// the three.
+func (h *countsHS) roomOfThree() (alice, bob, carol *mautrix.Client, room id.RoomID) {
+	h.t.Helper()
+	ctx, base := context.Background(), h.srv.ClientURL
+	alice, bob, carol = testclient.Register(h.t, base, "alice"), testclient.Register(h.t, base, "bob"), testclient.Register(h.t, base, "carol")
+	created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID, carol.UserID}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, c := range []*mautrix.Client{bob, carol} {
+		if _, err := c.JoinRoomByID(ctx, created.RoomID); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	return alice, bob, carol, created.RoomID
+}
+
 // counted waits until the counter has handled the event (it runs behind
 // the room, on room.output).
 func (h *countsHS) counted(roomID id.RoomID, eventID id.EventID) {
@@ -145,20 +163,7 @@ func TestNotificationCounts(t *testing.T) {
 		t.Run(string(e), func(t *testing.T) {
 			h := startCountsHS(t, e)
 			ctx := context.Background()
-			base := h.srv.ClientURL
-			alice, bob, carol := testclient.Register(t, base, "alice"), testclient.Register(t, base, "bob"), testclient.Register(t, base, "carol")
-			created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID, carol.UserID}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			room := created.RoomID
-			for _, c := range []*mautrix.Client{bob, carol} {
-				resp, err := c.JoinRoomByID(ctx, room)
-				if err != nil {
-					t.Fatal(err)
-				}
-				_ = resp
-			}
+			alice, bob, carol, room := h.roomOfThree()
 			// Joining is sending an event: it reads what came before,
 			// the invite included.
 			last := h.text(alice, room, "sync point", nil)
@@ -344,18 +349,7 @@ func TestNotificationCountsBackToBack(t *testing.T) {
 		t.Run(string(e), func(t *testing.T) {
 			h := startCountsHS(t, e)
 			ctx := context.Background()
-			base := h.srv.ClientURL
-			alice, bob, carol := testclient.Register(t, base, "alice"), testclient.Register(t, base, "bob"), testclient.Register(t, base, "carol")
-			created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			room := created.RoomID
-			for _, c := range []*mautrix.Client{bob, carol} {
-				if _, err := c.JoinRoomByID(ctx, room); err != nil {
-					t.Fatal(err)
-				}
-			}
+			alice, bob, carol, room := h.roomOfThree()
 			for _, c := range []*mautrix.Client{alice, bob, carol} {
 				h.text(c, room, "here", nil)
 			}
