@@ -108,14 +108,15 @@ const wakeBatch = 1000
 // ctx ends or stop is called. Events are counted in stream order, in
 // batches of those already waiting, one transaction each: counting one
 // event per transaction, with a round trip to NATS for each, fell seconds
-// behind the room under load (`weft bench rooms`). A batch that fails is retried here, not handed back, since a
-// message handed back would come again after later ones; only one process
-// at a time is handed events (bus.Pinned), for the same reason.
+// behind the room under load (`weft bench rooms`). A batch that fails is
+// retried here, not handed back, since a message handed back would come
+// again after later ones; only one process at a time is handed events
+// (bus.Pinned), for the same reason.
 func (c *Counter) Serve(ctx context.Context, b *bus.Bus) (stop func(), err error) {
 	c.nc = b.Conn()
 	return bus.ConsumeAsync(ctx, b, bus.StreamRoomOutput, CountsDurable, bus.RoomOutputSubjects, countBatch,
-		func(ctx context.Context, os []roomserver.OutputEvent, finish func(error)) {
-			finish(c.handleRetrying(ctx, os))
+		func(ctx context.Context, outs []roomserver.OutputEvent, finish func(error)) {
+			finish(c.handleRetrying(ctx, outs))
 		}, bus.Pinned())
 }
 
@@ -131,13 +132,13 @@ const (
 const retryDelay = time.Second
 
 // handleRetrying counts a batch until that succeeds or ctx ends.
-func (c *Counter) handleRetrying(ctx context.Context, os []roomserver.OutputEvent) error {
+func (c *Counter) handleRetrying(ctx context.Context, outs []roomserver.OutputEvent) error {
 	for {
-		err := c.HandleBatch(ctx, os)
+		err := c.HandleBatch(ctx, outs)
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
-		c.log.Warn("push counts failed, will retry", "events", len(os), "err", err)
+		c.log.Warn("push counts failed, will retry", "events", len(outs), "err", err)
 		select {
 		case <-time.After(retryDelay):
 		case <-ctx.Done():
@@ -156,14 +157,14 @@ func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
 // redelivered event changes nothing. Errors are the database's, worth a
 // retry; events that cannot be counted (gone, unparsable) are logged and
 // skipped, since a retry cannot fix them.
-func (c *Counter) HandleBatch(ctx context.Context, os []roomserver.OutputEvent) error {
+func (c *Counter) HandleBatch(ctx context.Context, outs []roomserver.OutputEvent) error {
 	// The reads behind each event's counting go side by side: on
 	// PostgreSQL each is a round trip, and one event after the other left
 	// the counter behind the room under load.
-	cs := make([]*counting, len(os))
+	cs := make([]*counting, len(outs))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(prepareParallel)
-	for i, o := range os {
+	for i, o := range outs {
 		g.Go(func() error {
 			var err error
 			cs[i], err = c.prepare(gctx, o)
@@ -173,7 +174,7 @@ func (c *Counter) HandleBatch(ctx context.Context, os []roomserver.OutputEvent) 
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	changed := make([][]string, len(os))
+	changed := make([][]string, len(outs))
 	err := c.db.WithTx(ctx, func(q *sql.Queries) error {
 		// Every event's notifications first, in a few statements: what
 		// comes after (reading up to a sender's event, a leave, a
@@ -222,7 +223,7 @@ func (c *Counter) HandleBatch(ctx context.Context, os []roomserver.OutputEvent) 
 	if err != nil {
 		return err
 	}
-	for i, o := range os {
+	for i, o := range outs {
 		if cs[i] != nil {
 			c.tell(o, changed[i])
 		}

@@ -302,10 +302,6 @@ type PushNotification struct {
 	Highlight bool
 }
 
-// pushNotificationBatch bounds the rows of one INSERT: 6 parameters a row
-// stays far below the engines' limits on parameters.
-const pushNotificationBatch = 500
-
 // AddPushNotifications records the users an event notifies; see
 // AddEventsPushNotifications.
 func (t *Queries) AddPushNotifications(ctx context.Context, roomNID, eventNID, streamPos int64, ns []PushNotification) error {
@@ -354,9 +350,7 @@ func (t *Queries) AddEventsPushNotifications(ctx context.Context, evs []EventNot
 			}
 		}
 		var added []notificationRow
-		for len(rows) > 0 {
-			batch := rows[:min(len(rows), pushNotificationBatch)]
-			rows = rows[len(batch):]
+		for batch := range chunks(rows) {
 			more, err := q.insertNotifications(ctx, batch)
 			if err != nil {
 				return err
@@ -411,18 +405,12 @@ type readerKey struct {
 	user, thread string
 }
 
-// readMarkerRoomsBatch bounds the rooms of one read of read markers.
-const readMarkerRoomsBatch = 500
-
 // readMarkersFrom returns the read markers of rooms at or past a stream
 // position, by room NID, with their positions: usually none, since the
 // counter runs only a little behind the rooms.
 func (t *Queries) readMarkersFrom(ctx context.Context, from map[int64]int64) (map[readerKey]int64, error) {
-	rooms := slices.Sorted(maps.Keys(from))
 	var out map[readerKey]int64
-	for len(rooms) > 0 {
-		batch := rooms[:min(len(rooms), readMarkerRoomsBatch)]
-		rooms = rooms[len(batch):]
+	for batch := range chunks(slices.Sorted(maps.Keys(from))) {
 		values := make([]string, len(batch))
 		args := make([]any, 0, 2*len(batch))
 		for i, room := range batch {
@@ -563,16 +551,10 @@ func (t *Queries) SetPushCounted(ctx context.Context, roomNID, pos int64) error 
 	return t.SetPushCountedIn(ctx, map[int64]int64{roomNID: pos})
 }
 
-// pushCountedBatch bounds the rows of one upsert of counted positions.
-const pushCountedBatch = 500
-
 // SetPushCountedIn is SetPushCounted for several rooms: positions by room
 // NID.
 func (t *Queries) SetPushCountedIn(ctx context.Context, counted map[int64]int64) error {
-	rooms := slices.Sorted(maps.Keys(counted))
-	for len(rooms) > 0 {
-		batch := rooms[:min(len(rooms), pushCountedBatch)]
-		rooms = rooms[len(batch):]
+	for batch := range chunks(slices.Sorted(maps.Keys(counted))) {
 		var b strings.Builder
 		b.WriteString(`INSERT INTO push_counted_rooms (room_nid, stream_pos) VALUES `)
 		args := make([]any, 0, 2*len(batch))

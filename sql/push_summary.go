@@ -94,9 +94,7 @@ func (t *Queries) addToSummaries(ctx context.Context, added []notificationRow) e
 		}
 		s.first, s.last = min(s.first, r.pos), max(s.last, r.pos)
 	}
-	for len(keys) > 0 {
-		batch := keys[:min(len(keys), pushNotificationBatch)]
-		keys = keys[len(batch):]
+	for batch := range chunks(keys) {
 		var b strings.Builder
 		b.WriteString(`INSERT INTO push_summaries (user_id, room_nid, thread_id, notifications, highlights, first_pos, last_pos) VALUES `)
 		args := make([]any, 0, 7*len(batch))

@@ -13,9 +13,6 @@ import (
 // stream of count changes (migration 0012_notification_stream.sql) and the
 // counts of the rooms of one response.
 
-// pushCountChangeBatch bounds the rows of one upsert of count changes.
-const pushCountChangeBatch = 500
-
 // NoteCountChanges records that the unread counts of the given users in a
 // room changed; see NoteCountChangesIn.
 func (t *Queries) NoteCountChanges(ctx context.Context, roomNID int64, userIDs []string) (int64, error) {
@@ -49,9 +46,7 @@ func (t *Queries) NoteCountChangesIn(ctx context.Context, changed map[int64][]st
 		if pos, err = q.AllocStreamPos(ctx, NotificationsStream); err != nil {
 			return err
 		}
-		for len(rows) > 0 {
-			batch := rows[:min(len(rows), pushCountChangeBatch)]
-			rows = rows[len(batch):]
+		for batch := range chunks(rows) {
 			var b strings.Builder
 			b.WriteString(`INSERT INTO push_count_changes (user_id, room_nid, stream_pos) VALUES `)
 			args := make([]any, 0, 1+2*len(batch))
@@ -83,15 +78,12 @@ type ReadUpTo struct {
 	UpTo     int64
 }
 
-// readsBatch bounds the reads of one HasPushNotificationsIn query.
-const readsBatch = 200
-
 // HasPushNotificationsIn reports, for each read, whether its user has a
 // notification that reading the thread would clear.
 func (t *Queries) HasPushNotificationsIn(ctx context.Context, reads []ReadUpTo) ([]bool, error) {
 	out := make([]bool, len(reads))
-	for start := 0; start < len(reads); start += readsBatch {
-		chunk := reads[start:min(len(reads), start+readsBatch)]
+	start := 0
+	for chunk := range chunks(reads) {
 		values := make([]string, len(chunk))
 		args := make([]any, 0, 5*len(chunk))
 		for i, r := range chunk {
@@ -117,6 +109,7 @@ func (t *Queries) HasPushNotificationsIn(ctx context.Context, reads []ReadUpTo) 
 		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return nil, err
 		}
+		start += len(chunk)
 	}
 	return out, nil
 }
