@@ -22,8 +22,9 @@ import (
 	"github.com/weft-chat/weft/sql"
 )
 
-// Service reads and changes presence. It keeps no state of its own, so
-// any number of them, in one process or several, may share a database.
+// Service reads and changes presence. It keeps no state of its own but
+// the changes it is writing, so any number of them, in one process or
+// several, may share a database.
 type Service struct {
 	db   *sql.DB
 	wake *wake.Publisher
