@@ -106,12 +106,10 @@ func (rs *Roomserver) commit(ctx context.Context, rcs []*roomCommit) error {
 		for i, p := range rc.evs {
 			if p.pdu.StateKey() != nil {
 				// The next events' auth events are likely among them.
-				rs.events.Put(rc.nids[i], p.pdu)
+				rs.events.committed(rc.nids[i], p.pdu)
 			}
 		}
-		for _, nid := range rc.redacted {
-			rs.events.Delete(nid)
-		}
+		rs.events.redacted(rc.redacted)
 		rs.views.Put(rc.v.info.RoomID, rc.after)
 	}
 	var outputs []OutputEvent

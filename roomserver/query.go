@@ -17,6 +17,7 @@ import (
 // Event returns a stored event and its parsed form; 404 M_NOT_FOUND if
 // unknown.
 func (rs *Roomserver) Event(ctx context.Context, eventID string) (sql.Event, gomatrixserverlib.PDU, error) {
+	gen := rs.events.generation()
 	s, err := rs.db.EventByID(ctx, eventID)
 	if errors.Is(err, sql.ErrNotFound) {
 		return sql.Event{}, nil, mxhttp.NotFound("Event not found")
@@ -24,11 +25,13 @@ func (rs *Roomserver) Event(ctx context.Context, eventID string) (sql.Event, gom
 	if err != nil {
 		return sql.Event{}, nil, fmt.Errorf("load event %s: %w", eventID, err)
 	}
-	pdu, err := rs.parseCached(s)
+	pdu, err := rs.parseCached(gen, s)
 	return s, pdu, err
 }
 
-func (rs *Roomserver) parseCached(s sql.Event) (gomatrixserverlib.PDU, error) {
+// parseCached parses a stored event, or takes it from the cache; gen is
+// the cache's generation from before the row was read (eventCache).
+func (rs *Roomserver) parseCached(gen uint64, s sql.Event) (gomatrixserverlib.PDU, error) {
 	if pdu, ok := rs.events.Get(s.NID); ok {
 		return pdu, nil
 	}
@@ -36,7 +39,7 @@ func (rs *Roomserver) parseCached(s sql.Event) (gomatrixserverlib.PDU, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs.events.Put(s.NID, pdu)
+	rs.events.put(gen, s.NID, pdu)
 	return pdu, nil
 }
 
@@ -69,6 +72,7 @@ func (rs *Roomserver) RoomVersion(ctx context.Context, roomID string) (string, e
 // CurrentStateEvent returns the event holding one piece of a room's
 // current state, or nil when that state is not set.
 func (rs *Roomserver) CurrentStateEvent(ctx context.Context, roomID, eventType, stateKey string) (gomatrixserverlib.PDU, error) {
+	gen := rs.events.generation()
 	s, err := rs.db.CurrentStateEvent(ctx, roomID, sql.StateKey{Type: eventType, StateKey: stateKey})
 	if errors.Is(err, sql.ErrNotFound) {
 		return nil, nil
@@ -76,18 +80,19 @@ func (rs *Roomserver) CurrentStateEvent(ctx context.Context, roomID, eventType, 
 	if err != nil {
 		return nil, fmt.Errorf("load state %s/%s: %w", eventType, stateKey, err)
 	}
-	return rs.parseCached(s)
+	return rs.parseCached(gen, s)
 }
 
 // CurrentState returns every event of a room's current state.
 func (rs *Roomserver) CurrentState(ctx context.Context, roomID string) ([]gomatrixserverlib.PDU, error) {
+	gen := rs.events.generation()
 	stored, err := rs.db.CurrentStateEvents(ctx, roomID)
 	if err != nil {
 		return nil, fmt.Errorf("load state of %s: %w", roomID, err)
 	}
 	out := make([]gomatrixserverlib.PDU, 0, len(stored))
 	for _, s := range stored {
-		pdu, err := rs.parseCached(s)
+		pdu, err := rs.parseCached(gen, s)
 		if err != nil {
 			return nil, err
 		}

@@ -15,6 +15,7 @@ import (
 // the room event stream: the event the room's state "at" that position
 // follows. 404 M_NOT_FOUND when the room had no event by then.
 func (rs *Roomserver) LastEventAt(ctx context.Context, roomID string, streamPos int64) (sql.Event, gomatrixserverlib.PDU, error) {
+	gen := rs.events.generation()
 	s, err := rs.db.LastEventAtOrBefore(ctx, roomID, streamPos)
 	if errors.Is(err, sql.ErrNotFound) {
 		return sql.Event{}, nil, mxhttp.NotFound("The room has no event at that position")
@@ -22,6 +23,6 @@ func (rs *Roomserver) LastEventAt(ctx context.Context, roomID string, streamPos 
 	if err != nil {
 		return sql.Event{}, nil, fmt.Errorf("last event of %s at %d: %w", roomID, streamPos, err)
 	}
-	pdu, err := rs.parseCached(s)
+	pdu, err := rs.parseCached(gen, s)
 	return s, pdu, err
 }

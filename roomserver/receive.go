@@ -191,6 +191,7 @@ type storedEvent struct {
 
 // stored returns the events among ids that the room has stored.
 func (r *receiver) stored(ctx context.Context, ids []string) (map[string]storedEvent, error) {
+	gen := r.rs.events.generation()
 	rows, err := r.rs.db.EventsByID(ctx, ids)
 	if err != nil {
 		return nil, err
@@ -200,7 +201,7 @@ func (r *receiver) stored(ctx context.Context, ids []string) (map[string]storedE
 		if row.RoomID != r.roomID {
 			continue // an id from another room is as good as unknown
 		}
-		pdu, err := r.rs.parseCached(row)
+		pdu, err := r.rs.parseCached(gen, row)
 		if err != nil {
 			return nil, err
 		}

@@ -40,7 +40,7 @@ type Roomserver struct {
 
 	rooms  roomLocks
 	views  *bounded.Map[string, *roomView]
-	events *bounded.Map[int64, gomatrixserverlib.PDU]
+	events *eventCache
 	group  groupCommit
 }
 
@@ -55,7 +55,7 @@ const commitSlots = 1
 // New makes a roomserver. Start its consumers with Serve.
 func New(db *sql.DB, b *bus.Bus, serverName string, key serverkey.Key, log *slog.Logger) *Roomserver {
 	rs := &Roomserver{db: db, bus: b, serverName: spec.ServerName(serverName), key: key, log: log, now: time.Now,
-		views: bounded.New[string, *roomView](viewCacheMax), events: bounded.New[int64, gomatrixserverlib.PDU](eventCacheMax)}
+		views: bounded.New[string, *roomView](viewCacheMax), events: newEventCache()}
 	rs.group.slots = commitSlots
 	return rs
 }
@@ -235,6 +235,7 @@ func (rs *Roomserver) pdus(ctx context.Context, q *sql.Queries, nids []int64) (m
 	if len(missing) == 0 {
 		return out, nil
 	}
+	gen := rs.events.generation()
 	stored, err := q.EventsByNID(ctx, missing)
 	if err != nil {
 		return nil, err
@@ -244,7 +245,7 @@ func (rs *Roomserver) pdus(ctx context.Context, q *sql.Queries, nids []int64) (m
 		if err != nil {
 			return nil, err
 		}
-		rs.events.Put(s.NID, pdu)
+		rs.events.put(gen, s.NID, pdu)
 		out[s.NID] = pdu
 	}
 	return out, nil
