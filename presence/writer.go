@@ -15,8 +15,8 @@ import (
 // room's next message: its commit waited 15 ms behind 46 of them in
 // `weft bench fanout`. Changes that arrive while a batch is written go in
 // the next one. PostgreSQL runs writers side by side, and there one
-// writer for all made the slowest deliveries of `weft bench rooms` slower
-// (a second and more, from 0.4 s): each caller writes its own.
+// writer for all made the slowest delivery of `weft bench rooms` slower
+// (0.7-1.1 s, from 0.4 s): each caller writes its own.
 type writer struct {
 	db *sql.DB
 	// together is whether changes are written together (SQLite).
