@@ -185,8 +185,7 @@ func NewQueue(cfg QueueConfig) (*Queue, error) {
 	if cfg.LeaseTTL <= cfg.AttemptTimeout {
 		cfg.LeaseTTL = 2 * cfg.AttemptTimeout
 	}
-	log := cfg.Log
-	log = logOr(log)
+	log := logOr(cfg.Log)
 	return &Queue{
 		db: cfg.DB, doer: doer, key: cfg.Key, origin: cfg.Origin, log: log, cfg: cfg,
 		owner:  randomID(8),

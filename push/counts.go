@@ -147,11 +147,6 @@ func (c *Counter) handleRetrying(ctx context.Context, outs []roomserver.OutputEv
 	}
 }
 
-// Handle counts one committed event; see HandleBatch.
-func (c *Counter) Handle(ctx context.Context, o roomserver.OutputEvent) error {
-	return c.HandleBatch(ctx, []roomserver.OutputEvent{o})
-}
-
 // HandleBatch counts committed events, in order, in one transaction. It
 // is idempotent: notifications are keyed by (user, event), so a
 // redelivered event changes nothing. Errors are the database's, worth a

@@ -71,3 +71,21 @@ func (t *Queries) SyncHead(ctx context.Context, r SyncHeadRequest) (SyncHead, er
 	}
 	return heads[0], nil
 }
+
+// AddPushNotifications records the users an event notifies; see
+// AddEventsPushNotifications.
+func (t *Queries) AddPushNotifications(ctx context.Context, roomNID, eventNID, streamPos int64, ns []PushNotification) error {
+	return t.AddEventsPushNotifications(ctx, []EventNotifications{{RoomNID: roomNID, EventNID: eventNID, StreamPos: streamPos, Notes: ns}})
+}
+
+// SetPushCounted records that the room's events up to stream position pos
+// were counted; it never moves back.
+func (t *Queries) SetPushCounted(ctx context.Context, roomNID, pos int64) error {
+	return t.SetPushCountedIn(ctx, map[int64]int64{roomNID: pos})
+}
+
+// NoteCountChanges records that the unread counts of the given users in a
+// room changed; see NoteCountChangesIn.
+func (t *Queries) NoteCountChanges(ctx context.Context, roomNID int64, userIDs []string) (int64, error) {
+	return t.NoteCountChangesIn(ctx, map[int64][]string{roomNID: userIDs})
+}

@@ -302,12 +302,6 @@ type PushNotification struct {
 	Highlight bool
 }
 
-// AddPushNotifications records the users an event notifies; see
-// AddEventsPushNotifications.
-func (t *Queries) AddPushNotifications(ctx context.Context, roomNID, eventNID, streamPos int64, ns []PushNotification) error {
-	return t.AddEventsPushNotifications(ctx, []EventNotifications{{RoomNID: roomNID, EventNID: eventNID, StreamPos: streamPos, Notes: ns}})
-}
-
 // EventNotifications are the users one event notifies.
 type EventNotifications struct {
 	RoomNID, EventNID, StreamPos int64
@@ -545,14 +539,8 @@ func (t *Queries) DeleteEventPushNotifications(ctx context.Context, eventNID int
 	return users, err
 }
 
-// SetPushCounted records that the room's events up to stream position pos
-// were counted; it never moves back.
-func (t *Queries) SetPushCounted(ctx context.Context, roomNID, pos int64) error {
-	return t.SetPushCountedIn(ctx, map[int64]int64{roomNID: pos})
-}
-
-// SetPushCountedIn is SetPushCounted for several rooms: positions by room
-// NID.
+// SetPushCountedIn records that rooms' events up to stream positions
+// were counted, by room NID; a room's position never moves back.
 func (t *Queries) SetPushCountedIn(ctx context.Context, counted map[int64]int64) error {
 	for batch := range chunks(slices.Sorted(maps.Keys(counted))) {
 		var b strings.Builder

@@ -13,12 +13,6 @@ import (
 // stream of count changes (migration 0012_notification_stream.sql) and the
 // counts of the rooms of one response.
 
-// NoteCountChanges records that the unread counts of the given users in a
-// room changed; see NoteCountChangesIn.
-func (t *Queries) NoteCountChanges(ctx context.Context, roomNID int64, userIDs []string) (int64, error) {
-	return t.NoteCountChangesIn(ctx, map[int64][]string{roomNID: userIDs})
-}
-
 // NoteCountChangesIn records that the unread counts of users changed, by
 // room NID: it takes one position of the notifications stream for all of
 // them, so call it last in the transaction that changed the counts (the
