@@ -189,6 +189,7 @@ func (c *Counter) HandleBatch(ctx context.Context, outs []roomserver.OutputEvent
 		if err != nil {
 			return err
 		}
+		var resets []sql.ReadUpTo
 		for i, ct := range cs {
 			if ct == nil {
 				continue
@@ -196,6 +197,15 @@ func (c *Counter) HandleBatch(ctx context.Context, outs []roomserver.OutputEvent
 			if changed[i], err = c.record(ctx, q, ct, had[i]); err != nil {
 				return err
 			}
+			if had[i] {
+				resets = append(resets, sql.ReadUpTo{UserID: string(ct.pdu.SenderID()), RoomNID: ct.stored.RoomNID,
+					ThreadID: ct.thread, UpTo: ct.stored.StreamPos})
+			}
+		}
+		// The senders' reads go together: each takes away only what its
+		// marker covers, like the leaves and redactions before it.
+		if err := q.ResetCountsIn(ctx, resets); err != nil {
+			return err
 		}
 		// The batch's rooms are counted up to their last events, and its
 		// count changes take one position, last: a stream position locks
@@ -372,9 +382,10 @@ func (c *Counter) record(ctx context.Context, q *sql.Queries, ct *counting, send
 		changed = append(changed, n.UserID)
 	}
 	// Sending the event read notifications of the sender's (see
-	// senderReads). When it read none, moving the read marker would
-	// change nothing: the counter goes in stream order, so no
-	// notification it counts later lies before this event.
+	// senderReads), which HandleBatch clears for the whole batch. When
+	// it read none, moving the read marker would change nothing: the
+	// counter goes in stream order, so no notification it counts later
+	// lies before this event.
 	if senderRead {
 		// The sender's own membership event reads the room in the
 		// counts /sync serves as soon as it commits (see
@@ -382,9 +393,6 @@ func (c *Counter) record(ctx context.Context, q *sql.Queries, ct *counting, send
 		// second sync for every join.
 		if ownMember := pdu.Type() == spec.MRoomMember && pdu.StateKey() != nil && *pdu.StateKey() == sender; !ownMember {
 			changed = append(changed, sender)
-		}
-		if err := q.ResetCountsNID(ctx, sender, stored.RoomNID, ct.thread, stored.StreamPos); err != nil {
-			return nil, err
 		}
 	}
 	if sk := pdu.StateKey(); pdu.Type() == spec.MRoomMember && sk != nil && c.isLocal(*sk) {

@@ -375,7 +375,7 @@ func (t *Queries) insertNotifications(ctx context.Context, rows []notificationRo
 		fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d, $%d)", p, p+1, p+2, p+3, p+4, p+5)
 		args = append(args, r.UserID, r.room, r.ThreadID, r.event, r.pos, r.Highlight)
 	}
-	b.WriteString(` ON CONFLICT (user_id, event_nid) DO NOTHING RETURNING user_id, room_nid, thread_id, stream_pos, highlight`)
+	b.WriteString(` ON CONFLICT (user_id, room_nid, stream_pos) DO NOTHING RETURNING user_id, room_nid, thread_id, stream_pos, highlight`)
 	out, err := t.q.QueryContext(ctx, b.String(), args...)
 	if err != nil {
 		return nil, fmt.Errorf("add push notifications: %w", err)
@@ -458,23 +458,83 @@ func (t *Queries) ResetCounts(ctx context.Context, userID, roomID, threadID stri
 
 // ResetCountsNID is ResetCounts for a room NID.
 func (t *Queries) ResetCountsNID(ctx context.Context, userID string, roomNID int64, threadID string, upTo int64) error {
+	return t.ResetCountsIn(ctx, []ReadUpTo{{UserID: userID, RoomNID: roomNID, ThreadID: threadID, UpTo: upTo}})
+}
+
+// ResetCountsIn is ResetCountsNID for several reads (their After is not
+// used) in a few statements however many they are: the push counter
+// resets the counts of all its batch's senders together.
+func (t *Queries) ResetCountsIn(ctx context.Context, reads []ReadUpTo) error {
+	// One marker row per user, room and thread, at the furthest read: a
+	// statement may not upsert a row twice.
+	type marker struct {
+		user   string
+		room   int64
+		thread string
+	}
+	furthest := make(map[marker]int64)
+	var markers []marker
+	type userRoom struct {
+		user string
+		room int64
+	}
+	var pairs []userRoom
+	for _, r := range reads {
+		k := marker{r.UserID, r.RoomNID, r.ThreadID}
+		pos, seen := furthest[k]
+		if !seen {
+			markers = append(markers, k)
+			if p := (userRoom{k.user, k.room}); !slices.Contains(pairs, p) {
+				pairs = append(pairs, p)
+			}
+		}
+		furthest[k] = max(pos, r.UpTo)
+	}
 	return t.ensureTx(ctx, func(q *Queries) error {
-		if _, err := q.q.ExecContext(ctx, `INSERT INTO push_read_markers (user_id, room_nid, thread_id, read_pos) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET read_pos =
-				CASE WHEN excluded.read_pos > push_read_markers.read_pos THEN excluded.read_pos ELSE push_read_markers.read_pos END`,
-			userID, roomNID, threadID, upTo); err != nil {
-			return fmt.Errorf("move read marker: %w", err)
+		for batch := range chunks(markers) {
+			var b strings.Builder
+			b.WriteString(`INSERT INTO push_read_markers (user_id, room_nid, thread_id, read_pos) VALUES `)
+			args := make([]any, 0, 4*len(batch))
+			for i, k := range batch {
+				if i > 0 {
+					b.WriteString(", ")
+				}
+				p := 1 + 4*i
+				fmt.Fprintf(&b, "($%d, $%d, $%d, $%d)", p, p+1, p+2, p+3)
+				args = append(args, k.user, k.room, k.thread, furthest[k])
+			}
+			b.WriteString(` ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET read_pos =
+				CASE WHEN excluded.read_pos > push_read_markers.read_pos THEN excluded.read_pos ELSE push_read_markers.read_pos END`)
+			if _, err := q.q.ExecContext(ctx, b.String(), args...); err != nil {
+				return fmt.Errorf("move read markers: %w", err)
+			}
 		}
-		sel := summarySelection{roomNID: roomNID, threadID: threadID, users: []string{userID}}
-		if err := q.lockSummaries(ctx, sel); err != nil {
-			return err
+		// Then, for each user and room, every notification the markers
+		// now cover goes, and the summaries of every thread are recounted
+		// (exactly, so a thread the reads left alone keeps its count).
+		for batch := range chunks(pairs) {
+			values := make([]string, len(batch))
+			args := make([]any, 0, 2*len(batch))
+			for i, p := range batch {
+				values[i] = fmt.Sprintf("(CAST($%d AS TEXT), CAST($%d AS BIGINT))", 1+2*i, 2+2*i)
+				args = append(args, p.user, p.room)
+			}
+			sel := summarySelection{`(user_id, room_nid) IN (VALUES ` + strings.Join(values, ", ") + `)`, args}
+			if err := q.lockSummaries(ctx, sel); err != nil {
+				return err
+			}
+			_, err := q.q.ExecContext(ctx, `DELETE FROM push_notifications WHERE `+sel.where+`
+				AND EXISTS (SELECT 1 FROM push_read_markers k WHERE k.user_id = push_notifications.user_id
+					AND k.room_nid = push_notifications.room_nid AND k.thread_id IN ('', push_notifications.thread_id)
+					AND k.read_pos >= push_notifications.stream_pos)`, args...)
+			if err != nil {
+				return fmt.Errorf("clear read notifications: %w", err)
+			}
+			if err := q.recountSummaries(ctx, sel); err != nil {
+				return err
+			}
 		}
-		_, err := q.q.ExecContext(ctx, `DELETE FROM push_notifications WHERE user_id = $1 AND room_nid = $2 AND stream_pos <= $3
-			AND ($4 = '' OR thread_id = $4)`, userID, roomNID, upTo, threadID)
-		if err != nil {
-			return fmt.Errorf("clear read notifications: %w", err)
-		}
-		return q.recountSummaries(ctx, sel)
+		return nil
 	})
 }
 
@@ -502,24 +562,27 @@ func (t *Queries) DeleteEventPushNotifications(ctx context.Context, eventNID int
 		}
 		// One event has one room and, as the counter records it, one
 		// thread: one selection each, usually just one.
-		var sels []summarySelection
+		var threads []roomThread
+		byThread := make(map[roomThread][]string)
 		for rows.Next() {
-			var u, thread string
-			var room int64
-			if err := rows.Scan(&u, &room, &thread); err != nil {
+			var u string
+			var k roomThread
+			if err := rows.Scan(&u, &k.roomNID, &k.thread); err != nil {
 				rows.Close()
 				return err
 			}
 			users = append(users, u)
-			i := slices.IndexFunc(sels, func(s summarySelection) bool { return s.roomNID == room && s.threadID == thread })
-			if i < 0 {
-				sels = append(sels, summarySelection{roomNID: room, threadID: thread})
-				i = len(sels) - 1
+			if _, ok := byThread[k]; !ok {
+				threads = append(threads, k)
 			}
-			sels[i].users = append(sels[i].users, u)
+			byThread[k] = append(byThread[k], u)
 		}
 		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return err
+		}
+		sels := make([]summarySelection, len(threads))
+		for i, k := range threads {
+			sels[i] = threadSelection(k.roomNID, k.thread, byThread[k])
 		}
 		for _, sel := range sels {
 			if err := q.lockSummaries(ctx, sel); err != nil {

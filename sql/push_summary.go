@@ -25,27 +25,26 @@ import (
 // detect (first_pos at or before the marker) and count exactly. SQLite runs
 // one writer at a time, so none of this arises there.
 
-// summarySelection picks summary rows: users' rows of a room's thread, or
-// of every thread when threadID is "".
+// summarySelection picks summary rows: a condition on push_summaries'
+// columns, with its arguments.
 type summarySelection struct {
-	roomNID  int64
-	threadID string
-	users    []string
+	where string
+	args  []any
 }
 
-func (s summarySelection) where() (string, []any) {
-	args := []any{s.roomNID, s.threadID}
-	for _, u := range s.users {
+// threadSelection picks users' rows of a room's thread.
+func threadSelection(roomNID int64, threadID string, users []string) summarySelection {
+	args := []any{roomNID, threadID}
+	for _, u := range users {
 		args = append(args, u)
 	}
-	return `room_nid = $1 AND ($2 = '' OR thread_id = $2) AND user_id IN (` + placeholders(3, len(s.users)) + `)`, args
+	return summarySelection{`room_nid = $1 AND thread_id = $2 AND user_id IN (` + placeholders(3, len(users)) + `)`, args}
 }
 
 // lockSummaries locks the selected rows for the rest of the transaction,
 // before it deletes the notifications that recountSummaries recounts.
 func (t *Queries) lockSummaries(ctx context.Context, s summarySelection) error {
-	where, args := s.where()
-	if _, err := t.q.ExecContext(ctx, `UPDATE push_summaries SET notifications = notifications WHERE `+where, args...); err != nil {
+	if _, err := t.q.ExecContext(ctx, `UPDATE push_summaries SET notifications = notifications WHERE `+s.where, s.args...); err != nil {
 		return fmt.Errorf("lock unread counts: %w", err)
 	}
 	return nil
@@ -54,7 +53,6 @@ func (t *Queries) lockSummaries(ctx context.Context, s summarySelection) error {
 // recountSummaries sets the selected rows from the unread notifications
 // they count. It never makes a row (see the comment at the top).
 func (t *Queries) recountSummaries(ctx context.Context, s summarySelection) error {
-	where, args := s.where()
 	_, err := t.q.ExecContext(ctx, `UPDATE push_summaries SET (notifications, highlights, first_pos, last_pos) = (
 		SELECT COUNT(*), COALESCE(SUM(CASE WHEN n.highlight THEN 1 ELSE 0 END), 0),
 			COALESCE(MIN(n.stream_pos), 0), COALESCE(MAX(n.stream_pos), 0)
@@ -62,7 +60,7 @@ func (t *Queries) recountSummaries(ctx context.Context, s summarySelection) erro
 		WHERE n.user_id = push_summaries.user_id AND n.room_nid = push_summaries.room_nid AND n.thread_id = push_summaries.thread_id
 		AND NOT EXISTS (SELECT 1 FROM push_read_markers k WHERE k.user_id = n.user_id AND k.room_nid = n.room_nid
 			AND k.thread_id IN ('', n.thread_id) AND k.read_pos >= n.stream_pos))
-		WHERE `+where, args...)
+		WHERE `+s.where, s.args...)
 	if err != nil {
 		return fmt.Errorf("recount unread counts: %w", err)
 	}

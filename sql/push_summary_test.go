@@ -44,6 +44,11 @@ func TestUnreadCountsSummaryModel(t *testing.T) {
 		}
 		m := newCountModel()
 		pos := int64(0)
+		type eventAt struct {
+			room   int
+			thread string
+		}
+		events := make(map[int64]eventAt)
 		for step := range 400 {
 			room := rng.IntN(len(rooms))
 			var what string
@@ -58,6 +63,13 @@ func TestUnreadCountsSummaryModel(t *testing.T) {
 					pos = p
 				}
 				thread := threads[rng.IntN(len(threads))]
+				// An event has one room and one thread, however often
+				// it comes.
+				if e, ok := events[p]; ok {
+					room, thread = e.room, e.thread
+				} else {
+					events[p] = eventAt{room, thread}
+				}
 				var ns []sql.PushNotification
 				for _, u := range users {
 					if rng.IntN(3) > 0 {
@@ -69,7 +81,7 @@ func TestUnreadCountsSummaryModel(t *testing.T) {
 					t.Fatal(err)
 				}
 				m.add(room, p, ns)
-			case op < 16:
+			case op < 14:
 				u := users[rng.IntN(len(users))]
 				thread := []string{"", "main", "$t1"}[rng.IntN(3)]
 				upTo := rng.Int64N(pos + 2)
@@ -78,6 +90,21 @@ func TestUnreadCountsSummaryModel(t *testing.T) {
 					t.Fatal(err)
 				}
 				m.reset(u, room, thread, upTo)
+			case op < 16:
+				// Several reads at once, as the push counter's batch
+				// makes them, some of one user's room and thread.
+				var reads []sql.ReadUpTo
+				for range 2 + rng.IntN(4) {
+					r := rng.IntN(len(rooms))
+					read := sql.ReadUpTo{UserID: users[rng.IntN(len(users))], RoomNID: rooms[r],
+						ThreadID: []string{"", "main", "$t1"}[rng.IntN(3)], UpTo: rng.Int64N(pos + 2)}
+					reads = append(reads, read)
+					m.reset(read.UserID, r, read.ThreadID, read.UpTo)
+				}
+				what = fmt.Sprintf("reads %+v", reads)
+				if err := db.ResetCountsIn(ctx, reads); err != nil {
+					t.Fatal(err)
+				}
 			case op < 17:
 				nid := 1 + rng.Int64N(pos+1)
 				what = fmt.Sprintf("redaction of %d", nid)
