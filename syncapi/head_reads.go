@@ -54,6 +54,10 @@ func (h *headReads) read(ctx context.Context, db *sql.DB, r sql.SyncHeadRequest)
 
 // drain reads the queued heads, a batch at a time, until none is left.
 func (h *headReads) drain(db *sql.DB) {
+	// The members of a room are woken together, but each asks once it
+	// runs: yielding first lets those already runnable join the batch
+	// instead of each paying a query of its own.
+	runtime.Gosched()
 	for {
 		h.mu.Lock()
 		n := min(len(h.queue), sql.MaxSyncHeads)
