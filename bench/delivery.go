@@ -132,9 +132,15 @@ func (r *runner) deliveries(ctx context.Context, res *Result, p plan, nUsers, n,
 			r.syncLoop(loops, t, u, tokens[i], roomFilter(userRooms[i]), pos[i], waiting.Done)
 		})
 	}
-	// Wait for every long-poll to be on the wire, so that the first
-	// messages do not also measure the loops starting.
+	// Wait for every long-poll to be on the wire, and for the server to be
+	// done with them, so that the first messages do not also measure the
+	// loops starting: a server may read and build each first poll (from a
+	// token older than the other members' initial syncs) before it waits,
+	// which the first messages would otherwise queue behind.
 	waiting.Wait()
+	if _, err := r.settle(ctx, res, "the long-polls started"); err != nil {
+		return err
+	}
 
 	mem, err := r.watchMemory()
 	if err != nil {
