@@ -148,10 +148,11 @@ func (c *Counter) handleRetrying(ctx context.Context, outs []roomserver.OutputEv
 }
 
 // HandleBatch counts committed events, in order, in one transaction. It
-// is idempotent: notifications are keyed by (user, event), so a
-// redelivered event changes nothing. Errors are the database's, worth a
-// retry; events that cannot be counted (gone, unparsable) are logged and
-// skipped, since a retry cannot fix them.
+// is idempotent: a notification is keyed by its user and event (the
+// event's room and stream position), so a redelivered event changes
+// nothing. Errors are the database's, worth a retry; events that cannot
+// be counted (gone, unparsable) are logged and skipped, since a retry
+// cannot fix them.
 func (c *Counter) HandleBatch(ctx context.Context, outs []roomserver.OutputEvent) error {
 	// The reads behind each event's counting go side by side: on
 	// PostgreSQL each is a round trip, and one event after the other left

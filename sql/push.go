@@ -479,16 +479,18 @@ func (t *Queries) ResetCountsIn(ctx context.Context, reads []ReadUpTo) error {
 		room int64
 	}
 	var pairs []userRoom
+	paired := make(map[userRoom]bool)
 	for _, r := range reads {
 		k := marker{r.UserID, r.RoomNID, r.ThreadID}
 		pos, seen := furthest[k]
 		if !seen {
 			markers = append(markers, k)
-			if p := (userRoom{k.user, k.room}); !slices.Contains(pairs, p) {
-				pairs = append(pairs, p)
-			}
 		}
 		furthest[k] = max(pos, r.UpTo)
+		if p := (userRoom{k.user, k.room}); !paired[p] {
+			paired[p] = true
+			pairs = append(pairs, p)
+		}
 	}
 	return t.ensureTx(ctx, func(q *Queries) error {
 		for batch := range chunks(markers) {
