@@ -2,7 +2,7 @@ package sql
 
 import (
 	"context"
-	"strings"
+	"errors"
 )
 
 // Reads of the federation API's room endpoints: whether a server takes
@@ -17,27 +17,18 @@ func (t *Queries) ServerHasMembership(ctx context.Context, roomNID int64, server
 		return false, nil
 	}
 	suffix := ":" + server
-	args := []any{roomNID, "%" + escapeLike(suffix)}
+	args := []any{roomNID, suffix, len(suffix)}
 	for _, m := range memberships {
 		args = append(args, m)
 	}
-	rows, err := t.q.QueryContext(ctx, `SELECT user_id FROM room_members
-		WHERE room_nid = $1 AND user_id LIKE $2 ESCAPE '\' AND membership IN (`+placeholders(3, len(memberships))+`)`, args...)
-	if err != nil {
-		return false, err
+	var one int
+	err := t.q.QueryRowContext(ctx, `SELECT 1 FROM room_members
+		WHERE room_nid = $1 AND `+localSuffix("user_id", 2)+` AND membership IN (`+placeholders(4, len(memberships))+`) LIMIT 1`,
+		args...).Scan(&one)
+	if errors.Is(noRows(err), ErrNotFound) {
+		return false, nil
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
-			return false, err
-		}
-		// LIKE is case-insensitive on SQLite: check exactly here.
-		if strings.HasSuffix(u, suffix) {
-			return true, nil
-		}
-	}
-	return false, rows.Err()
+	return err == nil, err
 }
 
 // SnapshotServerMembers returns the m.room.member entries of a snapshot
@@ -45,17 +36,8 @@ func (t *Queries) ServerHasMembership(ctx context.Context, roomNID int64, server
 // memberships were at that point.
 func (t *Queries) SnapshotServerMembers(ctx context.Context, snapshot int64, server string) (StateMap, error) {
 	suffix := ":" + server
-	state, err := t.snapshot(ctx, snapshot, snapshotChain+`WHERE e.type = 'm.room.member' AND e.state_key LIKE $2 ESCAPE '\'
-		ORDER BY c.n DESC`, snapshot, "%"+escapeLike(suffix))
-	if err != nil {
-		return nil, err
-	}
-	for k := range state {
-		if !strings.HasSuffix(k.StateKey, suffix) {
-			delete(state, k)
-		}
-	}
-	return state, nil
+	return t.snapshot(ctx, snapshot, snapshotChain+`WHERE e.type = 'm.room.member' AND `+localSuffix("e.state_key", 2)+`
+		ORDER BY c.n DESC`, snapshot, suffix, len(suffix))
 }
 
 // DeviceListStreamID is the stream_id of the latest m.device_list_update

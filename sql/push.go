@@ -260,8 +260,8 @@ func (t *Queries) PushMembers(ctx context.Context, roomNID int64, serverName str
 	rows, err := t.q.QueryContext(ctx, `SELECT m.user_id, m.membership, m.stream_pos, m.event_nid, COALESCE(v.version, 0),
 			(SELECT COUNT(*) FROM room_members j WHERE j.room_nid = $1 AND j.membership = 'join')
 		FROM room_members m LEFT JOIN push_rules_versions v ON v.user_id = m.user_id
-		WHERE m.room_nid = $1 AND m.membership IN ('join', 'invite') AND m.user_id LIKE $2 ESCAPE '\'`,
-		roomNID, "%"+escapeLike(suffix))
+		WHERE m.room_nid = $1 AND m.membership IN ('join', 'invite') AND `+localSuffix("m.user_id", 2),
+		roomNID, suffix, len(suffix))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -271,17 +271,9 @@ func (t *Queries) PushMembers(ctx context.Context, roomNID int64, serverName str
 		if err := rows.Scan(&m.UserID, &m.Membership, &m.StreamPos, &m.EventNID, &m.RulesVersion, &joined); err != nil {
 			return nil, 0, err
 		}
-		// LIKE is case-insensitive on SQLite: check exactly here.
-		if strings.HasSuffix(m.UserID, suffix) {
-			members = append(members, m)
-		}
+		members = append(members, m)
 	}
 	return members, joined, rows.Err()
-}
-
-// escapeLike escapes the LIKE wildcards of s for ESCAPE '\'.
-func escapeLike(s string) string {
-	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
 }
 
 // EventRelation returns the relation an event declares (m.relates_to with

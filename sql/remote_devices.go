@@ -175,7 +175,10 @@ func (t *Queries) staleUsers(ctx context.Context, query string, args ...any) ([]
 
 // localSuffix is an SQL condition: the user in column col is of the
 // server whose ":"+name is $n, and $n+1 is that suffix's length. An
-// exact comparison: LIKE ignores case on SQLite.
+// exact comparison, where LIKE ignores case on SQLite; and SQLite
+// prepares a statement again at every run that binds a LIKE pattern
+// (the pattern may change the plan): 5% of the CPU of the rooms bench
+// went to the push counter's members query, most of it parsing.
 func localSuffix(col string, n int) string {
 	return fmt.Sprintf(`substr(%s, length(%s) - $%d + 1) = $%d`, col, col, n+1, n)
 }
