@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 )
 
 // Push rules and unread notification counts (migration 0007_push.sql).
@@ -356,19 +355,13 @@ type notificationRow struct {
 // insertNotifications inserts rows and returns those that were new: only
 // those are new to the counts.
 func (t *Queries) insertNotifications(ctx context.Context, rows []notificationRow) ([]notificationRow, error) {
-	var b strings.Builder
-	b.WriteString(`INSERT INTO push_notifications (user_id, room_nid, thread_id, event_nid, stream_pos, highlight) VALUES `)
 	args := make([]any, 0, 6*len(rows))
-	for i, r := range rows {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		p := 1 + 6*i
-		fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d, $%d)", p, p+1, p+2, p+3, p+4, p+5)
+	for _, r := range rows {
 		args = append(args, r.UserID, r.room, r.ThreadID, r.event, r.pos, r.Highlight)
 	}
-	b.WriteString(` ON CONFLICT (user_id, room_nid, stream_pos) DO NOTHING RETURNING user_id, room_nid, thread_id, stream_pos, highlight`)
-	out, err := t.q.QueryContext(ctx, b.String(), args...)
+	out, err := t.q.QueryContext(ctx, `INSERT INTO push_notifications (user_id, room_nid, thread_id, event_nid, stream_pos, highlight)
+		VALUES `+valuesRows("?, ?, ?, ?, ?, ?", 1, len(rows))+`
+		ON CONFLICT (user_id, room_nid, stream_pos) DO NOTHING RETURNING user_id, room_nid, thread_id, stream_pos, highlight`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("add push notifications: %w", err)
 	}
@@ -397,13 +390,11 @@ type readerKey struct {
 func (t *Queries) readMarkersFrom(ctx context.Context, from map[int64]int64) (map[readerKey]int64, error) {
 	var out map[readerKey]int64
 	for batch := range chunks(slices.Sorted(maps.Keys(from))) {
-		values := make([]string, len(batch))
 		args := make([]any, 0, 2*len(batch))
-		for i, room := range batch {
-			values[i] = fmt.Sprintf("(CAST($%d AS BIGINT), CAST($%d AS BIGINT))", 1+2*i, 2+2*i)
+		for _, room := range batch {
 			args = append(args, room, from[room])
 		}
-		rows, err := t.q.QueryContext(ctx, `WITH f(room_nid, pos) AS (VALUES `+strings.Join(values, ", ")+`)
+		rows, err := t.q.QueryContext(ctx, `WITH f(room_nid, pos) AS (VALUES `+valuesRows("CAST(? AS BIGINT), CAST(? AS BIGINT)", 1, len(batch))+`)
 			SELECT k.room_nid, k.user_id, k.thread_id, k.read_pos FROM f
 			CROSS JOIN push_read_markers k WHERE k.room_nid = f.room_nid AND k.read_pos >= f.pos`, args...)
 		if err != nil {
@@ -486,20 +477,14 @@ func (t *Queries) ResetCountsIn(ctx context.Context, reads []ReadUpTo) error {
 	}
 	return t.ensureTx(ctx, func(q *Queries) error {
 		for batch := range chunks(markers) {
-			var b strings.Builder
-			b.WriteString(`INSERT INTO push_read_markers (user_id, room_nid, thread_id, read_pos) VALUES `)
 			args := make([]any, 0, 4*len(batch))
-			for i, k := range batch {
-				if i > 0 {
-					b.WriteString(", ")
-				}
-				p := 1 + 4*i
-				fmt.Fprintf(&b, "($%d, $%d, $%d, $%d)", p, p+1, p+2, p+3)
+			for _, k := range batch {
 				args = append(args, k.user, k.room, k.thread, furthest[k])
 			}
-			b.WriteString(` ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET read_pos =
-				CASE WHEN excluded.read_pos > push_read_markers.read_pos THEN excluded.read_pos ELSE push_read_markers.read_pos END`)
-			if _, err := q.q.ExecContext(ctx, b.String(), args...); err != nil {
+			if _, err := q.q.ExecContext(ctx, `INSERT INTO push_read_markers (user_id, room_nid, thread_id, read_pos)
+				VALUES `+valuesRows("?, ?, ?, ?", 1, len(batch))+` ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET read_pos =
+				CASE WHEN excluded.read_pos > push_read_markers.read_pos THEN excluded.read_pos ELSE push_read_markers.read_pos END`,
+				args...); err != nil {
 				return fmt.Errorf("move read markers: %w", err)
 			}
 		}
@@ -507,13 +492,11 @@ func (t *Queries) ResetCountsIn(ctx context.Context, reads []ReadUpTo) error {
 		// now cover goes, and the summaries of every thread are recounted
 		// (exactly, so a thread the reads left alone keeps its count).
 		for batch := range chunks(pairs) {
-			values := make([]string, len(batch))
 			args := make([]any, 0, 2*len(batch))
-			for i, p := range batch {
-				values[i] = fmt.Sprintf("(CAST($%d AS TEXT), CAST($%d AS BIGINT))", 1+2*i, 2+2*i)
+			for _, p := range batch {
 				args = append(args, p.user, p.room)
 			}
-			sel := summarySelection{`(user_id, room_nid) IN (VALUES ` + strings.Join(values, ", ") + `)`, args}
+			sel := summarySelection{`(user_id, room_nid) IN (VALUES ` + valuesRows("CAST(? AS TEXT), CAST(? AS BIGINT)", 1, len(batch)) + `)`, args}
 			if err := q.lockSummaries(ctx, sel); err != nil {
 				return err
 			}
@@ -600,19 +583,14 @@ func (t *Queries) DeleteEventPushNotifications(ctx context.Context, eventNID int
 // were counted, by room NID; a room's position never moves back.
 func (t *Queries) SetPushCountedIn(ctx context.Context, counted map[int64]int64) error {
 	for batch := range chunks(slices.Sorted(maps.Keys(counted))) {
-		var b strings.Builder
-		b.WriteString(`INSERT INTO push_counted_rooms (room_nid, stream_pos) VALUES `)
 		args := make([]any, 0, 2*len(batch))
-		for i, room := range batch {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "($%d, $%d)", 1+2*i, 2+2*i)
+		for _, room := range batch {
 			args = append(args, room, counted[room])
 		}
-		b.WriteString(` ON CONFLICT (room_nid) DO UPDATE SET stream_pos =
-			CASE WHEN excluded.stream_pos > push_counted_rooms.stream_pos THEN excluded.stream_pos ELSE push_counted_rooms.stream_pos END`)
-		if _, err := t.q.ExecContext(ctx, b.String(), args...); err != nil {
+		if _, err := t.q.ExecContext(ctx, `INSERT INTO push_counted_rooms (room_nid, stream_pos) VALUES `+valuesRows("?, ?", 1, len(batch))+`
+			ON CONFLICT (room_nid) DO UPDATE SET stream_pos =
+			CASE WHEN excluded.stream_pos > push_counted_rooms.stream_pos THEN excluded.stream_pos ELSE push_counted_rooms.stream_pos END`,
+			args...); err != nil {
 			return fmt.Errorf("set push counted: %w", err)
 		}
 	}

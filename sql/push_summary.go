@@ -93,27 +93,21 @@ func (t *Queries) addToSummaries(ctx context.Context, added []notificationRow) e
 		s.first, s.last = min(s.first, r.pos), max(s.last, r.pos)
 	}
 	for batch := range chunks(keys) {
-		var b strings.Builder
-		b.WriteString(`INSERT INTO push_summaries (user_id, room_nid, thread_id, notifications, highlights, first_pos, last_pos) VALUES `)
 		args := make([]any, 0, 7*len(batch))
-		for i, k := range batch {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			p := 1 + 7*i
-			fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d, $%d, $%d)", p, p+1, p+2, p+3, p+4, p+5, p+6)
+		for _, k := range batch {
 			s := sums[k]
 			args = append(args, k.user, k.room, k.thread, s.n, s.hl, s.first, s.last)
 		}
 		// A row recounted to nothing starts again at these events.
-		b.WriteString(` ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET
+		_, err := t.q.ExecContext(ctx, `INSERT INTO push_summaries (user_id, room_nid, thread_id, notifications, highlights, first_pos, last_pos)
+			VALUES `+valuesRows("?, ?, ?, ?, ?, ?, ?", 1, len(batch))+` ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET
 			notifications = push_summaries.notifications + excluded.notifications,
 			highlights = push_summaries.highlights + excluded.highlights,
 			first_pos = CASE WHEN push_summaries.notifications = 0 OR excluded.first_pos < push_summaries.first_pos
 				THEN excluded.first_pos ELSE push_summaries.first_pos END,
 			last_pos = CASE WHEN push_summaries.notifications = 0 OR excluded.last_pos > push_summaries.last_pos
-				THEN excluded.last_pos ELSE push_summaries.last_pos END`)
-		if _, err := t.q.ExecContext(ctx, b.String(), args...); err != nil {
+				THEN excluded.last_pos ELSE push_summaries.last_pos END`, args...)
+		if err != nil {
 			return fmt.Errorf("add to unread counts: %w", err)
 		}
 	}

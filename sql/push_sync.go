@@ -41,19 +41,14 @@ func (t *Queries) NoteCountChangesIn(ctx context.Context, changed map[int64][]st
 			return err
 		}
 		for batch := range chunks(rows) {
-			var b strings.Builder
-			b.WriteString(`INSERT INTO push_count_changes (user_id, room_nid, stream_pos) VALUES `)
 			args := make([]any, 0, 1+2*len(batch))
 			args = append(args, pos)
-			for i, c := range batch {
-				if i > 0 {
-					b.WriteString(", ")
-				}
-				fmt.Fprintf(&b, "($%d, $%d, $1)", 2+2*i, 3+2*i)
+			for _, c := range batch {
 				args = append(args, c.user, c.room)
 			}
-			b.WriteString(` ON CONFLICT (user_id, room_nid) DO UPDATE SET stream_pos = excluded.stream_pos`)
-			if _, err := q.q.ExecContext(ctx, b.String(), args...); err != nil {
+			if _, err := q.q.ExecContext(ctx, `INSERT INTO push_count_changes (user_id, room_nid, stream_pos)
+				VALUES `+valuesRows("?, ?, $1", 2, len(batch))+` ON CONFLICT (user_id, room_nid) DO UPDATE SET stream_pos = excluded.stream_pos`,
+				args...); err != nil {
 				return fmt.Errorf("note count changes: %w", err)
 			}
 		}
