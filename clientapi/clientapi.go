@@ -24,7 +24,9 @@ type API struct {
 	users *userapi.Service
 	db    *sql.DB
 	rooms Rooms
-	log   *slog.Logger
+	// sent formats the events this process's clients sent (see Sent).
+	sent *Sent
+	log  *slog.Logger
 
 	// Rate limiters; nil when rate limiting is off.
 	loginLimit, registerLimit, messageLimit *ratelimit.Limiter
@@ -75,7 +77,7 @@ func WithWake(p *wake.Publisher) Option {
 
 // New makes the client API.
 func New(cfg config.Config, users *userapi.Service, db *sql.DB, rooms Rooms, log *slog.Logger, opts ...Option) *API {
-	a := &API{cfg: cfg, users: users, db: db, rooms: rooms, log: log}
+	a := &API{cfg: cfg, users: users, db: db, rooms: rooms, log: log, sent: NewSent(db)}
 	for _, o := range opts {
 		o(a)
 	}
@@ -144,6 +146,11 @@ func (a *API) authed(h AuthedHandler) mxhttp.Handler {
 		return h(w, r, dev)
 	}
 }
+
+// Sent is what formats events for clients, with the transaction ids of
+// the events sent through this API in memory: for the other components
+// that serve events (the sync API).
+func (a *API) Sent() *Sent { return a.sent }
 
 // Authed is authed for the routes of other components (the sync API), so
 // that every client endpoint checks access tokens the same way.

@@ -200,3 +200,34 @@ func BenchmarkClientEvent(b *testing.B) {
 		buf = ev.AppendJSON(buf[:0])
 	}
 }
+
+// TestSentTransactionIDs: Sent answers from memory for the events it saw
+// sent, with the transaction id for their device only and without a
+// query; it asks the store for the others.
+func TestSentTransactionIDs(t *testing.T) {
+	store := &fakeStore{txns: map[string]string{"$old": "t-old"}}
+	s := clientapi.NewSent(store)
+	s.AddForTest("$new", "@a:x", "DEV", "t-new")
+	s.AddForTest("$state", "@a:x", "DEV", "") // no transaction: nothing to remember
+	ctx := context.Background()
+	check := func(device string, ids []string, want map[string]string, wantCalls int) {
+		t.Helper()
+		store.calls = 0
+		got, err := s.TransactionIDs(ctx, "@a:x", device, ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) || store.calls != wantCalls {
+			t.Fatalf("%s %v: %v with %d queries, want %v with %d", device, ids, got, store.calls, want, wantCalls)
+		}
+		for id, txn := range want {
+			if got[id] != txn {
+				t.Fatalf("%s %v: %v, want %v", device, ids, got, want)
+			}
+		}
+	}
+	check("DEV", []string{"$new"}, map[string]string{"$new": "t-new"}, 0)
+	check("OTHER", []string{"$new"}, map[string]string{}, 0)
+	check("DEV", []string{"$new", "$old"}, map[string]string{"$new": "t-new", "$old": "t-old"}, 1)
+	check("DEV", []string{"$state"}, map[string]string{}, 1)
+}

@@ -68,7 +68,7 @@ func (a *API) members(r *http.Request, dev *userapi.Device) (any, error) {
 		}
 	}
 	slices.SortFunc(chunk, func(x, y gomatrixserverlib.PDU) int { return strings.Compare(*x.StateKey(), *y.StateKey()) })
-	out, err := ClientEvents(ctx, a.db, chunk, dev, time.Now())
+	out, err := ClientEvents(ctx, a.sent, chunk, dev, time.Now())
 	if err != nil {
 		return nil, err
 	}

@@ -306,6 +306,7 @@ func (a *API) input(ctx context.Context, inputID, roomID string, ne *roomserver.
 	if len(resp.EventIDs) != 1 {
 		return nil, mxhttp.Internal(errors.New("room input made no event"))
 	}
+	a.sent.add(resp.EventIDs[0], ne.Sender, ne.DeviceID, ne.TxnID)
 	a.active(ctx, ne.Sender)
 	return eventIDResponse{resp.EventIDs[0]}, nil
 }
@@ -394,7 +395,7 @@ func (a *API) getState(r *http.Request, dev *userapi.Device) (any, error) {
 			return nil, err
 		}
 	}
-	return ClientRoomEvents(ctx, a.db, roomID, pdus, dev, time.Now())
+	return ClientRoomEvents(ctx, a.sent, roomID, pdus, dev, time.Now())
 }
 
 // getStateEvent is GET /rooms/{roomId}/state/{eventType}/{stateKey}: the

@@ -226,7 +226,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *Server, e
 	// Idle long-polls park their connections instead of holding a
 	// goroutine each; the client listener serves them again after.
 	parking := syncapi.NewParking()
-	syncOpts = append(syncOpts, syncapi.WithParking(parking))
+	syncOpts = append(syncOpts, syncapi.WithParking(parking), syncapi.WithClientEvents(capi.Sent()))
 	sapi := syncapi.New(s.db, rooms, capi.Authed, log.With("component", "syncapi"), syncOpts...)
 	// The router tries routes in order: /sync, the most requested by
 	// far, goes first.

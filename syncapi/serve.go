@@ -78,7 +78,7 @@ func (a *API) serveRooms(ctx context.Context, viewer func(roomNID int64) *view.V
 		}
 		pdus[i] = pdu
 	}
-	formatted, err := clientapi.ClientEvents(ctx, a.db, pdus, dev, time.Now())
+	formatted, err := clientapi.ClientEvents(ctx, a.events, pdus, dev, time.Now())
 	if err != nil {
 		return nil, err
 	}

@@ -273,7 +273,7 @@ func (b *syncBuilder) formatState(ctx context.Context, evs []sql.Event) ([]any, 
 			return nil, err
 		}
 	}
-	ces, err := clientapi.ClientEvents(ctx, b.a.db, pdus, b.req.dev, time.Now())
+	ces, err := clientapi.ClientEvents(ctx, b.a.events, pdus, b.req.dev, time.Now())
 	if err != nil {
 		return nil, err
 	}

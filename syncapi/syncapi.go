@@ -51,7 +51,10 @@ type API struct {
 	// filters keeps compiled sync filters: a client sends the same
 	// filter, an id or inline JSON, with every sync, and an uploaded
 	// filter never changes (a new one gets a new id).
-	filters   *bounded.Map[filterKey, *syncFilter]
+	filters *bounded.Map[filterKey, *syncFilter]
+	// events formats events for clients (the database, or
+	// clientapi.Sent in front of it: WithClientEvents).
+	events    clientapi.EventStore
 	timelines timelineReads
 	heads     headReads
 	parsed    parsed
@@ -60,10 +63,16 @@ type API struct {
 // Option tunes the sync API at construction.
 type Option func(*API)
 
+// WithClientEvents formats events with store (clientapi.API.Sent: the
+// transaction ids of the events its clients sent are in memory).
+func WithClientEvents(store clientapi.EventStore) Option {
+	return func(a *API) { a.events = store }
+}
+
 // New makes the sync API.
 func New(db *sql.DB, rooms Rooms, authed Authed, log *slog.Logger, opts ...Option) *API {
 	a := &API{db: db, rooms: rooms, authed: authed, log: log, filters: bounded.New[filterKey, *syncFilter](filterCacheMax),
-		timelines: newTimelineReads(), parsed: newParsed()}
+		timelines: newTimelineReads(), parsed: newParsed(), events: db}
 	for _, o := range opts {
 		o(a)
 	}
