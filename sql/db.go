@@ -27,10 +27,9 @@ import (
 type DB struct {
 	// Queries runs the table methods outside a transaction.
 	Queries
-	db      *stdsql.DB
-	engine  config.Engine
-	pool    *pgxpool.Pool // PostgreSQL only
-	dialect dialect
+	db     *stdsql.DB
+	engine config.Engine
+	pool   *pgxpool.Pool // PostgreSQL only
 	// nids are the NIDs reserved for pipelines, per table (PostgreSQL).
 	nids [len(nidColumns)]nidBlock
 	// stopCheckpoints stops SQLite's checkpointer (nil on PostgreSQL).
@@ -47,7 +46,8 @@ func Open(ctx context.Context, rawURL string, maxConns int) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &DB{engine: engine, dialect: dialects[engine]}
+	d := &DB{engine: engine}
+	d.Queries.dialect = dialects[engine]
 	switch engine {
 	case config.Postgres:
 		pcfg, err := pgxpool.ParseConfig(dsn)
@@ -170,7 +170,8 @@ type Queries struct {
 	stmts *stmtCache
 	// writes queues the transactions begun over the pool (nil on
 	// PostgreSQL, and inside a transaction).
-	writes writeLock
+	writes  writeLock
+	dialect dialect
 }
 
 // WithTx runs fn in one transaction, committing when fn returns nil and
@@ -202,7 +203,7 @@ func (t *Queries) ensureTx(ctx context.Context, fn func(*Queries) error) error {
 	if t.stmts != nil {
 		q = cachedTx{tx, t.stmts}
 	}
-	if err := fn(&Queries{q: q, stmts: t.stmts}); err != nil {
+	if err := fn(&Queries{q: q, stmts: t.stmts, dialect: t.dialect}); err != nil {
 		_ = tx.Rollback()
 		return err
 	}

@@ -14,6 +14,9 @@ type dialect struct {
 	// lockMigrations serializes migrations across processes sharing one
 	// database; empty where the engine's write lock already does.
 	lockMigrations string
+	// jsonElements is a FROM item with the elements of the JSON array
+	// in parameter $1: value, the element, and key, its 0-based index.
+	jsonElements string
 }
 
 var dialects = map[config.Engine]dialect{
@@ -23,11 +26,13 @@ var dialects = map[config.Engine]dialect{
 			"{{BYTES}}", "BYTEA",
 		),
 		lockMigrations: "SELECT pg_advisory_xact_lock(7263019)",
+		jsonElements:   "(SELECT value, ordinality - 1 AS key FROM jsonb_array_elements(CAST($1 AS jsonb)) WITH ORDINALITY) AS j",
 	},
 	config.SQLite: {
 		schema: strings.NewReplacer(
 			"{{SERIAL}}", "INTEGER PRIMARY KEY AUTOINCREMENT",
 			"{{BYTES}}", "BLOB",
 		),
+		jsonElements: "json_each($1) AS j",
 	},
 }

@@ -40,7 +40,7 @@ const CopyMin = copyMin
 // of each query they run.
 func (d *DB) RecordingForTest() (*Queries, *[]string) {
 	r := &recordingQuerier{querier: d.Queries.q}
-	return &Queries{q: r, stmts: d.Queries.stmts}, &r.queries
+	return &Queries{q: r, stmts: d.Queries.stmts, dialect: d.Queries.dialect}, &r.queries
 }
 
 type recordingQuerier struct {
@@ -95,4 +95,15 @@ func (t *Queries) NoteCountChanges(ctx context.Context, roomNID int64, userIDs [
 func (d *DB) ExecForTest(ctx context.Context, query string) error {
 	_, err := d.db.ExecContext(ctx, query)
 	return err
+}
+
+// SyncHeadsQueryForTest is the text of the head query of n requests
+// asking for types.
+func (d *DB) SyncHeadsQueryForTest(n int, types []string) string {
+	rs := make([]SyncHeadRequest, n)
+	for i := range rs {
+		rs[i].AccountDataTypes = types
+	}
+	query, _, _ := d.syncHeadsQuery(rs)
+	return query
 }

@@ -2,6 +2,7 @@ package sql
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -67,8 +68,8 @@ const (
 // MaxSyncHeads is the most heads SyncHeads reads at once.
 const MaxSyncHeads = 64
 
-// headParams is the number of parameters each request of a head query
-// takes: the columns of req but its index.
+// headParams is the number of fields of each request in the head query's
+// JSON: the columns of req but its index.
 const headParams = 8
 
 // SyncHeads reads the heads of several syncs in one query: syncs woken
@@ -84,7 +85,10 @@ func (t *Queries) SyncHeads(ctx context.Context, rs []SyncHeadRequest) ([]SyncHe
 	if len(rs) == 0 || len(rs) > MaxSyncHeads {
 		return nil, fmt.Errorf("sync heads: %d requests", len(rs))
 	}
-	query, args := syncHeadsQuery(rs)
+	query, args, err := t.syncHeadsQuery(rs)
+	if err != nil {
+		return nil, fmt.Errorf("sync head: %w", err)
+	}
 	rows, err := t.q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sync head: %w", err)
@@ -110,9 +114,6 @@ func (t *Queries) SyncHeads(ctx context.Context, rs []SyncHeadRequest) ([]SyncHe
 				*f = i1
 			}
 			continue
-		}
-		if q >= len(rs) {
-			continue // a padding row
 		}
 		h := &heads[q]
 		switch k {
@@ -151,47 +152,35 @@ func (t *Queries) SyncHeads(ctx context.Context, rs []SyncHeadRequest) ([]SyncHe
 	return heads, nil
 }
 
-// syncHeadsQuery is the query of SyncHeads and its arguments.
-func syncHeadsQuery(rs []SyncHeadRequest) (string, []any) {
-	// The statement is prepared once per connection and size: the sizes
-	// are powers of two, the rows past the requests empty (an empty user
-	// has no rows but its to-device one, which SyncHeads skips).
-	size := 1
-	for size < len(rs) {
-		size *= 2
-	}
-	args := make([]any, 0, size*headParams)
-	values := make([]string, size)
+// syncHeadsQuery is the query of SyncHeads and its arguments. The
+// requests come as one JSON array, so the text is the same for any number
+// of them (it varies only with the account data types asked for): each
+// connection prepares it once, where a text per batch size had the first
+// batch of each size on each connection wait for its preparation (on
+// SQLite 2 ms for 64 requests, 15 ms under load). req is materialized, so
+// the array is read once for all the branches: 50 heads then take 0.6 ms
+// on SQLite, against 0.9 ms for a VALUES list (BenchmarkSyncHeads).
+func (t *Queries) syncHeadsQuery(rs []SyncHeadRequest) (string, []any, error) {
+	reqs := make([][headParams]any, len(rs))
 	var types []string
-	for i := range size {
-		var r SyncHeadRequest
-		if i < len(rs) {
-			r = rs[i]
-		}
-		n := len(args)
-		if i == 0 {
-			// The first row types the columns for PostgreSQL; the
-			// others follow it, and a shorter text is quicker to prepare
-			// (once per connection and size: 3.3 ms on SQLite at 64
-			// rows with a cast in every one).
-			values[i] = fmt.Sprintf(`(%d, CAST($%d AS TEXT), CAST($%d AS TEXT), CAST($%d AS TEXT),
-				CAST($%d AS BIGINT), CAST($%d AS BIGINT), CAST($%d AS BIGINT), CAST($%d AS BIGINT), CAST($%d AS BIGINT))`,
-				i, n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8)
-		} else {
-			values[i] = fmt.Sprintf(`(%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)`, i, n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8)
-		}
-		args = append(args, r.UserID, r.Localpart, r.DeviceID, flag(r.WantCountChanges), r.CountsSince, r.ToDeviceSince,
-			flag(r.WantUnread), r.UnreadSince)
+	for i, r := range rs {
+		reqs[i] = [headParams]any{r.UserID, r.Localpart, r.DeviceID, flag(r.WantCountChanges), r.CountsSince, r.ToDeviceSince,
+			flag(r.WantUnread), r.UnreadSince}
 		for _, typ := range r.AccountDataTypes {
 			if !slices.Contains(types, typ) {
 				types = append(types, typ)
 			}
 		}
 	}
-	typesFrom := len(args) + 1
+	data, err := json.Marshal(reqs)
+	if err != nil {
+		return "", nil, err
+	}
+	args := []any{string(data)}
 	for _, typ := range types {
 		args = append(args, typ)
 	}
+	const typesFrom = 2
 	branches := []string{
 		fmt.Sprintf(`SELECT %d AS k, -1 AS q, stream AS s1, '' AS s2, '' AS s3, pos AS i1, 0 AS i2, 0 AS i3, 0 AS i4, 0 AS i5,
 			0 AS i6, 0 AS i7, FALSE AS b
@@ -233,8 +222,11 @@ func syncHeadsQuery(rs []SyncHeadRequest) (string, []any) {
 			FROM req CROSS JOIN account_data a
 			WHERE a.localpart = req.localpart AND a.room_id = '' AND a.type IN (`+placeholders(typesFrom, len(types))+`)`, headAccountData))
 	}
-	return `WITH req(i, user_id, localpart, device_id, want_cc, counts_since, todev_since, want_unread, unread_since) AS (
-		VALUES ` + strings.Join(values, ", ") + `) ` + strings.Join(branches, " UNION ALL "), args
+	return `WITH req(i, user_id, localpart, device_id, want_cc, counts_since, todev_since, want_unread, unread_since) AS MATERIALIZED (
+		SELECT CAST(key AS BIGINT), CAST(value->>0 AS TEXT), CAST(value->>1 AS TEXT), CAST(value->>2 AS TEXT),
+			CAST(value->>3 AS BIGINT), CAST(value->>4 AS BIGINT), CAST(value->>5 AS BIGINT), CAST(value->>6 AS BIGINT),
+			CAST(value->>7 AS BIGINT)
+		FROM ` + t.dialect.jsonElements + `) ` + strings.Join(branches, " UNION ALL "), args, nil
 }
 
 // headCountChanged is the window of count changes a head reads, for a

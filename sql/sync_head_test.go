@@ -159,3 +159,17 @@ func TestSyncHeadsBatch(t *testing.T) {
 		}
 	})
 }
+
+// TestSyncHeadsOneText: the head query's text does not depend on the
+// number of requests, so each connection prepares it once.
+func TestSyncHeadsOneText(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		types := []string{"m.ignored_user_list", "m.invite_permission_config"}
+		one := db.SyncHeadsQueryForTest(1, types)
+		for _, n := range []int{2, 3, 33, sql.MaxSyncHeads} {
+			if db.SyncHeadsQueryForTest(n, types) != one {
+				t.Errorf("the head query of %d requests is another text than of one", n)
+			}
+		}
+	})
+}
