@@ -334,13 +334,12 @@ func (t *Queries) AddEventsPushNotifications(ctx context.Context, evs []EventNot
 				rows = append(rows, notificationRow{room: ev.RoomNID, event: ev.EventNID, pos: ev.StreamPos, PushNotification: n})
 			}
 		}
-		var added []notificationRow
-		for batch := range chunks(rows) {
-			more, err := q.insertNotifications(ctx, batch)
-			if err != nil {
-				return err
-			}
-			added = append(added, more...)
+		if len(rows) == 0 {
+			return nil
+		}
+		added, err := q.insertNotifications(ctx, rows)
+		if err != nil {
+			return err
 		}
 		return q.addToSummaries(ctx, added)
 	})
@@ -355,13 +354,18 @@ type notificationRow struct {
 // insertNotifications inserts rows and returns those that were new: only
 // those are new to the counts.
 func (t *Queries) insertNotifications(ctx context.Context, rows []notificationRow) ([]notificationRow, error) {
-	args := make([]any, 0, 6*len(rows))
-	for _, r := range rows {
-		args = append(args, r.UserID, r.room, r.ThreadID, r.event, r.pos, r.Highlight)
+	vals := make([][6]any, len(rows))
+	for i, r := range rows {
+		vals[i] = [6]any{r.UserID, r.room, r.ThreadID, r.event, r.pos, r.Highlight}
 	}
+	arg, err := jsonArg(vals)
+	if err != nil {
+		return nil, err
+	}
+	// WHERE true: SQLite would read ON CONFLICT as the ON of a join.
 	out, err := t.q.QueryContext(ctx, `INSERT INTO push_notifications (user_id, room_nid, thread_id, event_nid, stream_pos, highlight)
-		VALUES `+valuesRows("?, ?, ?, ?, ?, ?", 1, len(rows))+`
-		ON CONFLICT (user_id, room_nid, stream_pos) DO NOTHING RETURNING user_id, room_nid, thread_id, stream_pos, highlight`, args...)
+		SELECT `+jsonColumns("TEXT", "BIGINT", "TEXT", "BIGINT", "BIGINT", "BOOLEAN")+` FROM `+t.dialect.jsonElements+` WHERE true
+		ON CONFLICT (user_id, room_nid, stream_pos) DO NOTHING RETURNING user_id, room_nid, thread_id, stream_pos, highlight`, arg)
 	if err != nil {
 		return nil, fmt.Errorf("add push notifications: %w", err)
 	}

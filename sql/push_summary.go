@@ -92,24 +92,31 @@ func (t *Queries) addToSummaries(ctx context.Context, added []notificationRow) e
 		}
 		s.first, s.last = min(s.first, r.pos), max(s.last, r.pos)
 	}
-	for batch := range chunks(keys) {
-		args := make([]any, 0, 7*len(batch))
-		for _, k := range batch {
-			s := sums[k]
-			args = append(args, k.user, k.room, k.thread, s.n, s.hl, s.first, s.last)
-		}
-		// A row recounted to nothing starts again at these events.
-		_, err := t.q.ExecContext(ctx, `INSERT INTO push_summaries (user_id, room_nid, thread_id, notifications, highlights, first_pos, last_pos)
-			VALUES `+valuesRows("?, ?, ?, ?, ?, ?, ?", 1, len(batch))+` ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET
+	if len(keys) == 0 {
+		return nil
+	}
+	vals := make([][7]any, len(keys))
+	for i, k := range keys {
+		s := sums[k]
+		vals[i] = [7]any{k.user, k.room, k.thread, s.n, s.hl, s.first, s.last}
+	}
+	arg, err := jsonArg(vals)
+	if err != nil {
+		return err
+	}
+	// A row recounted to nothing starts again at these events. WHERE
+	// true: SQLite would read ON CONFLICT as the ON of a join.
+	_, err = t.q.ExecContext(ctx, `INSERT INTO push_summaries (user_id, room_nid, thread_id, notifications, highlights, first_pos, last_pos)
+			SELECT `+jsonColumns("TEXT", "BIGINT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT")+` FROM `+t.dialect.jsonElements+`
+			WHERE true ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET
 			notifications = push_summaries.notifications + excluded.notifications,
 			highlights = push_summaries.highlights + excluded.highlights,
 			first_pos = CASE WHEN push_summaries.notifications = 0 OR excluded.first_pos < push_summaries.first_pos
 				THEN excluded.first_pos ELSE push_summaries.first_pos END,
 			last_pos = CASE WHEN push_summaries.notifications = 0 OR excluded.last_pos > push_summaries.last_pos
-				THEN excluded.last_pos ELSE push_summaries.last_pos END`, args...)
-		if err != nil {
-			return fmt.Errorf("add to unread counts: %w", err)
-		}
+				THEN excluded.last_pos ELSE push_summaries.last_pos END`, arg)
+	if err != nil {
+		return fmt.Errorf("add to unread counts: %w", err)
 	}
 	return nil
 }

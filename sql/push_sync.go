@@ -40,17 +40,19 @@ func (t *Queries) NoteCountChangesIn(ctx context.Context, changed map[int64][]st
 		if pos, err = q.AllocStreamPos(ctx, NotificationsStream); err != nil {
 			return err
 		}
-		for batch := range chunks(rows) {
-			args := make([]any, 0, 1+2*len(batch))
-			args = append(args, pos)
-			for _, c := range batch {
-				args = append(args, c.user, c.room)
-			}
-			if _, err := q.q.ExecContext(ctx, `INSERT INTO push_count_changes (user_id, room_nid, stream_pos)
-				VALUES `+valuesRows("?, ?, $1", 2, len(batch))+` ON CONFLICT (user_id, room_nid) DO UPDATE SET stream_pos = excluded.stream_pos`,
-				args...); err != nil {
-				return fmt.Errorf("note count changes: %w", err)
-			}
+		vals := make([][2]any, len(rows))
+		for i, c := range rows {
+			vals[i] = [2]any{c.user, c.room}
+		}
+		arg, err := jsonArg(vals)
+		if err != nil {
+			return err
+		}
+		// WHERE true: SQLite would read ON CONFLICT as the ON of a join.
+		if _, err := q.q.ExecContext(ctx, `INSERT INTO push_count_changes (user_id, room_nid, stream_pos)
+			SELECT `+jsonColumns("TEXT", "BIGINT")+`, CAST($2 AS BIGINT) FROM `+q.dialect.jsonElements+`
+			WHERE true ON CONFLICT (user_id, room_nid) DO UPDATE SET stream_pos = excluded.stream_pos`, arg, pos); err != nil {
+			return fmt.Errorf("note count changes: %w", err)
 		}
 		return nil
 	})

@@ -2,7 +2,6 @@ package sql
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -172,11 +171,11 @@ func (t *Queries) syncHeadsQuery(rs []SyncHeadRequest) (string, []any, error) {
 			}
 		}
 	}
-	data, err := json.Marshal(reqs)
+	arg, err := jsonArg(reqs)
 	if err != nil {
 		return "", nil, err
 	}
-	args := []any{string(data)}
+	args := []any{arg}
 	for _, typ := range types {
 		args = append(args, typ)
 	}
@@ -223,9 +222,7 @@ func (t *Queries) syncHeadsQuery(rs []SyncHeadRequest) (string, []any, error) {
 			WHERE a.localpart = req.localpart AND a.room_id = '' AND a.type IN (`+placeholders(typesFrom, len(types))+`)`, headAccountData))
 	}
 	return `WITH req(i, user_id, localpart, device_id, want_cc, counts_since, todev_since, want_unread, unread_since) AS MATERIALIZED (
-		SELECT CAST(key AS BIGINT), CAST(value->>0 AS TEXT), CAST(value->>1 AS TEXT), CAST(value->>2 AS TEXT),
-			CAST(value->>3 AS BIGINT), CAST(value->>4 AS BIGINT), CAST(value->>5 AS BIGINT), CAST(value->>6 AS BIGINT),
-			CAST(value->>7 AS BIGINT)
+		SELECT CAST(key AS BIGINT), ` + jsonColumns("TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT", "BIGINT") + `
 		FROM ` + t.dialect.jsonElements + `) ` + strings.Join(branches, " UNION ALL "), args, nil
 }
 

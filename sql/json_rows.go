@@ -1,0 +1,33 @@
+package sql
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// Rows passed as one JSON array.
+//
+// A statement that takes its rows as one parameter, a JSON array of
+// arrays, has one text whatever their number: it is prepared once per
+// connection, and its rows are never split for the engines' limits on
+// parameters. A VALUES list with parameters in every row had a text per
+// number of rows (chunks keeps those to powers of two), so a room's 49
+// members took three statements, each a round trip on PostgreSQL.
+
+// jsonColumns is the select list of the rows of the JSON array that
+// dialect.jsonElements lists: column i is element i of each row, cast to
+// types[i].
+func jsonColumns(types ...string) string {
+	cols := make([]string, len(types))
+	for i, typ := range types {
+		cols[i] = fmt.Sprintf("CAST(value->>%d AS %s)", i, typ)
+	}
+	return strings.Join(cols, ", ")
+}
+
+// jsonArg is rows as the JSON array parameter of jsonColumns.
+func jsonArg[R any](rows []R) (string, error) {
+	data, err := json.Marshal(rows)
+	return string(data), err
+}
