@@ -103,10 +103,10 @@ type Notifier struct {
 	lagBehind int64
 
 	// countDefer is how long a wake-up for counts alone waits (0: not
-	// at all); deferred are the users whose wake-up waits, until
-	// deferTimer fires.
+	// at all); deferred are those waiting, in the order they are due,
+	// and deferTimer fires when the first is.
 	countDefer time.Duration
-	deferred   []*notifiedUser
+	deferred   []deferredWake
 	deferTimer *time.Timer
 
 	closed    chan struct{}
@@ -133,7 +133,7 @@ type notifiedUser struct {
 	// gen counts the user's wake-ups, listened for or not (see Mark).
 	gen uint64
 	// countsDeferred: a wake-up for the user's counts waits in
-	// Notifier.deferred; any wake-up serves it.
+	// Notifier.deferred, since their last wake-up, which clears it.
 	countsDeferred bool
 }
 
@@ -154,6 +154,21 @@ type heldWake struct {
 	targets map[string]struct{}
 	timer   *time.Timer
 }
+
+// deferredWake is a user's wake-up for counts alone, due at due. It
+// stands while the user's wake-ups are still at gen: another one served
+// the counts (and a later deferral has an entry of its own).
+type deferredWake struct {
+	u   *notifiedUser
+	gen uint64
+	due time.Time
+}
+
+// deferSlack is how far ahead a deferred wake-up may go out, with those
+// due before it: one timer run for the wake-ups due within a few
+// milliseconds, while each waits about countDefer, so that they go out
+// as spread as they came.
+const deferSlack = 5 * time.Millisecond
 
 // knownMembership is a membership and the stream position of its event.
 type knownMembership struct {
@@ -456,22 +471,30 @@ func (n *Notifier) wakeForCountsLocked(u *notifiedUser) {
 		return
 	}
 	u.countsDeferred = true
-	n.deferred = append(n.deferred, u)
+	n.deferred = append(n.deferred, deferredWake{u: u, gen: u.gen, due: time.Now().Add(n.countDefer)})
 	if n.deferTimer == nil {
 		n.deferTimer = time.AfterFunc(n.countDefer, n.wakeDeferred)
 	}
 }
 
-// wakeDeferred wakes the users whose wake-up for counts is still due.
+// wakeDeferred wakes the users whose deferred wake-up is due and still
+// stands, and sets the timer for the next.
 func (n *Notifier) wakeDeferred() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for _, u := range n.deferred {
-		if u.countsDeferred {
-			wakeLocked(u)
+	until := time.Now().Add(deferSlack)
+	i := 0
+	for ; i < len(n.deferred) && !n.deferred[i].due.After(until); i++ {
+		if d := n.deferred[i]; d.u.gen == d.gen {
+			wakeLocked(d.u)
 		}
 	}
-	n.deferred, n.deferTimer = nil, nil
+	n.deferred = n.deferred[i:]
+	if len(n.deferred) == 0 || n.countDefer == 0 {
+		n.deferred, n.deferTimer = nil, nil
+		return
+	}
+	n.deferTimer.Reset(time.Until(n.deferred[0].due))
 }
 
 // countMissed releases a wake-up the counter did not answer in time, and
