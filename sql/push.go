@@ -452,6 +452,9 @@ func (t *Queries) ResetCountsNID(ctx context.Context, userID string, roomNID int
 // used) in a few statements however many they are: the push counter
 // resets the counts of all its batch's senders together.
 func (t *Queries) ResetCountsIn(ctx context.Context, reads []ReadUpTo) error {
+	if len(reads) == 0 {
+		return nil
+	}
 	// One marker row per user, room and thread, at the furthest read: a
 	// statement may not upsert a row twice.
 	type marker struct {
@@ -479,43 +482,48 @@ func (t *Queries) ResetCountsIn(ctx context.Context, reads []ReadUpTo) error {
 			pairs = append(pairs, p)
 		}
 	}
+	markerRows := make([][4]any, len(markers))
+	for i, k := range markers {
+		markerRows[i] = [4]any{k.user, k.room, k.thread, furthest[k]}
+	}
+	markerArg, err := jsonArg(markerRows)
+	if err != nil {
+		return err
+	}
+	pairRows := make([][2]any, len(pairs))
+	for i, p := range pairs {
+		pairRows[i] = [2]any{p.user, p.room}
+	}
+	pairArg, err := jsonArg(pairRows)
+	if err != nil {
+		return err
+	}
 	return t.ensureTx(ctx, func(q *Queries) error {
-		for batch := range chunks(markers) {
-			args := make([]any, 0, 4*len(batch))
-			for _, k := range batch {
-				args = append(args, k.user, k.room, k.thread, furthest[k])
-			}
-			if _, err := q.q.ExecContext(ctx, `INSERT INTO push_read_markers (user_id, room_nid, thread_id, read_pos)
-				VALUES `+valuesRows("?, ?, ?, ?", 1, len(batch))+` ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET read_pos =
-				CASE WHEN excluded.read_pos > push_read_markers.read_pos THEN excluded.read_pos ELSE push_read_markers.read_pos END`,
-				args...); err != nil {
-				return fmt.Errorf("move read markers: %w", err)
-			}
+		// WHERE true: SQLite would read ON CONFLICT as the ON of a join.
+		if _, err := q.q.ExecContext(ctx, `INSERT INTO push_read_markers (user_id, room_nid, thread_id, read_pos)
+			SELECT `+jsonColumns("TEXT", "BIGINT", "TEXT", "BIGINT")+` FROM `+q.dialect.jsonElements+`
+			WHERE true ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET read_pos =
+			CASE WHEN excluded.read_pos > push_read_markers.read_pos THEN excluded.read_pos ELSE push_read_markers.read_pos END`,
+			markerArg); err != nil {
+			return fmt.Errorf("move read markers: %w", err)
 		}
 		// Then, for each user and room, every notification the markers
 		// now cover goes, and the summaries of every thread are recounted
 		// (exactly, so a thread the reads left alone keeps its count).
-		for batch := range chunks(pairs) {
-			args := make([]any, 0, 2*len(batch))
-			for _, p := range batch {
-				args = append(args, p.user, p.room)
-			}
-			sel := summarySelection{`(user_id, room_nid) IN (VALUES ` + valuesRows("CAST(? AS TEXT), CAST(? AS BIGINT)", 1, len(batch)) + `)`, args}
-			if err := q.lockSummaries(ctx, sel); err != nil {
-				return err
-			}
-			_, err := q.q.ExecContext(ctx, `DELETE FROM push_notifications WHERE `+sel.where+`
-				AND EXISTS (SELECT 1 FROM push_read_markers k WHERE k.user_id = push_notifications.user_id
-					AND k.room_nid = push_notifications.room_nid AND k.thread_id IN ('', push_notifications.thread_id)
-					AND k.read_pos >= push_notifications.stream_pos)`, args...)
-			if err != nil {
-				return fmt.Errorf("clear read notifications: %w", err)
-			}
-			if err := q.recountSummaries(ctx, sel); err != nil {
-				return err
-			}
+		// Both engines seek the tables' keys from the pairs (checked with
+		// EXPLAIN on 300,000 analyzed notifications on PostgreSQL).
+		sel := summarySelection{`(user_id, room_nid) IN (SELECT ` + jsonColumns("TEXT", "BIGINT") + ` FROM ` + q.dialect.jsonElements + `)`,
+			[]any{pairArg}}
+		if err := q.lockSummaries(ctx, sel); err != nil {
+			return err
 		}
-		return nil
+		if _, err := q.q.ExecContext(ctx, `DELETE FROM push_notifications WHERE `+sel.where+`
+			AND EXISTS (SELECT 1 FROM push_read_markers k WHERE k.user_id = push_notifications.user_id
+				AND k.room_nid = push_notifications.room_nid AND k.thread_id IN ('', push_notifications.thread_id)
+				AND k.read_pos >= push_notifications.stream_pos)`, sel.args...); err != nil {
+			return fmt.Errorf("clear read notifications: %w", err)
+		}
+		return q.recountSummaries(ctx, sel)
 	})
 }
 
