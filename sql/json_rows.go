@@ -26,8 +26,13 @@ func jsonColumns(types ...string) string {
 	return strings.Join(cols, ", ")
 }
 
-// jsonArg is rows as the JSON array parameter of jsonColumns.
-func jsonArg[R any](rows []R) (string, error) {
+// jsonArg is the JSON array parameter of jsonColumns: the row of each
+// item, its values in the order of the columns.
+func jsonArg[T any](items []T, row func(T) []any) (string, error) {
+	rows := make([][]any, len(items))
+	for i, it := range items {
+		rows[i] = row(it)
+	}
 	data, err := json.Marshal(rows)
 	return string(data), err
 }

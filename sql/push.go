@@ -354,11 +354,9 @@ type notificationRow struct {
 // insertNotifications inserts rows and returns those that were new: only
 // those are new to the counts.
 func (t *Queries) insertNotifications(ctx context.Context, rows []notificationRow) ([]notificationRow, error) {
-	vals := make([][6]any, len(rows))
-	for i, r := range rows {
-		vals[i] = [6]any{r.UserID, r.room, r.ThreadID, r.event, r.pos, r.Highlight}
-	}
-	arg, err := jsonArg(vals)
+	arg, err := jsonArg(rows, func(r notificationRow) []any {
+		return []any{r.UserID, r.room, r.ThreadID, r.event, r.pos, r.Highlight}
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -482,19 +480,11 @@ func (t *Queries) ResetCountsIn(ctx context.Context, reads []ReadUpTo) error {
 			pairs = append(pairs, p)
 		}
 	}
-	markerRows := make([][4]any, len(markers))
-	for i, k := range markers {
-		markerRows[i] = [4]any{k.user, k.room, k.thread, furthest[k]}
-	}
-	markerArg, err := jsonArg(markerRows)
+	markerArg, err := jsonArg(markers, func(k marker) []any { return []any{k.user, k.room, k.thread, furthest[k]} })
 	if err != nil {
 		return err
 	}
-	pairRows := make([][2]any, len(pairs))
-	for i, p := range pairs {
-		pairRows[i] = [2]any{p.user, p.room}
-	}
-	pairArg, err := jsonArg(pairRows)
+	pairArg, err := jsonArg(pairs, func(p userRoom) []any { return []any{p.user, p.room} })
 	if err != nil {
 		return err
 	}

@@ -95,12 +95,10 @@ func (t *Queries) addToSummaries(ctx context.Context, added []notificationRow) e
 	if len(keys) == 0 {
 		return nil
 	}
-	vals := make([][7]any, len(keys))
-	for i, k := range keys {
+	arg, err := jsonArg(keys, func(k key) []any {
 		s := sums[k]
-		vals[i] = [7]any{k.user, k.room, k.thread, s.n, s.hl, s.first, s.last}
-	}
-	arg, err := jsonArg(vals)
+		return []any{k.user, k.room, k.thread, s.n, s.hl, s.first, s.last}
+	})
 	if err != nil {
 		return err
 	}

@@ -40,11 +40,7 @@ func (t *Queries) NoteCountChangesIn(ctx context.Context, changed map[int64][]st
 		if pos, err = q.AllocStreamPos(ctx, NotificationsStream); err != nil {
 			return err
 		}
-		vals := make([][2]any, len(rows))
-		for i, c := range rows {
-			vals[i] = [2]any{c.user, c.room}
-		}
-		arg, err := jsonArg(vals)
+		arg, err := jsonArg(rows, func(c change) []any { return []any{c.user, c.room} })
 		if err != nil {
 			return err
 		}
