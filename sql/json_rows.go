@@ -26,6 +26,14 @@ func jsonColumns(types ...string) string {
 	return strings.Join(cols, ", ")
 }
 
+// jsonRows selects the rows of the JSON array in parameter $1, as
+// jsonColumns reads them. It ends with WHERE true, which an INSERT ...
+// SELECT ... ON CONFLICT needs on SQLite: without a WHERE, SQLite reads
+// ON CONFLICT as the ON of a join.
+func (t *Queries) jsonRows(types ...string) string {
+	return "SELECT " + jsonColumns(types...) + " FROM " + t.dialect.jsonElements + " WHERE true"
+}
+
 // jsonArg is the JSON array parameter of jsonColumns: the row of each
 // item, its values in the order of the columns.
 func jsonArg[T any](items []T, row func(T) []any) (string, error) {

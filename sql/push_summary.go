@@ -102,11 +102,9 @@ func (t *Queries) addToSummaries(ctx context.Context, added []notificationRow) e
 	if err != nil {
 		return err
 	}
-	// A row recounted to nothing starts again at these events. WHERE
-	// true: SQLite would read ON CONFLICT as the ON of a join.
+	// A row recounted to nothing starts again at these events.
 	_, err = t.q.ExecContext(ctx, `INSERT INTO push_summaries (user_id, room_nid, thread_id, notifications, highlights, first_pos, last_pos)
-			SELECT `+jsonColumns("TEXT", "BIGINT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT")+` FROM `+t.dialect.jsonElements+`
-			WHERE true ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET
+			`+t.jsonRows("TEXT", "BIGINT", "TEXT", "BIGINT", "BIGINT", "BIGINT", "BIGINT")+` ON CONFLICT (user_id, room_nid, thread_id) DO UPDATE SET
 			notifications = push_summaries.notifications + excluded.notifications,
 			highlights = push_summaries.highlights + excluded.highlights,
 			first_pos = CASE WHEN push_summaries.notifications = 0 OR excluded.first_pos < push_summaries.first_pos

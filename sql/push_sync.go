@@ -40,14 +40,13 @@ func (t *Queries) NoteCountChangesIn(ctx context.Context, changed map[int64][]st
 		if pos, err = q.AllocStreamPos(ctx, NotificationsStream); err != nil {
 			return err
 		}
-		arg, err := jsonArg(rows, func(c change) []any { return []any{c.user, c.room} })
+		arg, err := jsonArg(rows, func(c change) []any { return []any{c.user, c.room, pos} })
 		if err != nil {
 			return err
 		}
-		// WHERE true: SQLite would read ON CONFLICT as the ON of a join.
 		if _, err := q.q.ExecContext(ctx, `INSERT INTO push_count_changes (user_id, room_nid, stream_pos)
-			SELECT `+jsonColumns("TEXT", "BIGINT")+`, CAST($2 AS BIGINT) FROM `+q.dialect.jsonElements+`
-			WHERE true ON CONFLICT (user_id, room_nid) DO UPDATE SET stream_pos = excluded.stream_pos`, arg, pos); err != nil {
+			`+q.jsonRows("TEXT", "BIGINT", "BIGINT")+` ON CONFLICT (user_id, room_nid) DO UPDATE SET stream_pos = excluded.stream_pos`,
+			arg); err != nil {
 			return fmt.Errorf("note count changes: %w", err)
 		}
 		return nil
