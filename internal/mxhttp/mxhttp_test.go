@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -178,6 +179,39 @@ func TestRouting(t *testing.T) {
 		}
 		wantCORS(t, r.header)
 	})
+	t.Run("ids in the default encoding match as the same ids", func(t *testing.T) {
+		// Go clients encode '!' as %21; the router matches the path with
+		// '!' as it stands, which a handler decodes to the same id.
+		for path, want := range map[string]string{
+			"/rooms/%21a%3Aexample.org/send":      "!a:example.org",
+			"/rooms/!a:example.org/send":          "!a:example.org",
+			"/rooms/%21a%20b%3Aexample.org/send":  "!a b:example.org",
+			"/rooms/%21%C3%A9%3Aexample.org/send": "!é:example.org",
+		} {
+			r := f.do(t, "GET", path, nil, 0)
+			room, _ := r.body["room"].(string)
+			got, err := url.PathUnescape(room)
+			if r.status != 200 || err != nil || got != want {
+				t.Errorf("%s: got %d %s, want room %q", path, r.status, r.raw, want)
+			}
+		}
+	})
+}
+
+// BenchmarkRouteDefaultEncoding routes a request whose path a Go client
+// encoded (room id with %21) past 50 routes to its own.
+func BenchmarkRouteDefaultEncoding(b *testing.B) {
+	r := mxhttp.NewRouter()
+	for i := range 50 {
+		r.Handle(fmt.Sprintf("/other/{roomId}/route%d", i), http.NotFoundHandler()).Methods(http.MethodGet)
+	}
+	r.Handle("/rooms/{roomId}/send", http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})).Methods(http.MethodGet)
+	h := mxhttp.Stack{Log: slog.New(slog.DiscardHandler), MaxBodyBytes: maxBody}.Wrap(r)
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	for b.Loop() {
+		h.ServeHTTP(w, httptest.NewRequest("GET", "/rooms/%21abcdefgh%3Aexample.org/send", nil))
+	}
 }
 
 func TestReadJSON(t *testing.T) {

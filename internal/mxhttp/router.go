@@ -4,7 +4,9 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -70,8 +72,38 @@ func (s Stack) Wrap(next http.Handler) http.Handler {
 			return
 		}
 		r.Body = http.MaxBytesReader(sw, r.Body, s.MaxBodyBytes)
+		keepEncoded(r.URL)
 		next.ServeHTTP(sw, r)
 	})
+}
+
+// keepEncoded makes u's path its own encoding where it can: the router
+// matches the encoded path against each route in turn, and net/url
+// builds it anew at every call unless RawPath holds it without escapes
+// (Go clients send the '!' of room ids as %21: a new string per route
+// tried). A path whose every byte may stand in an encoded path (RFC 3986
+// pchar or '/') reads the same either way, unless an escaped '/' in it
+// (%2F) is one segment's character, not a separator.
+func keepEncoded(u *url.URL) {
+	if strings.Contains(u.RawPath, "%2F") || strings.Contains(u.RawPath, "%2f") {
+		return
+	}
+	for i := 0; i < len(u.Path); i++ {
+		if !isPathByte(u.Path[i]) {
+			return
+		}
+	}
+	u.RawPath = u.Path
+}
+
+// isPathByte reports whether c may stand unencoded in a URL path: an
+// unreserved character, a sub-delimiter, ':', '@' or '/'.
+func isPathByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("-._~!$&'()*+,;=:@/", c) >= 0
 }
 
 func setCORS(h http.Header) {
