@@ -364,12 +364,12 @@ func (c *client) sync(ctx context.Context, u *user, since, filter string, timeou
 	return &out, at, err
 }
 
-// roomFilter is an inline /sync filter for only the messages of rooms:
-// no state, ephemeral events, account data or presence, and the largest
+// roomFilter is a /sync filter for only the messages of rooms: no
+// state, ephemeral events, account data or presence, and the largest
 // timeline servers allow, so a busy room is rarely cut (limited).
-func roomFilter(rooms []string) string {
+func roomFilter(rooms []string) map[string]any {
 	none := map[string]any{"types": []string{}}
-	f := map[string]any{
+	return map[string]any{
 		"presence":     none,
 		"account_data": none,
 		"room": map[string]any{
@@ -380,6 +380,20 @@ func roomFilter(rooms []string) string {
 			"account_data": none,
 		},
 	}
-	b, _ := json.Marshal(f)
-	return string(b)
+}
+
+// uploadFilter stores f as one of u's filters and returns its id, which
+// /sync then takes as clients pass it (POST /user/{userId}/filter).
+func (c *client) uploadFilter(ctx context.Context, u *user, f any) (string, error) {
+	var out struct {
+		FilterID string `json:"filter_id"`
+	}
+	path := clientPrefix + "/user/" + url.PathEscape(u.ID) + "/filter"
+	if _, err := c.do(ctx, request{method: http.MethodPost, path: path, token: u.Token, body: f, out: &out}); err != nil {
+		return "", err
+	}
+	if out.FilterID == "" {
+		return "", errors.New("filter upload answered no filter_id")
+	}
+	return out.FilterID, nil
 }

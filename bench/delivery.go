@@ -114,7 +114,11 @@ func (r *runner) deliveries(ctx context.Context, res *Result, p plan, nUsers, n,
 			userRooms[u] = append(userRooms[u], rooms[ri])
 		}
 	}
-	tokens, err := r.initialSyncs(ctx, users, func(i int) string { return roomFilter(userRooms[i]) })
+	filters, err := r.uploadFilters(ctx, users, func(i int) any { return roomFilter(userRooms[i]) })
+	if err != nil {
+		return err
+	}
+	tokens, err := r.initialSyncs(ctx, users, func(i int) string { return filters[i] })
 	if err != nil {
 		return err
 	}
@@ -129,7 +133,7 @@ func (r *runner) deliveries(ctx context.Context, res *Result, p plan, nUsers, n,
 	waiting.Add(nUsers)
 	for i, u := range users {
 		wg.Go(func() {
-			r.syncLoop(loops, t, u, tokens[i], roomFilter(userRooms[i]), pos[i], waiting.Done)
+			r.syncLoop(loops, t, u, tokens[i], filters[i], pos[i], waiting.Done)
 		})
 	}
 	// Wait for every long-poll to be on the wire, and for the server to be

@@ -107,6 +107,24 @@ func (r *runner) makeRooms(ctx context.Context, users []*user, members [][]int) 
 	return rooms, nil
 }
 
+// uploadFilters stores filter(i) as a filter of user i and returns their
+// ids.
+func (r *runner) uploadFilters(ctx context.Context, users []*user, filter func(i int) any) ([]string, error) {
+	r.logf("setup: %d filters", len(users))
+	ids := make([]string, len(users))
+	err := parallel(ctx, len(users), setupConcurrency, func(ctx context.Context, i int) error {
+		return r.c.setup(ctx, func() error {
+			var err error
+			ids[i], err = r.c.uploadFilter(ctx, users[i], filter(i))
+			return err
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("setup: filter: %w", err)
+	}
+	return ids, nil
+}
+
 // initialSyncs gives every user a since token for filter(i).
 func (r *runner) initialSyncs(ctx context.Context, users []*user, filter func(i int) string) ([]string, error) {
 	r.logf("setup: %d initial syncs", len(users))
