@@ -311,23 +311,28 @@ func (a *API) input(ctx context.Context, inputID, roomID string, ne *roomserver.
 	return eventIDResponse{resp.EventIDs[0]}, nil
 }
 
-// beginTxn starts the client transaction inputID: a retry gets the
-// answer of the event the transaction already made (prev), without being
-// rate limited again (spec: Transaction identifiers); a new transaction
-// passes the rate limit and gets the request's content.
+// beginTxn starts the client transaction inputID: a new transaction
+// passes the rate limit and gets the request's content; a retry is
+// answered with the event the transaction already made (prev), without
+// being rate limited (spec: Transaction identifiers) or its body read.
+// Only a request the limit or its body would refuse is looked up here: a
+// retry that passes both goes on to the roomserver, which answers it the
+// same way with one read for each batch of inputs, not one per request
+// (such a retry counts against the limit).
 func (a *API) beginTxn(r *http.Request, dev *userapi.Device, inputID string) (content json.RawMessage, prev *eventIDResponse, err error) {
-	resp, found, err := a.rooms.PreviousInput(r.Context(), inputID)
-	if err != nil {
-		return nil, nil, err
+	if err = limit(a.messageLimit, dev.UserID); err == nil {
+		if content, err = readContent(r); err == nil {
+			return content, nil, nil
+		}
+	}
+	resp, found, prevErr := a.rooms.PreviousInput(r.Context(), inputID)
+	if prevErr != nil {
+		return nil, nil, prevErr
 	}
 	if found && len(resp.EventIDs) > 0 {
 		return nil, &eventIDResponse{resp.EventIDs[0]}, nil
 	}
-	if err := limit(a.messageLimit, dev.UserID); err != nil {
-		return nil, nil, err
-	}
-	content, err = readContent(r)
-	return content, nil, err
+	return nil, nil, err
 }
 
 // txnInputID is the roomserver input id of a client transaction. The spec
