@@ -23,9 +23,9 @@ import (
 )
 
 // Rooms is what the counter needs of the roomserver (roomserver.API
-// provides it).
+// provides it): the events of room.output, as committed.
 type Rooms interface {
-	Event(ctx context.Context, eventID string) (sql.Event, gomatrixserverlib.PDU, error)
+	CommittedEvent(ctx context.Context, eventID string) (sql.Event, gomatrixserverlib.PDU, error)
 }
 
 // CountsDurable names the durable consumer of room.output that counts
@@ -291,7 +291,7 @@ type counting struct {
 // prepare reads and evaluates what counting the event needs; nil when the
 // event is not counted.
 func (c *Counter) prepare(ctx context.Context, o roomserver.OutputEvent) (*counting, error) {
-	stored, pdu, err := c.rooms.Event(ctx, o.EventID)
+	stored, pdu, err := c.rooms.CommittedEvent(ctx, o.EventID)
 	if err != nil {
 		var me *mxhttp.Error
 		if errors.As(err, &me) && me.Status == 404 {

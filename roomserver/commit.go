@@ -86,6 +86,9 @@ type roomCommit struct {
 	nids     []int64   // of evs
 	outputs  []OutputEvent
 	redacted []int64
+	// local holds the rows of the new events built here (not received),
+	// their stream positions set once committed.
+	local []recentEvent
 }
 
 // commit stores the events of rcs in one transaction, shared with other
@@ -111,6 +114,9 @@ func (rs *Roomserver) commit(ctx context.Context, rcs []*roomCommit) error {
 		}
 		rs.events.redacted(rc.redacted)
 		rs.views.Put(rc.v.info.RoomID, rc.after)
+		for _, e := range rc.local {
+			rs.recent.Put(e.row.EventID, e)
+		}
 	}
 	var outputs []OutputEvent
 	for _, rc := range rcs {
@@ -193,6 +199,9 @@ func (rs *Roomserver) commitTx(ctx context.Context, rcs []*roomCommit) error {
 		}
 		if len(rc.outputs) > 0 {
 			rc.after.info.LastStreamPos = rc.outputs[len(rc.outputs)-1].StreamPos
+		}
+		for i := range rc.local {
+			rc.local[i].row.StreamPos = last - rc.local[i].row.StreamPos
 		}
 	}
 	return nil
@@ -304,7 +313,7 @@ func (rs *Roomserver) stageTx(ctx context.Context, p *sql.Pipeline, rcs []*roomC
 func (rs *Roomserver) stage(ctx context.Context, g *groupTx, rc *roomCommit, back *int64) error {
 	info := &rc.after.info
 	state, cloned := rc.v.state, false
-	rc.outputs, rc.redacted = rc.outputs[:0], rc.redacted[:0]
+	rc.outputs, rc.redacted, rc.local = rc.outputs[:0], rc.redacted[:0], rc.local[:0]
 	for i, p := range rc.evs {
 		ev, nid := p.pdu, rc.nids[i]
 		if p.remote != nil {
@@ -316,11 +325,16 @@ func (rs *Roomserver) stage(ctx context.Context, g *groupTx, rc *roomCommit, bac
 			continue
 		}
 		*back--
-		g.events = append(g.events, sql.PendingEvent{Event: sql.Event{
+		row := sql.Event{
 			NID: nid, RoomNID: info.NID, EventID: ev.EventID(), Type: ev.Type(), StateKey: ev.StateKey(),
 			Sender: string(ev.SenderID()), Depth: ev.Depth(), OriginServerTS: int64(ev.OriginServerTS()),
 			StateBeforeNID: info.SnapshotNID, JSON: ev.JSON(),
-		}, Back: *back})
+		}
+		g.events = append(g.events, sql.PendingEvent{Event: row, Back: *back})
+		// As the outputs, StreamPos holds the distance back until the
+		// commit.
+		row.RoomID, row.RoomVersion, row.StreamPos = info.RoomID, info.Version, *back
+		rc.local = append(rc.local, recentEvent{row: row, pdu: ev})
 		if p.ne != nil && p.ne.TxnID != "" {
 			g.txns = append(g.txns, sql.EventTransaction{EventNID: nid, UserID: p.ne.Sender, DeviceID: p.ne.DeviceID, TxnID: p.ne.TxnID})
 		}

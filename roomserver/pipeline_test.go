@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -497,6 +498,42 @@ func TestIdenticalCreatesInOneMillisecond(t *testing.T) {
 		}
 		if again := create("first"); again != a {
 			t.Fatalf("a retried input made room %s, first time %s", again, a)
+		}
+	})
+}
+
+// CommittedEvent gives the events this process built as the database
+// holds them: a message and a state event of one batch, with their stream
+// positions; another process reads them from the database.
+func TestCommittedEventAsStored(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		rs, other := newPipeline(t, db), newPipeline(t, db)
+		roomID := newRoom(t, rs, "recent")
+		res := rs.handleInputs(ctx, []InputRequest{
+			msg(roomID, pAlice, "r1", "hello"),
+			member(roomID, pAlice, pBob, "r2", "invite"),
+		})
+		for _, r := range res {
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			id := r.resp.EventIDs[0]
+			if _, ok := rs.recent.Get(id); !ok {
+				t.Fatalf("%s is not kept in memory", id)
+			}
+			mem, pdu, err := rs.CommittedEvent(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored, storedPDU, err := other.CommittedEvent(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(mem, stored) || string(pdu.JSON()) != string(storedPDU.JSON()) {
+				mem.JSON, stored.JSON = nil, nil
+				t.Errorf("%s:\nin memory %+v\nstored    %+v", id, mem, stored)
+			}
 		}
 	})
 }

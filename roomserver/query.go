@@ -29,6 +29,27 @@ func (rs *Roomserver) Event(ctx context.Context, eventID string) (sql.Event, gom
 	return s, pdu, err
 }
 
+// recentMax bounds the events CommittedEvent keeps.
+const recentMax = 4096
+
+// recentEvent is an event this process committed, as committed.
+type recentEvent struct {
+	row sql.Event
+	pdu gomatrixserverlib.PDU
+}
+
+// CommittedEvent is Event for the consumers of room.output, which read
+// each event soon after its output: one of the last events this process
+// built and committed comes from memory, as it was committed, any other
+// from the database. A redaction since then is not in it: the consumer
+// meets the redaction's own output later.
+func (rs *Roomserver) CommittedEvent(ctx context.Context, eventID string) (sql.Event, gomatrixserverlib.PDU, error) {
+	if e, ok := rs.recent.Get(eventID); ok {
+		return e.row, e.pdu, nil
+	}
+	return rs.Event(ctx, eventID)
+}
+
 // parseCached parses a stored event, or takes it from the cache; gen is
 // the cache's generation from before the row was read (eventCache).
 func (rs *Roomserver) parseCached(gen uint64, s sql.Event) (gomatrixserverlib.PDU, error) {

@@ -41,6 +41,7 @@ type Roomserver struct {
 	rooms  roomLocks
 	views  *bounded.Map[string, *roomView]
 	events *eventCache
+	recent *bounded.Map[string, recentEvent] // see CommittedEvent
 	group  groupCommit
 }
 
@@ -55,7 +56,8 @@ const commitSlots = 1
 // New makes a roomserver. Start its consumers with Serve.
 func New(db *sql.DB, b *bus.Bus, serverName string, key serverkey.Key, log *slog.Logger) *Roomserver {
 	rs := &Roomserver{db: db, bus: b, serverName: spec.ServerName(serverName), key: key, log: log, now: time.Now,
-		views: bounded.New[string, *roomView](viewCacheMax), events: newEventCache()}
+		views: bounded.New[string, *roomView](viewCacheMax), events: newEventCache(),
+		recent: bounded.New[string, recentEvent](recentMax)}
 	rs.group.slots = commitSlots
 	return rs
 }
