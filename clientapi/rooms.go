@@ -316,9 +316,9 @@ func (a *API) input(ctx context.Context, inputID, roomID string, ne *roomserver.
 // answered with the event the transaction already made (prev), without
 // being rate limited (spec: Transaction identifiers) or its body read.
 // Only a request the limit or its body would refuse is looked up here: a
-// retry that passes both goes on to the roomserver, which answers it the
-// same way with one read for each batch of inputs, not one per request
-// (such a retry counts against the limit).
+// retry that passes both goes on to the roomserver, whose commit finds it
+// handled and answers it the same way, which spares every new
+// transaction a read (such a retry counts against the limit).
 func (a *API) beginTxn(r *http.Request, dev *userapi.Device, inputID string) (content json.RawMessage, prev *eventIDResponse, err error) {
 	if err = limit(a.messageLimit, dev.UserID); err == nil {
 		if content, err = readContent(r); err == nil {

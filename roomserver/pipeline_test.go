@@ -1,6 +1,7 @@
 package roomserver
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -352,6 +354,18 @@ func TestRetriedInputs(t *testing.T) {
 		if err != nil || again.EventIDs[0] != first.EventIDs[0] {
 			t.Fatalf("retried message: %v %v, want %s", again, err, first.EventIDs[0])
 		}
+		// In a batch with a new input: the commit finds the retry done,
+		// and the new input commits again with the batch's others, not
+		// alone.
+		var logs bytes.Buffer
+		rs.log = slog.New(slog.NewTextHandler(&logs, nil))
+		batch := rs.handleInputs(ctx, []InputRequest{msg(roomID, pAlice, "m1", "hi"), msg(roomID, pAlice, "m2", "new"), msg(roomID, pAlice, "m3", "newer")})
+		if batch[0].err != nil || batch[0].resp.EventIDs[0] != first.EventIDs[0] || batch[1].err != nil || batch[2].err != nil {
+			t.Fatalf("batch with a retry: %+v", batch)
+		}
+		if strings.Contains(logs.String(), "one by one") {
+			t.Fatalf("the batch's inputs were retried one by one: %s", logs.String())
+		}
 		bobs, err := rs.HandleInput(ctx, msg(roomID, pBob, "b1", "bob"))
 		if err != nil {
 			t.Fatal(err)
@@ -407,7 +421,7 @@ func TestRetriedInputs(t *testing.T) {
 				bodies[ev.Content.Body]++
 			}
 		}
-		if bodies["hi"] != 1 || bodies["once"] != 1 || bodies["bob"] != 1 {
+		if bodies["hi"] != 1 || bodies["once"] != 1 || bodies["bob"] != 1 || bodies["new"] != 1 || bodies["newer"] != 1 {
 			t.Fatalf("stored messages %v, want each once", bodies)
 		}
 	})

@@ -94,11 +94,9 @@ type inputResult struct {
 // transaction; nothing is replied before that commit.
 func (rs *Roomserver) handleInputs(ctx context.Context, reqs []InputRequest) []inputResult {
 	res := make([]inputResult, len(reqs))
-	// Inputs already handled (a client's retry, a redelivery) are
-	// answered with what they made then: new events found done before
-	// they are built (sendsDone), any other or a retry racing the first
-	// try by the commit (errInputDone). A repeat within the batch gets
-	// what the first made.
+	// Inputs already handled (a client's retry, a redelivery) are caught
+	// by the commit (errInputDone) and answered with what they made then
+	// (see send). A repeat within the batch gets what the first made.
 	first := make(map[string]int)
 	repeats := make(map[int]int)
 	var sends []int
@@ -134,38 +132,11 @@ func (rs *Roomserver) handleInputs(ctx context.Context, reqs []InputRequest) []i
 			res[i].err = mxhttp.BadJSON("empty room input")
 		}
 	}
-	rs.send(ctx, reqs, rs.sendsDone(ctx, reqs, sends, res), res)
+	rs.send(ctx, reqs, sends, res)
 	for i, j := range repeats {
 		res[i] = res[j]
 	}
 	return res
-}
-
-// sendsDone answers the inputs of reqs[sends...] that were handled
-// before with what they made, in one read for the batch, and returns the
-// others. A failed read leaves them all to the commit, which catches
-// those done too.
-func (rs *Roomserver) sendsDone(ctx context.Context, reqs []InputRequest, sends []int, res []inputResult) []int {
-	var ids []string
-	for _, i := range sends {
-		if reqs[i].InputID != "" {
-			ids = append(ids, reqs[i].InputID)
-		}
-	}
-	done, err := rs.db.InputResults(ctx, ids)
-	if err != nil || len(done) == 0 {
-		return sends
-	}
-	var left []int
-	for _, i := range sends {
-		in, ok := done[reqs[i].InputID]
-		if !ok {
-			left = append(left, i)
-			continue
-		}
-		res[i].resp = InputResponse{RoomID: in.RoomID, EventIDs: in.EventIDs}
-	}
-	return left
 }
 
 // roomLocks serialises the inputs of each room within this process.

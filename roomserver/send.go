@@ -28,8 +28,11 @@ const maxStaleRetries = 3
 
 // send handles the new events reqs[idx...] of an input batch, setting
 // their results. They are built in order, each on the room as the ones
-// before it leave it, and committed in one transaction. If that commit
-// fails, each input is tried again alone, so one bad input fails alone.
+// before it leave it, and committed in one transaction. If the commit
+// finds inputs handled before (a client's retry, a redelivery), those
+// are answered with what they made then and the others committed again
+// together; if it fails otherwise, each input is tried again alone, so
+// one bad input fails alone.
 func (rs *Roomserver) send(ctx context.Context, reqs []InputRequest, idx []int, res []inputResult) {
 	if len(idx) == 0 {
 		return
@@ -37,6 +40,12 @@ func (rs *Roomserver) send(ctx context.Context, reqs []InputRequest, idx []int, 
 	err := rs.trySend(ctx, reqs, idx, res)
 	if err == nil {
 		return
+	}
+	if len(idx) > 1 && errors.Is(err, errInputDone) {
+		if left := rs.answerDone(ctx, reqs, idx, res); len(left) < len(idx) {
+			rs.send(ctx, reqs, left, res)
+			return
+		}
 	}
 	if len(idx) > 1 {
 		rs.log.Warn("room input batch failed to commit, retrying its inputs one by one", "inputs", len(idx), "err", err)
@@ -58,6 +67,33 @@ func (rs *Roomserver) send(ctx context.Context, reqs []InputRequest, idx []int, 
 		return
 	}
 	res[i] = inputResult{err: err}
+}
+
+// answerDone answers the inputs of reqs[idx...] that were handled before
+// with what they made, and returns the others (all of them if the read
+// fails).
+func (rs *Roomserver) answerDone(ctx context.Context, reqs []InputRequest, idx []int, res []inputResult) []int {
+	var ids []string
+	for _, i := range idx {
+		if reqs[i].InputID != "" {
+			ids = append(ids, reqs[i].InputID)
+		}
+	}
+	done, err := rs.db.InputResults(ctx, ids)
+	if err != nil {
+		return idx
+	}
+	var left []int
+	for _, i := range idx {
+		in, ok := done[reqs[i].InputID]
+		if !ok {
+			res[i] = inputResult{}
+			left = append(left, i)
+			continue
+		}
+		res[i] = inputResult{resp: InputResponse{RoomID: in.RoomID, EventIDs: in.EventIDs}}
+	}
+	return left
 }
 
 // unlessDone returns the answer of an input handled before instead of
