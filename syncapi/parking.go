@@ -474,6 +474,8 @@ func (ps *parkedSync) finish(resp *syncResponse, err error) {
 		mxhttp.WriteError(rec, r, err)
 	}
 	var out bytes.Buffer
+	// Room for the header too: the body is copied in once.
+	out.Grow(rec.body.Len() + 1024)
 	hr := &http.Response{StatusCode: rec.status, ProtoMajor: 1, ProtoMinor: 1, Header: rec.header,
 		ContentLength: int64(rec.body.Len()), Body: io.NopCloser(&rec.body), Close: !keepOpen}
 	if rec.status == 0 {
