@@ -44,16 +44,23 @@ const (
 // would lie past it (positions commit in order), so none did, no
 // redaction or relation either, and the read is what a new one would
 // give. The rows are shared: callers must not change them.
+//
+// A sync whose window starts at or past the end of the room's last read
+// reads on from that end instead: the room's members mostly synced last
+// after its previous event, each from a position of its own, and the
+// read then serves every one of them, not only those whose window starts
+// past the first reader's. Before the end of the last read the room had
+// nothing new for these syncs, so the longer read costs nothing more.
 type timelineReads struct {
 	g       singleflight.Group
 	windows *bounded.Map[int64, *timelineWindow]
 }
 
 // timelineWindow is a read of RoomEventsByStream(room, lo, hi, n): rows,
-// newest first.
+// newest first; whole when they are all of (lo, hi] (fewer than n).
 type timelineWindow struct {
 	lo, hi int64
-	n      int
+	whole  bool
 	rows   []sql.Event
 }
 
@@ -67,28 +74,57 @@ func (t *timelineReads) read(ctx context.Context, db *sql.DB, roomNID, lo, hi in
 	// The room has no event in (roomLast, hi]: syncs whose heads differ
 	// in positions but not in the room read the same window.
 	hi = min(hi, roomLast)
+	from := lo
 	if w, ok := t.windows.Get(roomNID); ok {
 		if rows, ok := w.serve(lo, hi, n, roomLast); ok {
 			return rows, nil
 		}
+		if w.hi <= lo && w.hi < hi {
+			from = w.hi
+		}
 	}
+	if from != lo {
+		w, err := t.readWindow(ctx, db, roomNID, from, hi, n)
+		if err != nil {
+			return nil, err
+		}
+		// The read holds (lo, hi] unless it was cut above lo.
+		if rows, ok := w.serve(lo, hi, n, hi); ok {
+			return rows, nil
+		}
+	}
+	w, err := t.readWindow(ctx, db, roomNID, lo, hi, n)
+	if err != nil {
+		return nil, err
+	}
+	return w.rows, nil
+}
+
+// readWindow reads RoomEventsByStream(roomNID, lo, hi, n), shared by the
+// syncs that ask for it at the same time, and keeps it as the room's last
+// read when it is short.
+func (t *timelineReads) readWindow(ctx context.Context, db *sql.DB, roomNID, lo, hi int64, n int) (*timelineWindow, error) {
 	key := fmt.Sprintf("%d:%d:%d:%d", roomNID, lo, hi, n)
 	ch := t.g.DoChan(key, func() (any, error) {
 		// Not the first caller's context: its end must not fail the others.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sharedReadTimeout)
 		defer cancel()
 		rows, err := db.RoomEventsByStream(ctx, roomNID, lo, hi, n)
-		if err == nil && len(rows) <= windowRows {
-			t.windows.Put(roomNID, &timelineWindow{lo: lo, hi: hi, n: n, rows: rows})
+		if err != nil {
+			return nil, err
 		}
-		return rows, err
+		w := &timelineWindow{lo: lo, hi: hi, whole: len(rows) < n, rows: rows}
+		if len(rows) <= windowRows {
+			t.windows.Put(roomNID, w)
+		}
+		return w, nil
 	})
 	select {
 	case r := <-ch:
 		if r.Err != nil {
 			return nil, r.Err
 		}
-		return r.Val.([]sql.Event), nil
+		return r.Val.(*timelineWindow), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -113,7 +149,7 @@ func (w *timelineWindow) serve(lo, hi int64, n int, roomLast int64) ([]sql.Event
 		// The read's rows are the newest of its window: (lo, hi]'s
 		// newest n are among them.
 		return rows[:n:n], true
-	case past < len(w.rows) || len(w.rows) < w.n:
+	case past < len(w.rows) || w.whole:
 		// A row at or below lo was read, or the read held the whole of
 		// its window: every event of (lo, hi] is among the rows.
 		return rows[:len(rows):len(rows)], true

@@ -1,10 +1,13 @@
 package syncapi
 
 import (
+	"context"
+	"fmt"
 	"slices"
 	"testing"
 
 	"github.com/weft-chat/weft/sql"
+	"github.com/weft-chat/weft/sql/sqltest"
 )
 
 // TestTimelineWindowServe: a later window is served from the room's last
@@ -18,8 +21,8 @@ func TestTimelineWindowServe(t *testing.T) {
 		}
 		return out
 	}
-	whole := &timelineWindow{lo: 2, hi: 10, n: 5, rows: rows(10, 8, 5, 3)}
-	cut := &timelineWindow{lo: 2, hi: 10, n: 2, rows: rows(10, 8)} // more lie below 8
+	whole := &timelineWindow{lo: 2, hi: 10, whole: true, rows: rows(10, 8, 5, 3)}
+	cut := &timelineWindow{lo: 2, hi: 10, rows: rows(10, 8)} // more lie below 8
 	for _, c := range []struct {
 		name     string
 		w        *timelineWindow
@@ -54,4 +57,57 @@ func TestTimelineWindowServe(t *testing.T) {
 			t.Errorf("%s: %v, want %v", c.name, pos, c.want)
 		}
 	}
+}
+
+// TestTimelineReadsReadOn: a sync whose window starts past the end of the
+// room's last read reads on from that end, so a member whose window
+// starts earlier than the first reader's is served from memory.
+func TestTimelineReadsReadOn(t *testing.T) {
+	sqltest.Run(t, func(t *testing.T, db *sql.DB) {
+		ctx := context.Background()
+		room, err := db.CreateRoom(ctx, "!r:test", "11")
+		if err != nil {
+			t.Fatal(err)
+		}
+		other, err := db.CreateRoom(ctx, "!o:test", "11")
+		if err != nil {
+			t.Fatal(err)
+		}
+		add := func(roomNID, pos int64) {
+			t.Helper()
+			if _, err := db.InsertEvent(ctx, sql.Event{RoomNID: roomNID, EventID: fmt.Sprintf("$e%d", pos), Type: "m.room.message",
+				Sender: "@u:test", StreamPos: pos, JSON: []byte(`{}`)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		positions := func(rows []sql.Event) []int64 {
+			var out []int64
+			for _, e := range rows {
+				out = append(out, e.StreamPos)
+			}
+			return out
+		}
+		add(room, 3)
+		reads := newTimelineReads()
+		if rows, err := reads.read(ctx, db, room, 1, 3, 10, 3); err != nil || !slices.Equal(positions(rows), []int64{3}) {
+			t.Fatalf("first read: %v %v", positions(rows), err)
+		}
+		add(other, 5)
+		add(room, 7)
+		// The first member woken synced last at 6.
+		if rows, err := reads.read(ctx, db, room, 6, 7, 10, 7); err != nil || !slices.Equal(positions(rows), []int64{7}) {
+			t.Fatalf("read on: %v %v", positions(rows), err)
+		}
+		// Another synced last at 4: served without a read (which a
+		// cancelled context would fail).
+		gone, cancel := context.WithCancel(ctx)
+		cancel()
+		if rows, err := reads.read(gone, db, room, 4, 7, 10, 7); err != nil || !slices.Equal(positions(rows), []int64{7}) {
+			t.Fatalf("second member: %v %v", positions(rows), err)
+		}
+		// One that synced last before the room's previous event reads it.
+		if rows, err := reads.read(ctx, db, room, 2, 7, 10, 7); err != nil || !slices.Equal(positions(rows), []int64{7, 3}) {
+			t.Fatalf("an older since: %v %v", positions(rows), err)
+		}
+	})
 }
