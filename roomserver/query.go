@@ -44,10 +44,17 @@ type recentEvent struct {
 // from the database. A redaction since then is not in it: the consumer
 // meets the redaction's own output later.
 func (rs *Roomserver) CommittedEvent(ctx context.Context, eventID string) (sql.Event, gomatrixserverlib.PDU, error) {
-	if e, ok := rs.recent.Get(eventID); ok {
-		return e.row, e.pdu, nil
+	if row, pdu, ok := rs.RecentEvent(eventID); ok {
+		return row, pdu, nil
 	}
 	return rs.Event(ctx, eventID)
+}
+
+// RecentEvent is one of the last events this process built and
+// committed, as committed, from memory only (ok false for any other).
+func (rs *Roomserver) RecentEvent(eventID string) (row sql.Event, pdu gomatrixserverlib.PDU, ok bool) {
+	e, ok := rs.recent.Get(eventID)
+	return e.row, e.pdu, ok
 }
 
 // parseCached parses a stored event, or takes it from the cache; gen is

@@ -30,6 +30,7 @@ import (
 type Rooms interface {
 	view.Rooms
 	Event(ctx context.Context, eventID string) (sql.Event, gomatrixserverlib.PDU, error)
+	RecentEvent(eventID string) (sql.Event, gomatrixserverlib.PDU, bool)
 }
 
 // Authed wraps a handler with the access-token check of the client API
@@ -72,7 +73,7 @@ func WithClientEvents(store clientapi.EventStore) Option {
 // New makes the sync API.
 func New(db *sql.DB, rooms Rooms, authed Authed, log *slog.Logger, opts ...Option) *API {
 	a := &API{db: db, rooms: rooms, authed: authed, log: log, filters: bounded.New[filterKey, *syncFilter](filterCacheMax),
-		timelines: newTimelineReads(), parsed: newParsed(), events: db}
+		timelines: newTimelineReads(), parsed: newParsed(rooms.RecentEvent), events: db}
 	for _, o := range opts {
 		o(a)
 	}
