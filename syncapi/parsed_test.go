@@ -9,14 +9,19 @@ import (
 	"github.com/weft-chat/weft/sql"
 )
 
+// messageJSON is a stored message event of version 10 with content.
+func messageJSON(content string) []byte {
+	return []byte(`{"type":"m.room.message","room_id":"!r:test","sender":"@a:test","content":` + content +
+		`,"origin_server_ts":1,"depth":1,"prev_events":[],"auth_events":[],"hashes":{"sha256":"x"},"signatures":{}}`)
+}
+
 // TestParsedCache: a stored event parses once; once redacted, its row
 // (stripped JSON, redacted_by set) parses anew, as redacted, and so does
 // the row stripped in memory for a user who ignores its sender.
 func TestParsedCache(t *testing.T) {
 	p := newParsed(func(string) (sql.Event, gomatrixserverlib.PDU, bool) { return sql.Event{}, nil, false })
 	ev := sql.Event{NID: 7, EventID: "$e", RoomVersion: "10",
-		JSON: []byte(`{"type":"m.room.message","room_id":"!r:test","sender":"@a:test","content":{"body":"hi"},` +
-			`"origin_server_ts":1,"depth":1,"prev_events":[],"auth_events":[],"hashes":{"sha256":"x"},"signatures":{}}`)}
+		JSON: messageJSON(`{"body":"hi"}`)}
 	first, err := p.pdu(ev)
 	if err != nil {
 		t.Fatal(err)
@@ -26,8 +31,7 @@ func TestParsedCache(t *testing.T) {
 	}
 	redacted := ev
 	redacted.RedactedBy = "$r"
-	redacted.JSON = []byte(`{"type":"m.room.message","room_id":"!r:test","sender":"@a:test","content":{},` +
-		`"origin_server_ts":1,"depth":1,"prev_events":[],"auth_events":[],"hashes":{"sha256":"x"},"signatures":{}}`)
+	redacted.JSON = messageJSON(`{}`)
 	pdu, err := p.pdu(redacted)
 	if err != nil {
 		t.Fatal(err)
@@ -50,8 +54,7 @@ func TestParsedCache(t *testing.T) {
 // who ignores its sender, it is parsed.
 func TestParsedRecent(t *testing.T) {
 	committed := sql.Event{NID: 7, EventID: "$e", RoomVersion: "10",
-		JSON: []byte(`{"type":"m.room.message","room_id":"!r:test","sender":"@a:test","content":{"body":"hi"},` +
-			`"origin_server_ts":1,"depth":1,"prev_events":[],"auth_events":[],"hashes":{"sha256":"x"},"signatures":{}}`)}
+		JSON: messageJSON(`{"body":"hi"}`)}
 	built, err := roomserver.ParseStored(committed)
 	if err != nil {
 		t.Fatal(err)
@@ -64,8 +67,7 @@ func TestParsedRecent(t *testing.T) {
 	}
 	stripped := committed
 	stripped.NID = 8 // not in the cache
-	stripped.JSON = []byte(`{"type":"m.room.message","room_id":"!r:test","sender":"@a:test","content":{},` +
-		`"origin_server_ts":1,"depth":1,"prev_events":[],"auth_events":[],"hashes":{"sha256":"x"},"signatures":{}}`)
+	stripped.JSON = messageJSON(`{}`)
 	if pdu, err := p.pdu(stripped); err != nil || pdu == built || string(pdu.Content()) != "{}" {
 		t.Errorf("the stripped row gave %v, %v", pdu, err)
 	}
