@@ -54,8 +54,12 @@ func (s Stack) Wrap(next http.Handler) http.Handler {
 				}
 			}
 			elapsed := time.Since(start)
-			s.Log.Info("request", "method", r.Method, "path", r.URL.Path, "status", statusText(sw.status), "route", info.name,
-				"ms", float64(elapsed.Microseconds())/1000, "remote", r.RemoteAddr)
+			// Asked first: the record's values would be boxed even when
+			// the level drops it.
+			if s.Log.Enabled(ctx, slog.LevelInfo) {
+				s.Log.Info("request", "method", r.Method, "path", r.URL.Path, "status", statusText(sw.status), "route", info.name,
+					"ms", float64(elapsed.Microseconds())/1000, "remote", r.RemoteAddr)
+			}
 			if s.Metrics != nil {
 				s.Metrics.observe(r.Method, info.name, sw.status, elapsed)
 			}
