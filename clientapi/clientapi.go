@@ -24,7 +24,7 @@ type API struct {
 	users *userapi.Service
 	db    *sql.DB
 	rooms Rooms
-	// sent formats the events this process's clients sent (see Sent).
+	// sent formats events with their transaction ids (see Sent).
 	sent *Sent
 	log  *slog.Logger
 
@@ -77,7 +77,7 @@ func WithWake(p *wake.Publisher) Option {
 
 // New makes the client API.
 func New(cfg config.Config, users *userapi.Service, db *sql.DB, rooms Rooms, log *slog.Logger, opts ...Option) *API {
-	a := &API{cfg: cfg, users: users, db: db, rooms: rooms, log: log, sent: NewSent(db)}
+	a := &API{cfg: cfg, users: users, db: db, rooms: rooms, log: log, sent: NewSent(db, rooms)}
 	for _, o := range opts {
 		o(a)
 	}
@@ -148,8 +148,8 @@ func (a *API) authed(h AuthedHandler) mxhttp.Handler {
 }
 
 // Sent is what formats events for clients, with the transaction ids of
-// the events sent through this API in memory: for the other components
-// that serve events (the sync API).
+// the events this process committed lately from memory: for the other
+// components that serve events (the sync API).
 func (a *API) Sent() *Sent { return a.sent }
 
 // Authed is authed for the routes of other components (the sync API), so

@@ -201,14 +201,24 @@ func BenchmarkClientEvent(b *testing.B) {
 	}
 }
 
-// TestSentTransactionIDs: Sent answers from memory for the events it saw
-// sent, with the transaction id for their device only and without a
-// query; it asks the store for the others.
+// recentTxns is what the roomserver remembers of the events it committed
+// lately: by event id, sender, device and transaction id.
+type recentTxns map[string][3]string
+
+func (r recentTxns) RecentTransaction(eventID string) (userID, deviceID, txnID string, ok bool) {
+	e, ok := r[eventID]
+	return e[0], e[1], e[2], ok
+}
+
+// TestSentTransactionIDs: Sent answers from the roomserver's memory for
+// the events it committed lately, with the transaction id for their
+// device only and without a query; it asks the store for the others.
 func TestSentTransactionIDs(t *testing.T) {
 	store := &fakeStore{txns: map[string]string{"$old": "t-old"}}
-	s := clientapi.NewSent(store)
-	s.AddForTest("$new", "@a:x", "DEV", "t-new")
-	s.AddForTest("$state", "@a:x", "DEV", "") // no transaction: nothing to remember
+	s := clientapi.NewSent(store, recentTxns{
+		"$new":   {"@a:x", "DEV", "t-new"},
+		"$state": {"@a:x", "DEV", ""}, // sent in no transaction
+	})
 	ctx := context.Background()
 	check := func(device string, ids []string, want map[string]string, wantCalls int) {
 		t.Helper()
@@ -229,5 +239,11 @@ func TestSentTransactionIDs(t *testing.T) {
 	check("DEV", []string{"$new"}, map[string]string{"$new": "t-new"}, 0)
 	check("OTHER", []string{"$new"}, map[string]string{}, 0)
 	check("DEV", []string{"$new", "$old"}, map[string]string{"$new": "t-new", "$old": "t-old"}, 1)
-	check("DEV", []string{"$state"}, map[string]string{}, 1)
+	check("DEV", []string{"$state"}, map[string]string{}, 0)
+
+	// With no memory, everything is looked up.
+	store.calls = 0
+	if got, err := clientapi.NewSent(store, nil).TransactionIDs(ctx, "@a:x", "DEV", []string{"$old"}); err != nil || got["$old"] != "t-old" || store.calls != 1 {
+		t.Fatalf("without memory: %v %v, %d queries", got, err, store.calls)
+	}
 }

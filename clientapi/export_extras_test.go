@@ -8,8 +8,3 @@ func SetMutualRoomsPageForTest(n int) (restore func()) {
 	mutualRoomsPage = n
 	return func() { mutualRoomsPage = old }
 }
-
-// AddForTest remembers a sent event as input does.
-func (s *Sent) AddForTest(eventID, userID, deviceID, txnID string) {
-	s.add(eventID, userID, deviceID, txnID)
-}

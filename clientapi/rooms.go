@@ -306,7 +306,6 @@ func (a *API) input(ctx context.Context, inputID, roomID string, ne *roomserver.
 	if len(resp.EventIDs) != 1 {
 		return nil, mxhttp.Internal(errors.New("room input made no event"))
 	}
-	a.sent.add(resp.EventIDs[0], ne.Sender, ne.DeviceID, ne.TxnID)
 	a.active(ctx, ne.Sender)
 	return eventIDResponse{resp.EventIDs[0]}, nil
 }

@@ -24,6 +24,7 @@ type Rooms interface {
 	Power(ctx context.Context, roomID string) (roomserver.Power, error)
 	VisibleTo(ctx context.Context, userID, currentMembership string, ev sql.Event) (bool, error)
 	LastEventAt(ctx context.Context, roomID string, streamPos int64) (sql.Event, gomatrixserverlib.PDU, error)
+	RecentTransactions
 }
 
 var _ Rooms = roomserver.API{}

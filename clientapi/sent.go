@@ -3,49 +3,46 @@ package clientapi
 import (
 	"context"
 
-	"github.com/weft-chat/weft/internal/bounded"
 	"github.com/weft-chat/weft/sql"
 )
 
-// sentMax bounds the events Sent remembers.
-const sentMax = 100_000
-
-// Sent is an EventStore that remembers the transaction ids of the events
-// this process's clients sent lately, in front of the database's: each
-// message wakes its sender's own sync, which then formats it without a
-// query. An event it does not know is looked up in the store; one it
-// knows has its one sender and device, so it is never looked up.
-type Sent struct {
-	store EventStore
-	sent  *bounded.Map[string, sentEvent]
+// RecentTransactions tells who sent the events this process committed
+// lately, from which device and in which client transaction ("" for
+// none): roomserver.Roomserver.RecentTransaction.
+type RecentTransactions interface {
+	RecentTransaction(eventID string) (userID, deviceID, txnID string, ok bool)
 }
 
-// sentEvent is who sent an event in which transaction.
-type sentEvent struct{ userID, deviceID, txnID string }
+// Sent is an EventStore that takes the transaction ids of the events this
+// process committed lately from the roomserver's memory, in front of the
+// database's: each message wakes its sender's own sync, which then
+// formats it without a query. An event the memory does not know is
+// looked up in the store; one it knows has its one sender and device, so
+// it is never looked up.
+type Sent struct {
+	store  EventStore
+	recent RecentTransactions // nil: every event is looked up
+}
 
 // NewSent makes a Sent in front of store.
-func NewSent(store EventStore) *Sent {
-	return &Sent{store: store, sent: bounded.New[string, sentEvent](sentMax)}
-}
-
-// add remembers that the device sent eventID in transaction txnID (none:
-// nothing to remember).
-func (s *Sent) add(eventID, userID, deviceID, txnID string) {
-	if txnID != "" {
-		s.sent.Put(eventID, sentEvent{userID, deviceID, txnID})
-	}
+func NewSent(store EventStore, recent RecentTransactions) *Sent {
+	return &Sent{store: store, recent: recent}
 }
 
 // TransactionIDs is EventStore's, from memory where it can.
 func (s *Sent) TransactionIDs(ctx context.Context, userID, deviceID string, eventIDs []string) (map[string]string, error) {
 	out := make(map[string]string, len(eventIDs))
-	var unknown []string
-	for _, id := range eventIDs {
-		e, ok := s.sent.Get(id)
-		if !ok {
-			unknown = append(unknown, id)
-		} else if e.userID == userID && e.deviceID == deviceID {
-			out[id] = e.txnID
+	unknown := eventIDs
+	if s.recent != nil {
+		unknown = nil
+		for _, id := range eventIDs {
+			sender, device, txn, ok := s.recent.RecentTransaction(id)
+			switch {
+			case !ok:
+				unknown = append(unknown, id)
+			case txn != "" && sender == userID && device == deviceID:
+				out[id] = txn
+			}
 		}
 	}
 	if len(unknown) == 0 {

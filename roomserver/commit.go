@@ -334,10 +334,12 @@ func (rs *Roomserver) stage(ctx context.Context, g *groupTx, rc *roomCommit, bac
 		// As the outputs, StreamPos holds the distance back until the
 		// commit.
 		row.RoomID, row.RoomVersion, row.StreamPos = info.RoomID, info.Version, *back
-		rc.local = append(rc.local, recentEvent{row: row, pdu: ev})
+		recent := recentEvent{row: row, pdu: ev}
 		if p.ne != nil && p.ne.TxnID != "" {
 			g.txns = append(g.txns, sql.EventTransaction{EventNID: nid, UserID: p.ne.Sender, DeviceID: p.ne.DeviceID, TxnID: p.ne.TxnID})
+			recent.deviceID, recent.txnID = p.ne.DeviceID, p.ne.TxnID
 		}
+		rc.local = append(rc.local, recent)
 		if rel, ok := sql.RelationOf(ev.Content()); ok {
 			g.rels = append(g.rels, sql.EventRelation{EventNID: nid, RoomNID: info.NID, DeclaredRelation: rel})
 		}

@@ -32,10 +32,12 @@ func (rs *Roomserver) Event(ctx context.Context, eventID string) (sql.Event, gom
 // recentMax bounds the events CommittedEvent keeps.
 const recentMax = 4096
 
-// recentEvent is an event this process committed, as committed.
+// recentEvent is an event this process committed, as committed, and
+// the device and client transaction that sent it ("" for none).
 type recentEvent struct {
-	row sql.Event
-	pdu gomatrixserverlib.PDU
+	row             sql.Event
+	pdu             gomatrixserverlib.PDU
+	deviceID, txnID string
 }
 
 // CommittedEvent is Event for the consumers of room.output, which read
@@ -55,6 +57,14 @@ func (rs *Roomserver) CommittedEvent(ctx context.Context, eventID string) (sql.E
 func (rs *Roomserver) RecentEvent(eventID string) (row sql.Event, pdu gomatrixserverlib.PDU, ok bool) {
 	e, ok := rs.recent.Get(eventID)
 	return e.row, e.pdu, ok
+}
+
+// RecentTransaction is who sent one of the last events this process
+// built and committed, from which device and in which client transaction
+// ("" for none), from memory only (ok false for any other event).
+func (rs *Roomserver) RecentTransaction(eventID string) (userID, deviceID, txnID string, ok bool) {
+	e, ok := rs.recent.Get(eventID)
+	return e.row.Sender, e.deviceID, e.txnID, ok
 }
 
 // parseCached parses a stored event, or takes it from the cache; gen is
