@@ -117,6 +117,7 @@ func (rs *Roomserver) commit(ctx context.Context, rcs []*roomCommit) error {
 		for _, e := range rc.local {
 			rs.recent.Put(e.row.EventID, e)
 		}
+		rs.extendTail(rc)
 	}
 	var outputs []OutputEvent
 	for _, rc := range rcs {
@@ -339,10 +340,11 @@ func (rs *Roomserver) stage(ctx context.Context, g *groupTx, rc *roomCommit, bac
 			g.txns = append(g.txns, sql.EventTransaction{EventNID: nid, UserID: p.ne.Sender, DeviceID: p.ne.DeviceID, TxnID: p.ne.TxnID})
 			recent.deviceID, recent.txnID = p.ne.DeviceID, p.ne.TxnID
 		}
-		rc.local = append(rc.local, recent)
 		if rel, ok := sql.RelationOf(ev.Content()); ok {
 			g.rels = append(g.rels, sql.EventRelation{EventNID: nid, RoomNID: info.NID, DeclaredRelation: rel})
+			recent.related = true
 		}
+		rc.local = append(rc.local, recent)
 		out := OutputEvent{RoomID: info.RoomID, EventID: ev.EventID(), Type: ev.Type(), StateKey: ev.StateKey(), Sender: string(ev.SenderID()),
 			StreamPos: *back}
 		if sk := ev.StateKey(); sk != nil {

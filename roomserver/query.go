@@ -38,6 +38,8 @@ type recentEvent struct {
 	row             sql.Event
 	pdu             gomatrixserverlib.PDU
 	deviceID, txnID string
+	// related: the event relates to another (see extendTail).
+	related bool
 }
 
 // CommittedEvent is Event for the consumers of room.output, which read

@@ -42,6 +42,7 @@ type Roomserver struct {
 	views  *bounded.Map[string, *roomView]
 	events *eventCache
 	recent *bounded.Map[string, recentEvent] // see CommittedEvent
+	tails  *bounded.Map[int64, roomTail]     // see RecentTimeline
 	group  groupCommit
 }
 
@@ -57,7 +58,7 @@ const commitSlots = 1
 func New(db *sql.DB, b *bus.Bus, serverName string, key serverkey.Key, log *slog.Logger) *Roomserver {
 	rs := &Roomserver{db: db, bus: b, serverName: spec.ServerName(serverName), key: key, log: log, now: time.Now,
 		views: bounded.New[string, *roomView](viewCacheMax), events: newEventCache(),
-		recent: bounded.New[string, recentEvent](recentMax)}
+		recent: bounded.New[string, recentEvent](recentMax), tails: bounded.New[int64, roomTail](tailRooms)}
 	rs.group.slots = commitSlots
 	return rs
 }

@@ -31,6 +31,7 @@ type Rooms interface {
 	view.Rooms
 	Event(ctx context.Context, eventID string) (sql.Event, gomatrixserverlib.PDU, error)
 	RecentEvent(eventID string) (sql.Event, gomatrixserverlib.PDU, bool)
+	RecentTimeline(roomNID, lo, hi int64, n int, roomLast int64) ([]sql.Event, bool)
 }
 
 // Authed wraps a handler with the access-token check of the client API
@@ -73,7 +74,7 @@ func WithClientEvents(store clientapi.EventStore) Option {
 // New makes the sync API.
 func New(db *sql.DB, rooms Rooms, authed Authed, log *slog.Logger, opts ...Option) *API {
 	a := &API{db: db, rooms: rooms, authed: authed, log: log, filters: bounded.New[filterKey, *syncFilter](filterCacheMax),
-		timelines: newTimelineReads(), parsed: newParsed(rooms.RecentEvent), events: db}
+		timelines: newTimelineReads(rooms.RecentTimeline), parsed: newParsed(rooms.RecentEvent), events: db}
 	for _, o := range opts {
 		o(a)
 	}

@@ -51,10 +51,18 @@ const (
 // read then serves every one of them, not only those whose window starts
 // past the first reader's. Before the end of the last read the room had
 // nothing new for these syncs, so the longer read costs nothing more.
+//
+// Before any of that, the roomserver's memory of the newest events of the
+// rooms it writes to serves what it holds (roomserver.RecentTimeline):
+// the syncs an event wakes then read nothing from the database.
 type timelineReads struct {
+	recent  recentTimeline
 	g       singleflight.Group
 	windows *bounded.Map[int64, *timelineWindow]
 }
+
+// recentTimeline is roomserver.RecentTimeline.
+type recentTimeline func(roomNID, lo, hi int64, n int, roomLast int64) ([]sql.Event, bool)
 
 // timelineWindow is a read of RoomEventsByStream(room, lo, hi, n): rows,
 // newest first; whole when they are all of (lo, hi] (fewer than n).
@@ -64,8 +72,8 @@ type timelineWindow struct {
 	rows   []sql.Event
 }
 
-func newTimelineReads() timelineReads {
-	return timelineReads{windows: bounded.New[int64, *timelineWindow](windowsMax)}
+func newTimelineReads(recent recentTimeline) timelineReads {
+	return timelineReads{recent: recent, windows: bounded.New[int64, *timelineWindow](windowsMax)}
 }
 
 // read is RoomEventsByStream(roomNID, lo, hi, n), shared. roomLast is the
@@ -74,6 +82,9 @@ func (t *timelineReads) read(ctx context.Context, db *sql.DB, roomNID, lo, hi in
 	// The room has no event in (roomLast, hi]: syncs whose heads differ
 	// in positions but not in the room read the same window.
 	hi = min(hi, roomLast)
+	if rows, ok := t.recent(roomNID, lo, hi, n, roomLast); ok {
+		return rows, nil
+	}
 	from := lo
 	if w, ok := t.windows.Get(roomNID); ok {
 		if rows, ok := w.serve(lo, hi, n, roomLast); ok {

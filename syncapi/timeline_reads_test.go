@@ -88,7 +88,7 @@ func TestTimelineReadsReadOn(t *testing.T) {
 			return out
 		}
 		add(room, 3)
-		reads := newTimelineReads()
+		reads := newTimelineReads(noRecentTimeline)
 		if rows, err := reads.read(ctx, db, room, 1, 3, 10, 3); err != nil || !slices.Equal(positions(rows), []int64{3}) {
 			t.Fatalf("first read: %v %v", positions(rows), err)
 		}
@@ -111,3 +111,6 @@ func TestTimelineReadsReadOn(t *testing.T) {
 		}
 	})
 }
+
+// noRecentTimeline is a roomserver memory that holds no room's events.
+func noRecentTimeline(int64, int64, int64, int, int64) ([]sql.Event, bool) { return nil, false }
