@@ -26,6 +26,7 @@ import (
 // provides it): the events of room.output, as committed.
 type Rooms interface {
 	CommittedEvent(ctx context.Context, eventID string) (sql.Event, gomatrixserverlib.PDU, error)
+	StateAfter(eventID string) (snapshotNID int64, ok bool)
 }
 
 // CountsDurable names the durable consumer of room.output that counts
@@ -308,6 +309,11 @@ func (c *Counter) prepare(ctx context.Context, o roomserver.OutputEvent) (*count
 		c.log.Warn("push counts: cannot read event", "event_id", o.EventID, "err", err)
 		return nil, nil
 	}
+	if pdu.Type() == spec.MRoomMember && stored.RedactedBy == "" {
+		// The name the room's next events may need for
+		// contains_display_name, without a read then.
+		c.names.Put(stored.NID, displayNameIn(pdu.Content()))
+	}
 	ct := &counting{stored: stored, pdu: pdu}
 	if ct.thread, err = c.threadOf(ctx, ev); err != nil {
 		return nil, err
@@ -444,6 +450,7 @@ func (c *Counter) evaluate(ctx context.Context, stored sql.Event, pdu gomatrixse
 	if err != nil {
 		return nil, err
 	}
+	c.powerAfter(stored, pdu, power)
 	rc := Context{MemberCount: joined, SenderPower: power.UserLevel(sender), NotificationPowers: power.Levels().Notifications}
 	rulesets := make([]*Compiled, len(eligible))
 	var needNames []int64
@@ -537,16 +544,25 @@ func (c *Counter) displayNames(ctx context.Context, nids []int64) (map[int64]str
 		}
 		for _, e := range evs {
 			var m struct {
-				Content struct {
-					Displayname string `json:"displayname"`
-				} `json:"content"`
+				Content json.RawMessage `json:"content"`
 			}
 			_ = json.Unmarshal(e.JSON, &m) // a name that does not parse is no name
-			c.names.Put(e.NID, m.Content.Displayname)
-			out[e.NID] = m.Content.Displayname
+			name := displayNameIn(m.Content)
+			c.names.Put(e.NID, name)
+			out[e.NID] = name
 		}
 	}
 	return out, nil
+}
+
+// displayNameIn is the display name in a membership event's content; ""
+// for none, or content that does not parse.
+func displayNameIn(content []byte) string {
+	var c struct {
+		Displayname string `json:"displayname"`
+	}
+	_ = json.Unmarshal(content, &c)
+	return c.Displayname
 }
 
 // nameCacheMax bounds the display names kept, by membership event NID.

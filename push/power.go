@@ -58,3 +58,16 @@ func (c *Counter) powerAt(ctx context.Context, ev sql.Event) (roomserver.Power, 
 	c.powers.Put(ev.StateBeforeNID, p)
 	return p, nil
 }
+
+// powerAfter keeps power, the power levels before ev, as those of the
+// state after it too, unless ev may change them: the room's next event
+// stands on that state, and finds them without a read (the roomserver
+// knows the state after the events this process committed lately).
+func (c *Counter) powerAfter(ev sql.Event, pdu gomatrixserverlib.PDU, power roomserver.Power) {
+	if t := pdu.Type(); t == spec.MRoomPowerLevels || t == spec.MRoomCreate {
+		return
+	}
+	if after, ok := c.rooms.StateAfter(ev.EventID); ok && after != ev.StateBeforeNID {
+		c.powers.Put(after, power)
+	}
+}

@@ -383,6 +383,7 @@ func (rs *Roomserver) stage(ctx context.Context, g *groupTx, rc *roomCommit, bac
 				rc.redacted = append(rc.redacted, target)
 			}
 		}
+		rc.local[len(rc.local)-1].stateAfter = info.SnapshotNID
 		info.Extremities = nextExtremities(info.Extremities, ev)
 		info.MaxDepth = max(info.MaxDepth, ev.Depth())
 		rc.outputs = append(rc.outputs, out)

@@ -40,6 +40,8 @@ type recentEvent struct {
 	deviceID, txnID string
 	// related: the event relates to another (see extendTail).
 	related bool
+	// stateAfter is the state snapshot after the event.
+	stateAfter int64
 }
 
 // CommittedEvent is Event for the consumers of room.output, which read
@@ -59,6 +61,14 @@ func (rs *Roomserver) CommittedEvent(ctx context.Context, eventID string) (sql.E
 func (rs *Roomserver) RecentEvent(eventID string) (row sql.Event, pdu gomatrixserverlib.PDU, ok bool) {
 	e, ok := rs.recent.Get(eventID)
 	return e.row, e.pdu, ok
+}
+
+// StateAfter is the state snapshot after one of the last events this
+// process built and committed, from memory only (ok false for any other
+// event): the snapshot the room's next event stands on.
+func (rs *Roomserver) StateAfter(eventID string) (snapshotNID int64, ok bool) {
+	e, ok := rs.recent.Get(eventID)
+	return e.stateAfter, ok
 }
 
 // RecentTransaction is who sent one of the last events this process
