@@ -342,7 +342,9 @@ func (rs *Roomserver) stage(ctx context.Context, g *groupTx, rc *roomCommit, bac
 		}
 		if rel, ok := sql.RelationOf(ev.Content()); ok {
 			g.rels = append(g.rels, sql.EventRelation{EventNID: nid, RoomNID: info.NID, DeclaredRelation: rel})
-			recent.related = true
+			if sql.Bundled(rel.RelType) {
+				recent.bundlesInto = rel.RelatesTo
+			}
 		}
 		rc.local = append(rc.local, recent)
 		out := OutputEvent{RoomID: info.RoomID, EventID: ev.EventID(), Type: ev.Type(), StateKey: ev.StateKey(), Sender: string(ev.SenderID()),

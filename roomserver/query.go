@@ -38,8 +38,9 @@ type recentEvent struct {
 	row             sql.Event
 	pdu             gomatrixserverlib.PDU
 	deviceID, txnID string
-	// related: the event relates to another (see extendTail).
-	related bool
+	// bundlesInto is the event whose bundle the event joins (a bundled
+	// relation, sql.Bundled), "" for none: see extendTail.
+	bundlesInto string
 	// stateAfter is the state snapshot after the event.
 	stateAfter int64
 }

@@ -48,11 +48,21 @@ func (t roomTail) with(prev int64, row sql.Event) roomTail {
 	return roomTail{from: from, rows: rows}
 }
 
+// holds reports whether the tail holds the event.
+func (t roomTail) holds(eventID string) bool {
+	for _, r := range t.rows {
+		if r.EventID == eventID {
+			return true
+		}
+	}
+	return false
+}
+
 // extendTail adds a committed room's new timeline events to its tail. An
-// event built elsewhere (received), a redaction, or an event that relates
-// to another makes the tail start again after it: the tail does not hold
-// its row, or it changes rows the tail holds (a redacted one, one that
-// has bundled children now).
+// event built elsewhere (received), a redaction, or the bundled child of
+// an event the tail holds makes the tail start again after it: the tail
+// does not hold its row, or it changes rows the tail holds (a redacted
+// one, one whose NoBundledChildren no longer holds).
 func (rs *Roomserver) extendTail(rc *roomCommit) {
 	if len(rc.outputs) == 0 {
 		return
@@ -64,7 +74,7 @@ func (rs *Roomserver) extendTail(rc *roomCommit) {
 		if len(local) > 0 && local[0].row.EventID == o.EventID {
 			e := local[0]
 			local = local[1:]
-			if !e.related && o.Type != spec.MRoomRedaction {
+			if o.Type != spec.MRoomRedaction && (e.bundlesInto == "" || !t.holds(e.bundlesInto)) {
 				row := e.row
 				row.NoBundledChildren = true // nothing can relate to an event before it is built
 				t = t.with(prev, row)

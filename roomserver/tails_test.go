@@ -68,7 +68,7 @@ func TestRecentTimeline(t *testing.T) {
 			return lowest
 		}
 
-		say(rs)
+		early := say(rs)
 		for _, r := range rs.handleInputs(ctx, []InputRequest{msg(roomID, pAlice, "b1", "one"), msg(roomID, pAlice, "b2", "two")}) {
 			if r.err != nil {
 				t.Fatal(r.err)
@@ -104,12 +104,23 @@ func TestRecentTimeline(t *testing.T) {
 			t.Fatalf("after another process wrote at %d, the tail serves windows from %d", hi, lo)
 		}
 
-		// An edit gives an older row a bundled child; a redaction changes
-		// an older row: the tail starts again after each.
+		relate := func(input, relType, parent string) {
+			t.Helper()
+			send(rs, InputRequest{InputID: input, RoomID: roomID, NewEvent: &NewEvent{Sender: pAlice, Type: "m.room.message",
+				Content: js(map[string]any{"msgtype": "m.text", "body": input, "m.relates_to": map[string]string{"rel_type": relType, "event_id": parent}})}})
+		}
+		// A reaction is not bundled, and an edit of an event the tail no
+		// longer holds changes none of its rows: the tail goes on.
 		target := say(rs)
+		relate("reaction", "m.annotation", target)
+		relate("old edit", "m.replace", early)
+		if _, hi := last(); check() != hi-4 {
+			t.Fatalf("after a reaction and an edit of an old event, the tail serves windows from %d, want %d", check(), hi-4)
+		}
+		// An edit gives a row of the tail a bundled child; a redaction
+		// changes an older row: the tail starts again after each.
 		say(rs)
-		send(rs, InputRequest{InputID: "edit", RoomID: roomID, NewEvent: &NewEvent{Sender: pAlice, Type: "m.room.message",
-			Content: js(map[string]any{"msgtype": "m.text", "body": "* edited", "m.relates_to": map[string]string{"rel_type": "m.replace", "event_id": target}})}})
+		relate("edit", "m.replace", target)
 		say(rs)
 		if _, hi := last(); check() != hi-1 {
 			t.Fatalf("after an edit at %d, the tail serves windows from %d", hi-1, check())

@@ -87,6 +87,12 @@ const (
 	RelReference = "m.reference"
 )
 
+// Bundled reports whether children of the relation type relType are
+// bundled with their parent.
+func Bundled(relType string) bool {
+	return relType == RelThread || relType == RelReplace || relType == RelReference
+}
+
 // scanSyncEvent scans a row of roomEventsByStream.
 func scanSyncEvent(s interface{ Scan(...any) error }) (Event, error) {
 	var none bool
