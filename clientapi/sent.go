@@ -21,7 +21,7 @@ type RecentTransactions interface {
 // it is never looked up.
 type Sent struct {
 	store  EventStore
-	recent RecentTransactions // nil: every event is looked up
+	recent RecentTransactions
 }
 
 // NewSent makes a Sent in front of store.
@@ -32,17 +32,14 @@ func NewSent(store EventStore, recent RecentTransactions) *Sent {
 // TransactionIDs is EventStore's, from memory where it can.
 func (s *Sent) TransactionIDs(ctx context.Context, userID, deviceID string, eventIDs []string) (map[string]string, error) {
 	out := make(map[string]string, len(eventIDs))
-	unknown := eventIDs
-	if s.recent != nil {
-		unknown = nil
-		for _, id := range eventIDs {
-			sender, device, txn, ok := s.recent.RecentTransaction(id)
-			switch {
-			case !ok:
-				unknown = append(unknown, id)
-			case txn != "" && sender == userID && device == deviceID:
-				out[id] = txn
-			}
+	var unknown []string
+	for _, id := range eventIDs {
+		sender, device, txn, ok := s.recent.RecentTransaction(id)
+		switch {
+		case !ok:
+			unknown = append(unknown, id)
+		case txn != "" && sender == userID && device == deviceID:
+			out[id] = txn
 		}
 	}
 	if len(unknown) == 0 {
